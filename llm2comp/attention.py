@@ -1,0 +1,69 @@
+"""Switch a decoder-only transformer between causal and bidirectional attention, per forward pass.
+
+Architecture-agnostic: it relies only on transformers' masking utilities, which build a bidirectional mask
+(padding still masked) whenever ``config.is_causal`` is False, and on the ``is_causal`` keyword that the
+sdpa/flash attention integrations honour. No per-architecture model code is copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from transformers import PretrainedConfig
+
+
+def _configs(model: torch.nn.Module) -> list[PretrainedConfig]:
+    seen: dict[int, PretrainedConfig] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if isinstance(config, PretrainedConfig):
+            seen[id(config)] = config
+            for sub_name in getattr(config, "sub_configs", {}) or {}:
+                sub = getattr(config, sub_name, None)
+                if isinstance(sub, PretrainedConfig):
+                    seen[id(sub)] = sub
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def bidirectional(model: torch.nn.Module, enabled: bool = True) -> Iterator[dict]:
+    """Within the block, forward passes of ``model`` attend bidirectionally.
+
+    Yields the keyword arguments to pass to the model's forward (``is_causal=False``): they reach the
+    attention functions, so that sdpa/flash never fall back to their causal kernels when no mask is
+    materialised, also when gradient checkpointing recomputes a layer after the block has exited.
+    """
+    if not enabled:
+        yield {}
+        return
+    configs = _configs(model)
+    previous = [(c, c.__dict__.get("is_causal", _MISSING)) for c in configs]
+    for config in configs:
+        config.is_causal = False
+    try:
+        yield {"is_causal": False}
+    finally:
+        for config, value in previous:
+            if value is _MISSING:
+                config.__dict__.pop("is_causal", None)
+            else:
+                config.is_causal = value
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+def set_attention_dropout(model: torch.nn.Module, p: float) -> None:
+    """Set attention-probability dropout on every attention module (used by SimCSE's dropout views)."""
+    for module in model.modules():
+        if hasattr(module, "attention_dropout") and isinstance(module.attention_dropout, float):
+            module.attention_dropout = float(p)
+    for config in _configs(model):
+        if hasattr(config, "attention_dropout"):
+            config.attention_dropout = float(p)

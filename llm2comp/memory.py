@@ -1,0 +1,53 @@
+"""The k learnable memory tokens and the construction of encoder inputs (text, then memory slots).
+
+The memory tokens are a trainable (k, d) block of input embeddings spliced after the text, rather than new
+rows in the tokenizer's vocabulary. This is equivalent to trainable token rows, but leaves the vocabulary,
+the (often tied) output head and the decoder's softmax untouched, so the frozen decoder/teacher sees exactly
+the original model, and nothing needs resizing under ZeRO-3/FSDP sharding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MemoryTokens(nn.Module):
+    def __init__(self, num_tokens: int, hidden_size: int, init: torch.Tensor | None = None):
+        super().__init__()
+        if num_tokens < 1:
+            raise ValueError(f"num_memory_tokens must be >= 1, got {num_tokens}")
+        weight = torch.empty(num_tokens, hidden_size)
+        if init is None:
+            nn.init.normal_(weight, std=0.02)
+        else:
+            weight.copy_(init.detach().float())
+        self.weight = nn.Parameter(weight)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.weight.shape[0]
+
+    @classmethod
+    def from_embeddings(cls, num_tokens: int, embedding: nn.Module, vocab_size: int, seed: int = 0) -> MemoryTokens:
+        """Initialise every memory token at the mean input embedding plus small noise (the usual init for new tokens).
+
+        The embedding module is called (not its weight read), so architectures that scale embeddings (Gemma)
+        get memory tokens on the same scale as real tokens.
+        """
+        with torch.no_grad():
+            device = next(embedding.parameters()).device
+            ids = torch.arange(vocab_size, device=device)
+            mean = torch.stack([embedding(chunk).float().mean(0) for chunk in ids.split(8192)]).mean(0)
+            std = embedding(ids[: min(vocab_size, 8192)]).float().std().item()
+            generator = torch.Generator().manual_seed(seed)
+            noise = torch.randn(num_tokens, mean.shape[0], generator=generator) * (0.1 * std)
+            return cls(num_tokens, mean.shape[0], init=mean.cpu() + noise)
+
+    def splice(self, inputs_embeds: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """Return ``inputs_embeds`` with the k memory embeddings written at the positions of ``memory_mask``."""
+        batch = inputs_embeds.shape[0]
+        memory = self.weight.to(inputs_embeds.dtype).unsqueeze(0).expand(batch, -1, -1).reshape(-1, inputs_embeds.shape[-1])
+        out = inputs_embeds.clone()
+        out[memory_mask] = memory
+        return out

@@ -1,0 +1,382 @@
+"""LLM2Comp: a decoder-only LLM used as a text encoder through k memory tokens.
+
+One backbone, two modes: as the *encoder* (LoRA on, bidirectional attention, text + memory tokens in, mean
+of the memory states out) and as the frozen *decoder/teacher* of the pretext task (adapter off, causal
+attention, a plain language model). See `decoder_mode`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .attention import bidirectional
+from .backbone import DEFAULT_MODEL, load_backbone
+from .memory import MemoryTokens
+from .pooling import POOLING_MODES, PROMPTEOL_TEMPLATE, pool
+
+CONFIG_NAME = "llm2comp_config.json"
+MEMORY_NAME = "memory_tokens.safetensors"
+DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
+
+
+@dataclasses.dataclass
+class LLM2CompConfig:
+    base_model: str = DEFAULT_MODEL
+    num_memory_tokens: int = 8
+    max_length: int = 512
+    pooling: str = "memory"
+    bidirectional: bool | None = None  # None: bidirectional for memory pooling, causal for the zero-shot baselines
+    prompteol_template: str = PROMPTEOL_TEMPLATE
+    stages: list[dict] = dataclasses.field(default_factory=list)
+    adapters: list[str] = dataclasses.field(default_factory=list)
+    merged_adapters: int = 0  # the first n adapters are folded into the weights on load
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"unknown pooling '{self.pooling}'; choose one of {', '.join(POOLING_MODES)}")
+        if self.bidirectional is None:
+            self.bidirectional = self.pooling == "memory"
+        if self.num_memory_tokens < 1:
+            raise ValueError(f"num_memory_tokens must be >= 1, got {self.num_memory_tokens}")
+        reserved = self.num_memory_tokens if self.pooling == "memory" else 0
+        if self.max_length <= reserved:
+            raise ValueError(f"max_length ({self.max_length}) must exceed the {reserved} memory tokens")
+
+
+class LLM2Comp(nn.Module):
+    def __init__(self, hf_model: nn.Module, tokenizer, config: LLM2CompConfig, memory: MemoryTokens | None = None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.hf_model = hf_model
+        self.memory = memory or MemoryTokens.from_embeddings(
+            config.num_memory_tokens, hf_model.get_input_embeddings(), self.vocab_size
+        ).to(self.device)
+        self.__dict__["_peft"] = None  # the PeftModel wrapper; its layers live inside hf_model (not registered twice)
+        self._merged: list[tuple[dict, dict[str, torch.Tensor]]] = []  # adapters already folded into the weights
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str = DEFAULT_MODEL,
+        num_memory_tokens: int | None = None,
+        max_length: int | None = None,
+        pooling: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        bidirectional: bool | None = None,
+        trust_remote_code: bool = False,
+        **hf_kwargs,
+    ) -> LLM2Comp:
+        """Load a backbone (alias, hub id, directory, .gguf) or a directory written by `save`."""
+        overrides = {
+            k: v
+            for k, v in dict(num_memory_tokens=num_memory_tokens, max_length=max_length, pooling=pooling, bidirectional=bidirectional).items()
+            if v is not None
+        }
+        saved = Path(str(name_or_path)).expanduser() / CONFIG_NAME
+        if saved.is_file():
+            return cls._load_saved(saved.parent, overrides, device=device, dtype=dtype, **hf_kwargs)
+        if "bidirectional" not in overrides and overrides.get("pooling", "memory") != "memory":
+            overrides["bidirectional"] = None
+        config = LLM2CompConfig(base_model=str(name_or_path), trust_remote_code=trust_remote_code, **overrides)
+        hf_model, tokenizer = load_backbone(
+            config.base_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **hf_kwargs
+        )
+        return cls(hf_model, tokenizer, config)
+
+    @classmethod
+    def _load_saved(cls, path: Path, overrides: dict, device=None, dtype=None, **hf_kwargs) -> LLM2Comp:
+        from peft import PeftModel
+        from transformers import AutoTokenizer
+
+        data = json.loads((path / CONFIG_NAME).read_text())
+        known = {f.name for f in dataclasses.fields(LLM2CompConfig)}
+        config = LLM2CompConfig(**{k: v for k, v in data.items() if k in known})
+        if "pooling" in overrides and "bidirectional" not in overrides:
+            overrides["bidirectional"] = config.bidirectional
+        config = dataclasses.replace(config, **overrides)
+        hf_model, _ = load_backbone(
+            config.base_model, dtype=dtype, device=device, trust_remote_code=config.trust_remote_code, **hf_kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        memory_weight = load_file(path / MEMORY_NAME)["weight"]
+        memory = MemoryTokens(memory_weight.shape[0], memory_weight.shape[1], init=memory_weight)
+        if memory.num_tokens != config.num_memory_tokens:
+            raise ValueError(f"{path}: saved with {memory.num_tokens} memory tokens, asked for {config.num_memory_tokens}")
+        model = cls(hf_model, tokenizer, config, memory=memory.to(hf_model.device))
+        for index, adapter in enumerate(config.adapters):
+            peft_model = PeftModel.from_pretrained(model.hf_model, path / adapter, is_trainable=True)
+            model.__dict__["_peft"] = peft_model
+            if index < config.merged_adapters:
+                model.merge_and_unload()
+        return model
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.hf_model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hf_model.get_input_embeddings().weight.dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf_model.get_input_embeddings().weight.shape[0]
+
+    @property
+    def peft_model(self):
+        return self.__dict__["_peft"]
+
+    @property
+    def body(self) -> nn.Module:
+        """The transformer without its LM head (LoRA layers, when attached, are inside it)."""
+        return self.hf_model.get_decoder()
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.hf_model.config.get_text_config().hidden_size
+
+    # ------------------------------------------------------------------ LoRA
+    def add_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: Sequence[str] = DEFAULT_LORA_TARGETS):
+        """Attach a fresh LoRA adapter; an adapter already attached is merged first (stage chaining)."""
+        from peft import LoraConfig, get_peft_model
+
+        if self.peft_model is not None:
+            self.merge_and_unload()
+        present = {name.rsplit(".", 1)[-1] for name, _ in self.hf_model.named_modules()}
+        missing = [t for t in target_modules if t not in present]
+        if missing:
+            raise ValueError(f"LoRA target modules {missing} not found in {type(self.hf_model).__name__}")
+        lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
+        self.__dict__["_peft"] = get_peft_model(self.hf_model, lora)
+        self.memory.weight.requires_grad_(True)
+        return self
+
+    def merge_and_unload(self) -> LLM2Comp:
+        """Fold the attached LoRA into the weights (the memory tokens stay); a no-op without an adapter."""
+        from peft import get_peft_model_state_dict
+
+        peft_model = self.peft_model
+        if peft_model is None:
+            return self
+        adapter_config = peft_model.peft_config["default"].to_dict()
+        state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+        self._merged.append((adapter_config, state))
+        self.hf_model = peft_model.merge_and_unload()
+        self.__dict__["_peft"] = None
+        return self
+
+    @contextlib.contextmanager
+    def decoder_mode(self) -> Iterator[nn.Module]:
+        """The frozen LLM: the active adapter switched off, causal attention. Yields the causal LM.
+
+        (Adapters of earlier stages, already merged, are part of the frozen weights.)
+        """
+        if self.peft_model is None:
+            yield self.hf_model
+            return
+        with self.peft_model.disable_adapter():
+            yield self.hf_model
+
+    # ------------------------------------------------------------------ tokenisation
+    def _text_budget(self) -> int:
+        return self.config.max_length - (self.config.num_memory_tokens if self.config.pooling == "memory" else 0)
+
+    def token_ids(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
+        """Per-text token ids, truncated so that the whole input (template, memory slots) fits max_length."""
+        tok = self.tokenizer
+        if prompt:
+            texts = [prompt + t for t in texts]
+        budget = self._text_budget()
+        if self.config.pooling == "prompteol":
+            head, tail = self.config.prompteol_template.split("{text}")
+            head_ids = tok(head, add_special_tokens=True)["input_ids"]
+            tail_ids = tok(tail, add_special_tokens=False)["input_ids"]
+            room = budget - len(head_ids) - len(tail_ids)
+            if room < 1:
+                raise ValueError(f"max_length {self.config.max_length} leaves no room for text in the PromptEOL template")
+            bodies = tok(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+            return [head_ids + ids[:room] + tail_ids for ids in bodies]
+        ids = tok(list(texts), add_special_tokens=True, truncation=True, max_length=budget)["input_ids"] if texts else []
+        if self.config.pooling != "memory":
+            filler = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
+            ids = [row if row else [filler] for row in ids]  # an empty text still needs one token to pool
+        return ids
+
+    def collate(self, token_ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Right-pad token rows into tensors; with memory pooling, k memory slots follow each text."""
+        k = self.config.num_memory_tokens if self.config.pooling == "memory" else 0
+        lengths = [len(row) + k for row in token_ids]
+        width = max(lengths)
+        input_ids = torch.full((len(token_ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+        memory_mask = torch.zeros((len(token_ids), width), dtype=torch.bool)
+        for i, row in enumerate(token_ids):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, : lengths[i]] = 1
+            memory_mask[i, len(row) : lengths[i]] = True
+        features = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if k:
+            features["memory_mask"] = memory_mask
+        return features
+
+    def tokenize(self, texts: Sequence[str], prompt: str | None = None) -> dict[str, torch.Tensor]:
+        return self.collate(self.token_ids(texts, prompt))
+
+    # ------------------------------------------------------------------ forward
+    def embed_inputs(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        embeds = self.hf_model.get_input_embeddings()(features["input_ids"])
+        if "memory_mask" in features:
+            embeds = self.memory.splice(embeds, features["memory_mask"])
+        return embeds
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """features (from `tokenize`) -> the same dict plus token_embeddings, sentence_embedding (and memory_states)."""
+        features = {k: v.to(self.device) for k, v in features.items()}
+        embeds = self.embed_inputs(features)
+        with bidirectional(self.hf_model, self.config.bidirectional) as attention_kwargs:
+            output = self.body(inputs_embeds=embeds, attention_mask=features["attention_mask"], use_cache=False, **attention_kwargs)
+        features["token_embeddings"] = output.last_hidden_state
+        features["sentence_embedding"] = pool(features, self.config.pooling, self.config.num_memory_tokens)
+        return features
+
+    # ------------------------------------------------------------------ encode
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        prompt: str | None = None,
+        normalize_embeddings: bool = False,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool | None = None,
+        **_ignored,
+    ):
+        """Embed texts: float32 numpy (n, d) by default, (d,) for a single string, a torch tensor on request.
+
+        Texts are batched by token length (longest first) and returned in input order. Empty or whitespace
+        strings are valid input (they are embedded like any text; with memory pooling the memory tokens
+        alone). Non-string items raise TypeError; batch_size < 1 raises ValueError.
+        """
+        single = isinstance(texts, str)
+        if single:
+            texts = [texts]
+        if isinstance(texts, (bytes, dict)) or not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+            raise TypeError(f"texts must be a string or a sequence of strings, got {type(texts).__name__}")
+        texts = list(texts)
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{index}] is {type(text).__name__}, not str")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        dim = self.get_sentence_embedding_dimension()
+        if not texts:
+            empty = torch.empty(0, dim)
+            return empty if convert_to_tensor or not convert_to_numpy else empty.numpy()
+
+        token_ids = self.token_ids(texts, prompt)
+        order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
+        if show_progress_bar is None:
+            show_progress_bar = len(texts) >= 8 * batch_size
+        was_training = self.training
+        self.eval()
+        result = torch.empty(len(texts), dim, dtype=torch.float32)
+        try:
+            with torch.inference_mode():
+                for start in tqdm(range(0, len(order), batch_size), desc="encode", disable=not show_progress_bar):
+                    index = order[start : start + batch_size]
+                    features = self.collate([token_ids[i] for i in index])
+                    embeddings = self.forward(features)["sentence_embedding"].float()
+                    if normalize_embeddings:
+                        embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+                    result[torch.tensor(index)] = embeddings.cpu()
+        finally:
+            self.train(was_training)
+        if single:
+            result = result[0]
+        if convert_to_tensor or not convert_to_numpy:
+            return result
+        return result.numpy()
+
+    @staticmethod
+    def similarity(a, b) -> torch.Tensor:
+        """Cosine similarity matrix between two sets of embeddings (numpy or torch; 1-D counts as one row)."""
+        a = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a, dtype=torch.float32)
+        b = torch.as_tensor(np.asarray(b) if not isinstance(b, torch.Tensor) else b, dtype=torch.float32)
+        a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        return torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T
+
+    # ------------------------------------------------------------------ save
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write config JSON, memory tokens and every LoRA adapter (safetensors) and the tokenizer, atomically."""
+        from peft import get_peft_model_state_dict
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            adapters = list(self._merged)
+            if self.peft_model is not None:
+                active = self.peft_model.peft_config["default"].to_dict()
+                state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.peft_model).items()}
+                adapters.append((active, state))
+            names = []
+            for index, (adapter_config, state) in enumerate(adapters):
+                name = f"adapters/{index}"
+                (staging / name).mkdir(parents=True)
+                adapter_config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in adapter_config.items()}
+                adapter_config["base_model_name_or_path"] = self.config.base_model
+                (staging / name / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, default=str))
+                save_file({k: v.contiguous() for k, v in state.items()}, staging / name / "adapter_model.safetensors")
+                names.append(name)
+            config = dataclasses.replace(
+                self.config,
+                adapters=names,
+                merged_adapters=len(self._merged),
+            )
+            save_file({"weight": self.memory.weight.detach().float().cpu().contiguous()}, staging / MEMORY_NAME)
+            self.tokenizer.save_pretrained(staging)
+            payload = dataclasses.asdict(config) | {"llm2comp_version": __version__}
+            (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
+            replace_dir(staging, path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.config = config
+        return path
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Move a fully written directory into place; an existing target is swapped out, never half-overwritten."""
+    if target.exists():
+        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, trash)
+        os.replace(staging, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, target)
