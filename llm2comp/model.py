@@ -195,13 +195,22 @@ class LLM2Comp(nn.Module):
     def decoder_mode(self) -> Iterator[nn.Module]:
         """The frozen LLM: the active adapter switched off, causal attention. Yields the causal LM.
 
-        (Adapters of earlier stages, already merged, are part of the frozen weights.)
+        (Adapters of earlier stages, already merged, are part of the frozen weights.) Layer-wise gradient
+        checkpointing is paused inside: a recomputation during backward would run after this block has
+        exited, with the adapter back on, and give wrong gradients.
         """
-        if self.peft_model is None:
-            yield self.hf_model
-            return
-        with self.peft_model.disable_adapter():
-            yield self.hf_model
+        checkpointed = [m for m in self.hf_model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+        for module in checkpointed:
+            module.gradient_checkpointing = False
+        try:
+            if self.peft_model is None:
+                yield self.hf_model
+            else:
+                with self.peft_model.disable_adapter():
+                    yield self.hf_model
+        finally:
+            for module in checkpointed:
+                module.gradient_checkpointing = True
 
     # ------------------------------------------------------------------ tokenisation
     def _text_budget(self) -> int:

@@ -1,0 +1,246 @@
+"""Stage 1 pretext objectives: KL (continuation distillation), NLL (continuation), RC (reconstruction), MNTP.
+
+Each objective is a small object: ``collate(examples) -> batch`` builds what it needs (split points, masks)
+from examples holding ``input_ids`` (text tokens, no special tokens), and ``__call__(model, batch) -> dict``
+returns the loss. One model copy serves as encoder (adapter on, bidirectional) and as the frozen
+decoder/teacher (``model.decoder_mode()``: adapter off, causal).
+
+Vocabulary-sized tensors are never materialised for the whole batch: the LM head and the loss run over
+chunks of positions under activation checkpointing, so peak memory holds one chunk of logits.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..model import LLM2Comp
+
+PRETEXT_OBJECTIVES = ("kl", "nll", "rc", "mntp")
+
+
+# ---------------------------------------------------------------------------------------------- LM head, chunked
+def lm_logits(model: LLM2Comp, hidden: torch.Tensor) -> torch.Tensor:
+    """The causal LM's output logits for hidden states, with the model's own final scaling/softcapping."""
+    logits = model.hf_model.get_output_embeddings()(hidden).float()
+    config = model.hf_model.config.get_text_config()
+    for name in ("logit_scale", "logits_scaling"):
+        scale = getattr(config, name, None)
+        if scale:
+            logits = logits * scale if name == "logit_scale" else logits / scale
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def _chunk_rows(model: LLM2Comp, budget: int) -> int:
+    return max(1, budget // max(1, model.vocab_size))
+
+
+def chunked_cross_entropy(model: LLM2Comp, hidden: torch.Tensor, targets: torch.Tensor, budget: int = 1 << 24) -> torch.Tensor:
+    """Mean cross-entropy of ``targets`` (P,) given hidden states (P, d), one chunk of logits at a time."""
+
+    def chunk_loss(h, t):
+        return F.cross_entropy(lm_logits(model, h), t, reduction="sum")
+
+    rows = _chunk_rows(model, budget)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], rows):
+        h, t = hidden[start : start + rows], targets[start : start + rows]
+        total = total + (checkpoint(chunk_loss, h, t, use_reentrant=False) if h.requires_grad else chunk_loss(h, t))
+    return total / max(1, targets.numel())
+
+
+def chunked_kl(model: LLM2Comp, student: torch.Tensor, teacher: torch.Tensor, budget: int = 1 << 24) -> torch.Tensor:
+    """Mean over positions of KL(teacher || student), summed over the vocabulary; inputs are hidden states (P, d)."""
+
+    def chunk_loss(s, t):
+        with torch.no_grad():
+            teacher_logp = F.log_softmax(lm_logits(model, t), dim=-1)
+        student_logp = F.log_softmax(lm_logits(model, s), dim=-1)
+        return F.kl_div(student_logp, teacher_logp, log_target=True, reduction="sum")
+
+    rows = _chunk_rows(model, budget)
+    total = student.new_zeros((), dtype=torch.float32)
+    for start in range(0, student.shape[0], rows):
+        s, t = student[start : start + rows], teacher[start : start + rows]
+        total = total + (checkpoint(chunk_loss, s, t, use_reentrant=False) if s.requires_grad else chunk_loss(s, t))
+    return total / max(1, student.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """What the tokenizer puts before a text (e.g. BOS for Llama; nothing for GPT-2-style tokenizers)."""
+    return tokenizer("", add_special_tokens=True)["input_ids"]
+
+
+def decoder_bos(tokenizer) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+def split_point(length: int, rng: random.Random, margin: int = 10) -> int:
+    """Prefix length a, uniform in [margin, L - margin]; short texts fall back to [1, L - 1]."""
+    if length >= 2 * margin + 1:
+        return rng.randint(margin, length - margin)
+    return rng.randint(1, max(1, length - 1))
+
+
+# ---------------------------------------------------------------------------------------------- compression objectives
+@dataclass
+class CompressionObjective:
+    """KL / NLL / RC on one model copy. ``model`` is used only to read the tokenizer and k at collate time."""
+
+    model: LLM2Comp
+    kind: str = "kl"
+    split_margin: int = 10
+    loss_budget: int = 1 << 24  # logits elements per chunk
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("kl", "nll", "rc"):
+            raise ValueError(f"unknown compression objective '{self.kind}'")
+        if self.model.config.pooling != "memory":
+            raise ValueError(f"objective '{self.kind}' needs memory-token pooling, the model uses '{self.model.config.pooling}'")
+        self.rng = random.Random(self.seed)
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        tok = self.model.tokenizer
+        k = self.model.config.num_memory_tokens
+        head = special_prefix(tok)
+        budget = self.model.config.max_length - k - len(head)
+        encoder_rows, continuation_rows, teacher_rows = [], [], []
+        for example in examples:
+            text = list(example["input_ids"])[:budget]
+            if len(text) < 2:
+                raise ValueError("compression pre-training needs texts of at least 2 tokens; filter the corpus (min_chars)")
+            a = len(text) if self.kind == "rc" else split_point(len(text), self.rng, self.split_margin)
+            encoder_rows.append(head + text[:a])
+            continuation_rows.append(text if self.kind == "rc" else text[a:])
+            teacher_rows.append(decoder_bos(tok) + text)
+        batch = {f"encoder_{k}": v for k, v in self.model.collate(encoder_rows).items()}
+        batch["continuation_ids"], batch["continuation_mask"] = _pad(continuation_rows, tok.pad_token_id)
+        if self.kind == "kl":
+            batch["teacher_ids"], batch["teacher_mask"] = _pad(teacher_rows, tok.pad_token_id)
+            batch["prefix_lengths"] = torch.tensor([len(r) - len(head) for r in encoder_rows])
+        if "index" in examples[0]:
+            batch["index"] = torch.tensor([e["index"] for e in examples])
+        return batch
+
+    def decoder_inputs(self, model: LLM2Comp, memory: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """[BOS, m_1..m_k, continuation] as input embeddings, and its attention mask."""
+        bos = decoder_bos(model.tokenizer)
+        embed = model.hf_model.get_input_embeddings()
+        continuation = embed(batch["continuation_ids"])
+        parts = [memory.to(continuation.dtype), continuation]
+        mask = [torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device), batch["continuation_mask"]]
+        if bos:
+            bos_ids = torch.full((memory.shape[0], 1), bos[0], dtype=torch.long, device=memory.device)
+            parts.insert(0, embed(bos_ids))
+            mask.insert(0, torch.ones_like(bos_ids))
+        return torch.cat(parts, 1), torch.cat(mask, 1)
+
+    def __call__(self, model: LLM2Comp, batch: dict) -> dict[str, torch.Tensor]:
+        device = model.device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        encoder = {k[len("encoder_"):]: v for k, v in batch.items() if k.startswith("encoder_")}
+        memory = model(encoder)["memory_states"]  # (B, k, d)
+        inputs, mask = self.decoder_inputs(model, memory, batch)
+        first = inputs.shape[1] - batch["continuation_ids"].shape[1] - 1  # position of m_k: predicts continuation[0]
+        with model.decoder_mode() as lm:
+            hidden = lm.get_decoder()(inputs_embeds=inputs, attention_mask=mask, use_cache=False).last_hidden_state
+        valid = batch["continuation_mask"].bool()
+        student = hidden[:, first : first + valid.shape[1]][valid]  # (P, d), P = all continuation tokens
+        if self.kind in ("nll", "rc"):
+            loss = chunked_cross_entropy(model, student, batch["continuation_ids"][valid], self.loss_budget)
+            return {"loss": loss}
+        with torch.no_grad(), model.decoder_mode() as lm:
+            teacher_hidden = lm.get_decoder()(
+                input_ids=batch["teacher_ids"], attention_mask=batch["teacher_mask"], use_cache=False
+            ).last_hidden_state
+        # teacher position j predicts teacher token j+1; continuation token 0 is teacher token (bos + a)
+        offset = len(decoder_bos(model.tokenizer)) + batch["prefix_lengths"] - 1  # (B,)
+        gather = offset[:, None] + torch.arange(valid.shape[1], device=device)[None, :]
+        gather = gather.clamp(max=teacher_hidden.shape[1] - 1)
+        teacher = teacher_hidden.gather(1, gather[..., None].expand(-1, -1, teacher_hidden.shape[-1]))[valid]
+        return {"loss": chunked_kl(model, student, teacher, self.loss_budget)}
+
+
+# ---------------------------------------------------------------------------------------------- MNTP baseline
+@dataclass
+class MNTPObjective:
+    """LLM2Vec's masked next-token prediction: mask 20% of tokens, predict token i from the state at i-1."""
+
+    model: LLM2Comp
+    mask_probability: float = 0.2
+    loss_budget: int = 1 << 24
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.model.config.pooling == "memory":
+            raise ValueError("mntp trains a token-pooled encoder: load the model with pooling='mean'")
+        if not self.model.config.bidirectional:
+            raise ValueError("mntp needs bidirectional attention (bidirectional=True)")
+        tok = self.model.tokenizer
+        self.mask_id = tok.mask_token_id if tok.mask_token_id is not None else tok.convert_tokens_to_ids("_")
+        if self.mask_id is None or self.mask_id == tok.unk_token_id:
+            self.mask_id = tok.pad_token_id
+        self.rng = random.Random(self.seed)
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        tok = self.model.tokenizer
+        head = special_prefix(tok)
+        budget = self.model.config.max_length - len(head)
+        rows, labels = [], []
+        for example in examples:
+            text = list(example["input_ids"])[:budget]
+            row, label = list(head), [-100] * len(head)
+            for token in text:
+                if self.rng.random() < self.mask_probability:
+                    draw = self.rng.random()
+                    row.append(self.mask_id if draw < 0.8 else (self.rng.randrange(self.model.vocab_size) if draw < 0.9 else token))
+                    label.append(token)
+                else:
+                    row.append(token)
+                    label.append(-100)
+            if all(x == -100 for x in label) and len(row) > len(head):  # at least one target per text
+                label[-1], row[-1] = row[-1], self.mask_id
+            rows.append(row)
+            labels.append(label)
+        batch = self.model.collate(rows)
+        batch["labels"], _ = _pad(labels, -100)
+        batch["labels"][batch["attention_mask"] == 0] = -100
+        if "index" in examples[0]:
+            batch["index"] = torch.tensor([e["index"] for e in examples])
+        return batch
+
+    def __call__(self, model: LLM2Comp, batch: dict) -> dict[str, torch.Tensor]:
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        batch.pop("index", None)
+        hidden = model(batch)["token_embeddings"]
+        shifted = labels[:, 1:]  # the state at i-1 predicts token i
+        valid = shifted != -100
+        return {"loss": chunked_cross_entropy(model, hidden[:, :-1][valid], shifted[valid], self.loss_budget)}
+
+
+def build_pretext_objective(name: str, model: LLM2Comp, **kwargs):
+    if name == "mntp":
+        return MNTPObjective(model, **kwargs)
+    if name in ("kl", "nll", "rc"):
+        return CompressionObjective(model, kind=name, **kwargs)
+    raise ValueError(f"unknown pretext objective '{name}'; choose one of {', '.join(PRETEXT_OBJECTIVES)}")
