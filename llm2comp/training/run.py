@@ -1,0 +1,137 @@
+"""Run one training stage from a `TrainConfig`: build model, objective and data, train, save."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from ..model import CONFIG_NAME, LLM2Comp
+from .config import TrainConfig
+from .trainer import LLM2CompTrainer, LossLog, TrainingModule, last_complete_checkpoint, plot_losses, truncate_log
+
+logger = logging.getLogger(__name__)
+
+
+def _use_bf16(setting) -> bool:
+    if setting == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(setting)
+
+
+def build_model(cfg: TrainConfig) -> LLM2Comp:
+    """The encoder with a fresh LoRA attached. From a saved llm2comp directory, its adapter is merged first."""
+    saved = (Path(cfg.model).expanduser() / CONFIG_NAME).is_file()
+    kwargs = {"dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.stage == "pretrain" and cfg.objective == "mntp":
+        model = LLM2Comp.from_pretrained(cfg.model, max_length=cfg.max_length, pooling="mean", bidirectional=True, **kwargs)
+    elif saved:
+        model = LLM2Comp.from_pretrained(cfg.model, max_length=cfg.max_length, **kwargs)
+    else:
+        model = LLM2Comp.from_pretrained(cfg.model, num_memory_tokens=cfg.num_memory_tokens, max_length=cfg.max_length, **kwargs)
+    model.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules)
+    return model
+
+
+def build_objective_and_data(cfg: TrainConfig, model: LLM2Comp):
+    if cfg.stage == "pretrain":
+        from ..data.corpus import TokenizedTexts, load_texts
+        from ..objectives.pretext import build_pretext_objective
+
+        options = {"loss_budget": cfg.loss_chunk_elements, "seed": cfg.seed}
+        if cfg.objective != "mntp":
+            options["split_margin"] = cfg.split_margin
+        objective = build_pretext_objective(cfg.objective, model, **options)
+        reserved = 0 if cfg.objective == "mntp" else model.config.num_memory_tokens
+        texts = load_texts(cfg.data, unit="paragraph", field=cfg.data_field)
+        dataset = TokenizedTexts(
+            texts, model.tokenizer, min_chars=cfg.min_chars, max_tokens=cfg.max_length - reserved - 1,
+            drop_long=True, max_samples=cfg.max_samples,
+        )
+        return objective, dataset
+    from ..data.pairs import build_contrastive_dataset
+    from ..objectives.contrastive import build_contrastive_objective
+
+    return build_contrastive_objective(cfg, model), build_contrastive_dataset(cfg, model)
+
+
+def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, sequential: bool) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_steps if cfg.warmup_steps else int(cfg.warmup_ratio * cfg.max_steps),
+        lr_scheduler_type=cfg.lr_scheduler,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=_use_bf16(cfg.bf16),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=cfg.logging_steps,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        train_sampling_strategy="sequential" if sequential else "random",
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train one stage; returns the output directory (loadable with `LLM2Comp.from_pretrained`)."""
+    output = Path(cfg.output)
+    checkpoint_dir = output / "checkpoints"
+    loss_log, order_log = output / "loss.jsonl", output / "data_order.jsonl"
+    resume_from = last_complete_checkpoint(checkpoint_dir) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        logger.warning("--resume: no complete checkpoint in %s, starting from scratch", checkpoint_dir)
+    if resume_from is None and (loss_log.exists() or checkpoint_dir.exists()) and not cfg.resume:
+        raise FileExistsError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    objective, dataset = build_objective_and_data(cfg, model)
+    if cfg.stage == "simcse":
+        from ..attention import set_attention_dropout
+
+        set_attention_dropout(model.hf_model, cfg.attention_dropout)
+    model.config.stages = model.config.stages + [
+        {"stage": cfg.stage, "objective": cfg.objective if cfg.stage == "pretrain" else cfg.stage,
+         "data": cfg.data, "samples": len(dataset), "max_steps": cfg.max_steps, "batch_size": cfg.batch_size}
+    ]
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    step = 0
+    if resume_from is not None:
+        step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+        truncate_log(loss_log, step)
+        truncate_log(order_log, step)
+
+    trainer = LLM2CompTrainer(
+        model=TrainingModule(model, objective),
+        args=training_arguments(cfg, checkpoint_dir, sequential=getattr(dataset, "sequential", False)),
+        train_dataset=dataset,
+        data_collator=objective.collate,
+        callbacks=[LossLog(loss_log)],
+        save_limit=cfg.save_total_limit,
+        record_path=order_log,
+    )
+    if hasattr(objective, "bind_trainer"):
+        objective.bind_trainer(trainer)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if trainer.args.should_save:
+        model.save(output)
+        plot_losses(loss_log, output / "loss.png", title=f"{cfg.stage} ({cfg.objective if cfg.stage == 'pretrain' else cfg.stage})")
+    return output

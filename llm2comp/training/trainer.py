@@ -1,0 +1,187 @@
+"""Training on the Hugging Face Trainer: our objective inside, checkpoints/resume/logging around it.
+
+What is ours: the model saved in our format (adapters + memory tokens, not the frozen weights), checkpoints
+that count only once a completion marker is written, a NaN/inf guard, a JSONL loss log with the data order,
+and a loss plot. Optimiser, schedule, distribution (torchrun, accelerate, DeepSpeed, FSDP) are the Trainer's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from ..model import CONFIG_NAME, MEMORY_NAME, LLM2Comp
+
+COMPLETE_MARKER = "checkpoint-complete.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class TrainingModule(nn.Module):
+    """What the Trainer (and DDP/DeepSpeed) wraps: the encoder plus the objective, so every pass goes
+    through ``forward`` and distributed gradient hooks see it."""
+
+    def __init__(self, encoder: LLM2Comp, objective):
+        super().__init__()
+        self.encoder = encoder
+        self.objective = objective
+
+    def forward(self, **batch):
+        if "encode_features" in batch:  # used by objectives that encode in chunks (GradCache)
+            return self.encoder(batch["encode_features"])
+        return self.objective(self.encoder, batch)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        self.encoder.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.encoder.hf_model.enable_input_require_grads()
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def complete_checkpoints(folder: str | Path) -> list[Path]:
+    """Checkpoint directories with a completion marker, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _CHECKPOINT.match(path.name)
+        if match and (path / COMPLETE_MARKER).is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def last_complete_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint that was completely written; half-written ones (a kill mid-save) are removed."""
+    folder = Path(folder)
+    complete = complete_checkpoints(folder)
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if _CHECKPOINT.match(path.name) and path not in complete:
+                shutil.rmtree(path, ignore_errors=True)
+    return complete[-1] if complete else None
+
+
+def _write_json_atomic(path: Path, payload) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+def load_training_state(encoder: LLM2Comp, checkpoint: str | Path) -> None:
+    """Load the trainable weights (active adapter, memory tokens) of a checkpoint into ``encoder``."""
+    from peft import set_peft_model_state_dict
+
+    checkpoint = Path(checkpoint)
+    config = json.loads((checkpoint / CONFIG_NAME).read_text())
+    with torch.no_grad():
+        encoder.memory.weight.copy_(load_file(checkpoint / MEMORY_NAME)["weight"])
+    if encoder.peft_model is not None and config["adapters"]:
+        state = load_file(checkpoint / config["adapters"][-1] / "adapter_model.safetensors")
+        result = set_peft_model_state_dict(encoder.peft_model, state)
+        if getattr(result, "unexpected_keys", None):
+            raise RuntimeError(f"checkpoint {checkpoint} does not match the model: unexpected {result.unexpected_keys[:3]}")
+
+
+class LLM2CompTrainer(Trainer):
+    def __init__(self, *args, save_limit: int | None = 2, record_path: Path | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.save_limit = save_limit
+        self.record_path = record_path
+
+    @property
+    def encoder(self) -> LLM2Comp:
+        return self.model.encoder
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        index = inputs.pop("index", None)
+        outputs = model(**inputs)
+        loss = outputs["loss"]
+        if not torch.isfinite(loss.detach()).all():
+            last = last_complete_checkpoint(self.args.output_dir)
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at step {self.state.global_step + 1}; training stopped. "
+                f"Last good checkpoint: {last or 'none yet'}. Try a lower learning rate or check the data."
+            )
+        if self.record_path is not None and index is not None and self.args.should_save:
+            with self.record_path.open("a") as handle:
+                handle.write(json.dumps({"step": self.state.global_step + 1, "index": index.tolist()}) + "\n")
+        return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        if self.args.should_save:
+            self.encoder.save(output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_training_state(self.encoder, resume_from_checkpoint)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotation happens below, after the marker
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            _write_json_atomic(folder / COMPLETE_MARKER, {"step": self.state.global_step})
+            complete = complete_checkpoints(folder.parent)
+            if self.save_limit:
+                for old in complete[: -self.save_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+
+
+class LossLog(TrainerCallback):
+    """Appends every log record to a JSONL file (main process only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args: TrainingArguments, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Drop records beyond ``last_step`` (steps that will be redone after a resume)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def plot_losses(log_path: Path, png_path: Path, title: str = "training loss") -> Path | None:
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.is_file() else []
+    points = [(r["step"], r["loss"]) for r in records if "loss" in r and math.isfinite(r["loss"])]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*points), linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return png_path
