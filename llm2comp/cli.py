@@ -1,0 +1,157 @@
+"""Command line: thin parsing, then a call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .backbone import DEFAULT_MODEL
+
+
+def _common(parser: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL) -> None:
+    parser.add_argument("--model", default=model_default, help="alias (smollm2-135m), hub id, model directory, .gguf file or llm2comp directory")
+    parser.add_argument("--config", help="YAML file of settings; command-line flags override it")
+    parser.add_argument("--output", help="output path")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def _encode(args) -> int:
+    import numpy as np
+
+    from .model import LLM2Comp
+
+    source = sys.stdin if args.input in (None, "-") else open(args.input, encoding="utf-8")
+    with source:
+        texts = [line.rstrip("\n") for line in source]
+    if args.skip_empty:
+        texts = [t for t in texts if t.strip()]
+    model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling, max_length=args.max_length)
+    model.merge_and_unload()
+    embeddings = model.encode(texts, batch_size=args.batch_size, prompt=args.prompt, normalize_embeddings=args.normalize, show_progress_bar=True)
+    output = Path(args.output or "embeddings.npy")
+    np.save(output, embeddings)
+    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1] if embeddings.ndim == 2 else 0} embeddings to {output}")
+    return 0
+
+
+def _train(args) -> int:
+    from .training.config import TrainConfig
+    from .training.run import train
+    from .training.trainer import NonFiniteLossError
+
+    flags = {
+        "stage": args.stage, "objective": args.objective, "model": args.model, "data": args.data, "output": args.output,
+        "max_steps": args.max_steps, "batch_size": args.batch_size, "max_length": args.max_length,
+        "save_steps": args.save_steps, "learning_rate": args.learning_rate, "num_memory_tokens": args.num_memory_tokens,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_samples": args.max_samples,
+        "gradcache_chunk": args.gradcache_chunk, "min_chars": args.min_chars, "seed": args.seed,
+        "gradient_checkpointing": args.gradient_checkpointing or None, "resume": args.resume or None,
+    }
+    flags = {k: v for k, v in flags.items() if v is not None}
+    cfg = TrainConfig.from_yaml(args.config, **flags) if args.config else TrainConfig.from_dict(flags)
+    try:
+        output = train(cfg)
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"model saved to {output} (loss log {output / 'loss.jsonl'}, plot {output / 'loss.png'})")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluation import run_evaluate_cli
+
+    return run_evaluate_cli(args) or 0
+
+
+def _export(args) -> int:
+    from .export import export_sentence_transformers
+
+    out = export_sentence_transformers(args.model_dir, args.out)
+    print(f"sentence-transformers model written to {out}")
+    return 0
+
+
+def _quickstart(args) -> int:
+    from .quickstart import run_quickstart
+
+    return run_quickstart(args) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm2comp", description="Turn a decoder-only LLM into a text-embedding model (LLM2Comp).")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("encode", help="embed texts (one per line, from a file or stdin) into a .npy file")
+    _common(p)
+    p.add_argument("input", nargs="?", help="text file, one text per line ('-' or nothing: stdin)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--pooling", choices=["memory", "mean", "last", "prompteol"])
+    p.add_argument("--prompt", help="text put before every input (an instruction)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    p.add_argument("--skip-empty", action="store_true", help="drop empty lines (by default each line, empty too, gets a row)")
+    p.set_defaults(func=_encode)
+
+    p = sub.add_parser("train", help="train one stage: pretrain (kl|nll|rc|mntp), simcse, supervised")
+    _common(p, model_default=None)
+    p.add_argument("--stage", choices=["pretrain", "simcse", "supervised"])
+    p.add_argument("--objective", choices=["kl", "nll", "rc", "mntp"])
+    p.add_argument("--data", help="file (.txt/.jsonl/.parquet), directory, builtin:news, builtin:news-sentences, builtin:shared-pairs, hf:NAME[:CONFIG[:SPLIT]]")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int, help="per device")
+    p.add_argument("--gradient-accumulation-steps", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--num-memory-tokens", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--save-steps", type=int)
+    p.add_argument("--max-samples", type=int)
+    p.add_argument("--min-chars", type=int)
+    p.add_argument("--gradcache-chunk", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --output")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="MTEB evaluation (offline data dir or the hub), with baselines side by side")
+    _common(p)
+    p.add_argument("--tasks", default="STSBenchmark", help="comma-separated MTEB task names")
+    p.add_argument("--data-dir", help="local MTEB data (layout of ../shared/data); default $LLM2COMP_DATA_DIR or ../shared/data")
+    p.add_argument("--limit", type=int, help="subsample each task to at most N examples (quick runs)")
+    p.add_argument("--baselines", default="", help="comma-separated: mean,last,prompteol and/or sentence-transformers paths or 'minilm'")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="write a sentence-transformers folder from a trained model directory")
+    p.add_argument("model_dir")
+    p.add_argument("out")
+    p.add_argument("--format", default="sentence-transformers", choices=["sentence-transformers"])
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("quickstart", help="the main job on the embedded default: KL pre-training -> SimCSE -> evaluation before/after")
+    _common(p)
+    p.add_argument("--data-dir")
+    p.add_argument("--minutes", type=float, default=15.0, help="time budget")
+    p.set_defaults(func=_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .backbone import BackboneError
+    from .data.corpus import DataError
+
+    try:
+        return args.func(args)
+    except (BackboneError, DataError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The LLM2Comp encoder: encode contract, memory tokens, pooling baselines, save/load/merge round trips."""
+
+import numpy as np
+import pytest
+import torch
+
+from llm2comp import LLM2Comp
+from llm2comp.testing import SAMPLE_TEXT
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir):
+    return LLM2Comp.from_pretrained(tiny_dir)
+
+
+def _perturb_lora(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.hf_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+        model.memory.weight.add_(torch.randn(model.memory.weight.shape, generator=generator))
+
+
+def test_encode_shapes_and_types(model):
+    d = model.get_sentence_embedding_dimension()
+    out = model.encode(SAMPLE_TEXT)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (len(SAMPLE_TEXT), d)
+    single = model.encode(SAMPLE_TEXT[0])
+    assert single.shape == (d,)
+    np.testing.assert_allclose(single, out[0], atol=1e-5)
+    tensor = model.encode(SAMPLE_TEXT, convert_to_tensor=True)
+    assert isinstance(tensor, torch.Tensor) and tensor.shape == (len(SAMPLE_TEXT), d)
+    normed = model.encode(SAMPLE_TEXT, normalize_embeddings=True)
+    np.testing.assert_allclose(np.linalg.norm(normed, axis=1), 1.0, atol=1e-5)
+
+
+def test_order_is_preserved_whatever_the_batching(model):
+    texts = SAMPLE_TEXT + [t[: len(t) // 3] for t in SAMPLE_TEXT]
+    reference = np.stack([model.encode(t) for t in texts])
+    for batch_size in (1, 3, 64):
+        np.testing.assert_allclose(model.encode(texts, batch_size=batch_size), reference, atol=1e-5)
+    permutation = np.random.default_rng(0).permutation(len(texts))
+    shuffled = model.encode([texts[i] for i in permutation], batch_size=4)
+    np.testing.assert_allclose(shuffled, reference[permutation], atol=1e-5)
+
+
+def test_memory_tokens_follow_text_and_fit_max_length(tiny_dir):
+    model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=4, max_length=16)
+    features = model.tokenize(["word " * 100, "short"])
+    assert features["input_ids"].shape[1] == 16
+    assert features["memory_mask"].sum(1).tolist() == [4, 4]
+    row = features["memory_mask"][1].nonzero().flatten()
+    assert row.tolist() == list(range(features["attention_mask"][1].sum().item() - 4, features["attention_mask"][1].sum().item()))
+    assert model.encode("word " * 1000).shape == (model.get_sentence_embedding_dimension(),)
+
+
+def test_embedding_is_mean_of_memory_states(model):
+    features = model.forward(model.tokenize(SAMPLE_TEXT[:2]))
+    assert features["memory_states"].shape == (2, 8, model.get_sentence_embedding_dimension())
+    torch.testing.assert_close(features["sentence_embedding"], features["memory_states"].mean(1))
+
+
+def test_memory_tokens_are_attended_bidirectionally(model):
+    """The memory token states depend on the text and the text states on the memory tokens (bidirectional)."""
+    features = model.tokenize(["the cat sat"])
+    out1 = model.forward(dict(features))["token_embeddings"].detach()
+    with torch.no_grad():
+        model.memory.weight.add_(1.0)
+    try:
+        out2 = model.forward(dict(features))["token_embeddings"].detach()
+    finally:
+        with torch.no_grad():
+            model.memory.weight.sub_(1.0)
+    assert (out1[0, 0] - out2[0, 0]).abs().max() > 1e-4  # the first text token sees the memory tokens
+
+
+def test_bad_input(model):
+    d = model.get_sentence_embedding_dimension()
+    assert model.encode([]).shape == (0, d)
+    assert model.encode([], convert_to_tensor=True).shape == (0, d)
+    out = model.encode(["", "   ", "text"])
+    assert out.shape == (3, d) and np.isfinite(out).all()
+    with pytest.raises(TypeError):
+        model.encode(["ok", 3])
+    with pytest.raises(TypeError):
+        model.encode([None])
+    with pytest.raises(TypeError):
+        model.encode(42)
+    with pytest.raises(ValueError):
+        model.encode(["a"], batch_size=0)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "prompteol"])
+def test_baseline_poolings(tiny_dir, pooling):
+    model = LLM2Comp.from_pretrained(tiny_dir, pooling=pooling, max_length=80)
+    assert model.config.bidirectional is False
+    features = model.tokenize(["", "a sentence that is a little longer than the others here"])
+    assert "memory_mask" not in features and features["input_ids"].shape[1] <= 80
+    out = model.encode(["", "hello there", "word " * 200])
+    assert out.shape == (3, model.get_sentence_embedding_dimension()) and np.isfinite(out).all()
+    if pooling == "prompteol":
+        ids = model.token_ids(["xyz"])[0]
+        assert model.tokenizer.decode(ids).endswith('means in one word:"')
+
+
+def test_prompt_changes_embedding(model):
+    a = model.encode("query text")
+    b = model.encode("query text", prompt="Retrieve passages: ")
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(b, model.encode("Retrieve passages: query text"), atol=1e-5)
+
+
+def test_similarity(model):
+    emb = model.encode(SAMPLE_TEXT[:3])
+    sim = model.similarity(emb, emb)
+    assert sim.shape == (3, 3)
+    torch.testing.assert_close(torch.diagonal(sim), torch.ones(3), atol=1e-5, rtol=0)
+    assert model.similarity(emb[0], emb).shape == (1, 3)
+
+
+def test_save_load_merge_round_trip(tiny_dir, tmp_path):
+    model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=4)
+    model.add_lora(r=4, alpha=8)
+    _perturb_lora(model)
+    reference = model.encode(SAMPLE_TEXT)
+    model.save(tmp_path / "saved")
+    loaded = LLM2Comp.from_pretrained(tmp_path / "saved")
+    assert loaded.config.num_memory_tokens == 4
+    np.testing.assert_allclose(loaded.encode(SAMPLE_TEXT), reference, atol=1e-5)
+    loaded.merge_and_unload()
+    assert loaded.peft_model is None
+    np.testing.assert_allclose(loaded.encode(SAMPLE_TEXT), reference, atol=1e-5)
+    # chaining: merged stage-1 adapter + fresh adapter, saved and reloaded
+    loaded.add_lora(r=4, alpha=8)
+    _perturb_lora(loaded, seed=1)
+    chained = loaded.encode(SAMPLE_TEXT)
+    loaded.save(tmp_path / "chained")
+    again = LLM2Comp.from_pretrained(tmp_path / "chained")
+    assert again.config.adapters == ["adapters/0", "adapters/1"] and again.config.merged_adapters == 1
+    np.testing.assert_allclose(again.encode(SAMPLE_TEXT), chained, atol=1e-5)
+    assert (tmp_path / "chained" / "adapters" / "1" / "adapter_model.safetensors").is_file()
+
+
+def test_save_keeps_other_content(model, tmp_path):
+    target = tmp_path / "run"
+    (target / "checkpoints").mkdir(parents=True)
+    (target / "loss.jsonl").write_text("{}\n")
+    model.save(target)
+    model.save(target)
+    assert (target / "checkpoints").is_dir() and (target / "loss.jsonl").is_file()
+    assert not [p for p in target.iterdir() if p.name.startswith(".")]
+
+
+def test_lora_and_memory_are_the_only_trainable_parameters(tiny_dir):
+    model = LLM2Comp.from_pretrained(tiny_dir)
+    model.add_lora()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert "memory.weight" in trainable
+    assert all("lora_" in name or name == "memory.weight" for name in trainable)
+    assert not any(".k_proj.lora" in name for name in trainable)  # the recipe leaves k out
+    targets = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in trainable if "lora_" in name}
+    assert targets == {"q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_decoder_mode_is_the_original_causal_model(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    model = LLM2Comp.from_pretrained(tiny_dir).eval()
+    model.add_lora()
+    _perturb_lora(model)
+    ids = torch.randint(3, 200, (2, 7))
+    with torch.no_grad(), model.decoder_mode() as lm:
+        ours = lm(input_ids=ids).logits
+    torch.testing.assert_close(ours, original(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
