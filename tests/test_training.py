@@ -1,0 +1,143 @@
+"""Stage-1 training: CLI + YAML, outputs that load, resume after kill -9, the NaN guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llm2comp import LLM2Comp
+from llm2comp.testing import SAMPLE_TEXT
+from llm2comp.training.config import TrainConfig
+from llm2comp.training.run import train
+from llm2comp.training.trainer import COMPLETE_MARKER, NonFiniteLossError, last_complete_checkpoint
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    paragraphs = [f"{a} {b}" for a in SAMPLE_TEXT for b in SAMPLE_TEXT]
+    path.write_text("\n\n".join(paragraphs))
+    return path
+
+
+def _config(tiny_dir, corpus, output, **overrides):
+    values = dict(stage="pretrain", objective="kl", model=str(tiny_dir), data=str(corpus), output=str(output),
+                  max_steps=4, batch_size=2, save_steps=2, min_chars=0, max_length=96, num_memory_tokens=3, split_margin=3)
+    values.update(overrides)
+    return TrainConfig.from_dict(values)
+
+
+def test_yaml_config_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("stage: pretrain\nobjective: nll\nmax_steps: 7\nlearning_rate: 0.001\n")
+    cfg = TrainConfig.from_yaml(path, max_steps=3)
+    assert (cfg.objective, cfg.max_steps, cfg.learning_rate) == ("nll", 3, 0.001)
+    path.write_text("stage: pretrain\nnot_a_setting: 1\n")
+    with pytest.raises(ValueError, match="not_a_setting"):
+        TrainConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig.from_dict({"objective": "xyz"})
+    assert TrainConfig.from_dict({"stage": "simcse"}).learning_rate == 3e-5
+
+
+def test_shipped_configs_parse():
+    configs = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
+    assert configs
+    for path in configs:
+        TrainConfig.from_yaml(path)
+
+
+@pytest.mark.parametrize("objective", ["kl", "nll", "rc", "mntp"])
+def test_train_writes_a_loadable_model(tiny_dir, corpus, tmp_path, objective):
+    output = train(_config(tiny_dir, corpus, tmp_path / objective, objective=objective))
+    for name in ("llm2comp_config.json", "memory_tokens.safetensors", "loss.jsonl", "loss.png", "data_order.jsonl"):
+        assert (output / name).is_file(), name
+    assert [p.name for p in sorted((output / "checkpoints").iterdir())] == ["checkpoint-2", "checkpoint-4"]
+    assert all((p / COMPLETE_MARKER).is_file() for p in (output / "checkpoints").iterdir())
+    model = LLM2Comp.from_pretrained(output)
+    assert model.config.stages[-1]["objective"] == objective
+    assert model.config.pooling == ("mean" if objective == "mntp" else "memory")
+    emb = model.encode(SAMPLE_TEXT[:2])
+    assert emb.shape == (2, model.get_sentence_embedding_dimension()) and np.isfinite(emb).all()
+    base = LLM2Comp.from_pretrained(tiny_dir, pooling=model.config.pooling, bidirectional=True, num_memory_tokens=3)
+    assert not np.allclose(base.encode(SAMPLE_TEXT[:2]), emb, atol=1e-6)  # training changed something
+    losses = [json.loads(line) for line in (output / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in losses if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_refuses_to_overwrite_a_run(tiny_dir, corpus, tmp_path):
+    train(_config(tiny_dir, corpus, tmp_path / "run", max_steps=2))
+    with pytest.raises(FileExistsError):
+        train(_config(tiny_dir, corpus, tmp_path / "run", max_steps=2))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_dir, corpus, tmp_path, monkeypatch):
+    from llm2comp.objectives import pretext
+
+    real = pretext.CompressionObjective.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch):
+        calls["n"] += 1
+        out = real(self, model, batch)
+        if calls["n"] == 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(pretext.CompressionObjective, "__call__", poisoned)
+    with pytest.raises(NonFiniteLossError, match="checkpoint-2"):
+        train(_config(tiny_dir, corpus, tmp_path / "nan", max_steps=6))
+    assert last_complete_checkpoint(tmp_path / "nan" / "checkpoints").name == "checkpoint-2"
+
+
+def _cli(tiny_dir, corpus, output, *extra):
+    return [sys.executable, "-m", "llm2comp", "train", "--stage", "pretrain", "--objective", "kl",
+            "--model", str(tiny_dir), "--data", str(corpus), "--output", str(output), "--max-steps", "24",
+            "--batch-size", "2", "--save-steps", "2", "--min-chars", "0", "--max-length", "96",
+            "--num-memory-tokens", "3", *extra]
+
+
+def _order(path):
+    records = {}
+    for line in (path / "data_order.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        records[record["step"]] = record["index"]
+    return records
+
+
+def test_resume_after_kill_reaches_the_same_result(tiny_dir, corpus, tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(tiny_dir, corpus, reference), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_cli(tiny_dir, corpus, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if (killed / "checkpoints" / "checkpoint-6" / COMPLETE_MARKER).exists():
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "llm2comp_config.json").exists()
+    resumed_from = last_complete_checkpoint(killed / "checkpoints")
+    assert resumed_from is not None and int(resumed_from.name.split("-")[1]) < 24
+
+    subprocess.run(_cli(tiny_dir, corpus, killed, "--resume"), check=True, env=env, capture_output=True)
+    assert _order(killed) == _order(reference)
+    assert len(_order(reference)) == 24
+    for name in ("memory_tokens.safetensors", "adapters/0/adapter_model.safetensors"):
+        a, b = load_file(reference / name), load_file(killed / name)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    state = json.loads((killed / "checkpoints" / "checkpoint-24" / "trainer_state.json").read_text())
+    assert state["global_step"] == 24
