@@ -40,6 +40,7 @@ class TrainConfig:
     # data
     data_field: str = "text"
     min_chars: int = 1000
+    truncate_long: bool = False  # paper: texts over max_length are dropped; true: truncated instead
     max_samples: int | None = None
     split_margin: int = 10
     # optimisation (recipe defaults, stage 1)

