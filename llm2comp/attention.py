@@ -15,6 +15,13 @@ from transformers import PretrainedConfig
 
 
 def _configs(model: torch.nn.Module) -> list[PretrainedConfig]:
+    cached = model.__dict__.get("_llm2comp_configs")
+    if cached is None:
+        cached = model.__dict__["_llm2comp_configs"] = _find_configs(model)
+    return cached
+
+
+def _find_configs(model: torch.nn.Module) -> list[PretrainedConfig]:
     seen: dict[int, PretrainedConfig] = {}
     for module in model.modules():
         config = getattr(module, "config", None)

@@ -134,3 +134,17 @@ def test_objectives_check_the_pooling(tiny_dir):
         MNTPObjective(_model(tiny_dir))
     with pytest.raises(ValueError, match="memory-token pooling"):
         CompressionObjective(_model(tiny_dir, pooling="mean", bidirectional=True), kind="kl")
+
+
+def test_one_copy_equals_a_second_frozen_copy(tiny_dir):
+    """Adapter off on the same weights is the frozen LLM: loss and gradients match the authors' two-copy layout."""
+    results = []
+    for frozen in (None, AutoModelForCausalLM.from_pretrained(tiny_dir).eval().requires_grad_(False)):
+        model = _model(tiny_dir)
+        objective = CompressionObjective(model, kind="kl", split_margin=3, frozen_copy=frozen)
+        loss = objective(model, objective.collate(_examples(model)))["loss"]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], atol=1e-6, rtol=1e-5)

@@ -11,6 +11,7 @@ chunks of positions under activation checkpointing, so peak memory holds one chu
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 
@@ -116,6 +117,7 @@ class CompressionObjective:
     split_margin: int = 10
     loss_budget: int = 1 << 24  # logits elements per chunk
     seed: int = 0
+    frozen_copy: torch.nn.Module | None = None  # a separate frozen LLM as decoder/teacher (the authors' layout; 2x memory)
 
     def __post_init__(self):
         if self.kind not in ("kl", "nll", "rc"):
@@ -148,6 +150,9 @@ class CompressionObjective:
             batch["index"] = torch.tensor([e["index"] for e in examples])
         return batch
 
+    def frozen_decoder(self, model: LLM2Comp):
+        return contextlib.nullcontext(self.frozen_copy) if self.frozen_copy is not None else model.decoder_mode()
+
     def decoder_inputs(self, model: LLM2Comp, memory: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """[BOS, m_1..m_k, continuation] as input embeddings, and its attention mask."""
         bos = decoder_bos(model.tokenizer)
@@ -168,14 +173,14 @@ class CompressionObjective:
         memory = model(encoder)["memory_states"]  # (B, k, d)
         inputs, mask = self.decoder_inputs(model, memory, batch)
         first = inputs.shape[1] - batch["continuation_ids"].shape[1] - 1  # position of m_k: predicts continuation[0]
-        with model.decoder_mode() as lm:
+        with self.frozen_decoder(model) as lm:
             hidden = lm.get_decoder()(inputs_embeds=inputs, attention_mask=mask, use_cache=False).last_hidden_state
         valid = batch["continuation_mask"].bool()
         student = hidden[:, first : first + valid.shape[1]][valid]  # (P, d), P = all continuation tokens
         if self.kind in ("nll", "rc"):
             loss = chunked_cross_entropy(model, student, batch["continuation_ids"][valid], self.loss_budget)
             return {"loss": loss}
-        with torch.no_grad(), model.decoder_mode() as lm:
+        with torch.no_grad(), self.frozen_decoder(model) as lm:
             teacher_hidden = lm.get_decoder()(
                 input_ids=batch["teacher_ids"], attention_mask=batch["teacher_mask"], use_cache=False
             ).last_hidden_state

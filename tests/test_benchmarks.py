@@ -1,0 +1,22 @@
+"""Smoke runs of the benchmark scripts on tiny models (their numbers come from real runs, see docs/RESULTS.md)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *map(str, args)], check=True, capture_output=True, text=True, timeout=600).stdout
+
+
+def test_encode_throughput_smoke():
+    out = _run(BENCHMARKS / "encode_throughput.py", "--model", "tiny", "--n", "16", "--batch-size", "4", "--rounds", "1")
+    assert "encode overhead over bare forward" in out and "length-sorted speed-up" in out
+
+
+def test_one_copy_memory_smoke():
+    out = _run(BENCHMARKS / "one_copy_memory.py", "--model", "tiny", "--steps", "1", "--rounds", "1", "--length", "32")
+    assert "ratio one/two" in out
+    assert "|diff| = 0.00e+00" in out
