@@ -1,0 +1,369 @@
+"""Stages 2 and 3: contrastive objectives (SimCSE, supervised InfoNCE), cross-rank gathering, GradCache.
+
+- ``info_nce``: InfoNCE on cosine similarity / temperature; row i of the queries targets candidate i
+  (candidates = [all positives; all hard negatives]).
+- ``gather_with_grad``: all-gather across ``torch.distributed`` ranks, the local shard keeping its gradient.
+  Every rank computes the *same* loss over the gathered global batch; the backward of the gather sums the
+  gradient of the gathered tensor over ranks (each rank contributes dL/dx for every shard), so a rank's
+  local shard receives ``world_size * dL/dx_local``, and DDP's averaging over ``world_size`` then gives
+  exactly the single-process gradient of the global batch. The loss therefore needs no extra scaling, and
+  the logged loss on every rank is the global-batch loss. ``gather_parts`` gathers queries, positives and
+  negatives (whose counts may differ per rank, zero included) in one collective, so that every rank runs
+  the same collectives in backward.
+- GradCache (``gradcache_chunk=c``): inside ``__call__``, a custom autograd function encodes the batch
+  without a graph, in chunks of c, remembering the RNG state before each chunk. Its backward re-encodes one
+  chunk at a time with a graph (RNG state and autocast restored, so dropout masks and precision match the
+  first pass), pulls the cached embedding gradient through it with ``torch.autograd.grad`` and returns the
+  summed parameter gradients as the function's own input gradients. Peak memory is one chunk's graph, the
+  gradient equals the plain large-batch gradient, and each parameter's gradient is accumulated exactly once
+  per backward, so DDP's hooks (``find_unused_parameters=False``), ``no_sync`` under gradient accumulation
+  and the Trainer's own ``accelerator.backward(loss)`` work unchanged: no Trainer change is needed.
+  (Not for DeepSpeed ZeRO-3 / FSDP, which shard the parameters that the backward differentiates; ZeRO-1/2
+  and DDP are fine.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..model import LLM2Comp
+
+CONTRASTIVE_STAGES = ("simcse", "supervised")
+
+
+# ---------------------------------------------------------------------------------------------- loss
+def info_nce(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    temperature: float = 0.05,
+    labels: torch.Tensor | None = None,
+    query_keys: torch.Tensor | None = None,
+    candidate_keys: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean cross-entropy of cos(q_i, c_j) / temperature with target ``labels[i]`` (default: i).
+
+    Optional false-negative masking: where ``query_keys[i] >= 0`` and ``candidate_keys[j] == query_keys[i]``
+    (the same intent, the same query, ...), candidate j is left out of row i's softmax, except the target.
+    """
+    q = F.normalize(queries.float(), dim=-1)
+    c = F.normalize(candidates.float(), dim=-1)
+    scores = q @ c.T / temperature
+    if labels is None:
+        labels = torch.arange(q.shape[0], device=q.device)
+    if query_keys is not None and candidate_keys is not None:
+        same = (query_keys[:, None] == candidate_keys[None, :]) & (query_keys[:, None] >= 0)
+        same[torch.arange(q.shape[0], device=q.device), labels] = False
+        scores = scores.masked_fill(same, float("-inf"))
+    return F.cross_entropy(scores, labels)
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_sizes(n: int, device: torch.device) -> list[int]:
+    size = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s.item()) for s in sizes]
+
+
+def _all_gather_padded(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """All-gather tensors whose first dimension differs per rank (padded to the largest, then trimmed)."""
+    width = max(sizes)
+    padded = t.new_zeros((width, *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        sizes = _gather_sizes(t.shape[0], t.device)
+        rank = dist.get_rank()
+        ctx.start, ctx.end = sum(sizes[:rank]), sum(sizes[: rank + 1])
+        return _all_gather_padded(t.contiguous(), sizes)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # every rank's loss depends on this rank's shard
+        return grad[ctx.start : ctx.end]
+
+
+def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` (first dimension may differ per rank) over all ranks, in rank order.
+
+    The local shard keeps its gradient; the backward sums the gathered tensor's gradient over ranks (see
+    the module docstring for why this makes DDP's averaged gradient exact). Identity when not distributed.
+    """
+    if not _distributed():
+        return t
+    return _GatherWithGrad.apply(t)
+
+
+def gather_tensor(t: torch.Tensor) -> torch.Tensor:
+    """All-gather without gradient (ids, keys); identity when not distributed."""
+    if not _distributed():
+        return t
+    return _all_gather_padded(t.detach(), _gather_sizes(t.shape[0], t.device))
+
+
+def gather_parts(parts: Sequence[torch.Tensor], grad: bool = True) -> list[torch.Tensor]:
+    """Gather several local tensors (sizes may differ per rank) with a single collective; returns each part
+    concatenated over ranks, in rank order. One collective, so the backward runs one all-reduce on every rank
+    (with separate gathers, a rank whose part needs no gradient would skip a collective the others run)."""
+    parts = list(parts)
+    if not _distributed():
+        return parts
+    local = torch.cat(parts)
+    counts = torch.tensor([p.shape[0] for p in parts], dtype=torch.long, device=local.device)
+    counts = gather_tensor(counts).view(dist.get_world_size(), len(parts)).tolist()
+    gathered = gather_with_grad(local) if grad else gather_tensor(local)
+    pieces: list[list[torch.Tensor]] = [[] for _ in parts]
+    offset = 0
+    for rank_counts in counts:
+        for k, n in enumerate(rank_counts):
+            pieces[k].append(gathered[offset : offset + n])
+            offset += n
+    return [torch.cat(p) for p in pieces]
+
+
+# ---------------------------------------------------------------------------------------------- encoding, GradCache
+def _rows(features: dict[str, torch.Tensor], start: int, end: int) -> dict[str, torch.Tensor]:
+    """Rows [start, end) of a right-padded feature dict, padding columns beyond the longest row dropped."""
+    part = {k: v[start:end] for k, v in features.items()}
+    width = int(part["attention_mask"].sum(1).max().item()) if part["attention_mask"].numel() else 0
+    return {k: v[:, : max(1, width)] for k, v in part.items()}
+
+
+def split_features(features: dict[str, torch.Tensor], chunk: int) -> list[dict[str, torch.Tensor]]:
+    n = features["input_ids"].shape[0]
+    return [_rows(features, start, min(n, start + chunk)) for start in range(0, n, chunk)]
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+
+
+def _get_rng(device: torch.device):
+    cpu = torch.get_rng_state()
+    accel = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return cpu, accel
+
+
+def _set_rng(device: torch.device, state) -> None:
+    cpu, accel = state
+    torch.set_rng_state(cpu)
+    if accel is not None:
+        torch.cuda.set_rng_state(accel, device)
+
+
+def _autocast_state(device_type: str) -> dict:
+    return {
+        "device_type": device_type,
+        "enabled": torch.is_autocast_enabled(device_type),
+        "dtype": torch.get_autocast_dtype(device_type),
+        "cache_enabled": torch.is_autocast_cache_enabled(),
+    }
+
+
+class _CachedEncode(torch.autograd.Function):
+    """Embeddings of feature chunks, encoded without a graph; backward re-encodes chunk by chunk."""
+
+    @staticmethod
+    def forward(ctx, encode: Callable, chunks: list, device: torch.device, *params: torch.Tensor) -> torch.Tensor:
+        ctx.encode, ctx.chunks, ctx.device, ctx.params = encode, chunks, device, params
+        ctx.autocast = _autocast_state(device.type)
+        ctx.rng, outputs = [], []
+        for features in chunks:
+            ctx.rng.append(_get_rng(device))
+            outputs.append(encode(features).float())
+        return torch.cat(outputs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        params = ctx.params
+        totals: list[torch.Tensor | None] = [None] * len(params)
+        offset = 0
+        with torch.random.fork_rng(devices=_rng_devices(ctx.device)):
+            for features, state in zip(ctx.chunks, ctx.rng):
+                _set_rng(ctx.device, state)
+                with torch.enable_grad(), torch.autocast(**ctx.autocast):
+                    embeddings = ctx.encode(features).float()
+                part = grad[offset : offset + embeddings.shape[0]]
+                offset += embeddings.shape[0]
+                grads = torch.autograd.grad(embeddings, params, part, allow_unused=True)
+                for i, g in enumerate(grads):
+                    if g is not None:
+                        totals[i] = g if totals[i] is None else totals[i] + g
+                del embeddings, grads
+        totals = [torch.zeros_like(p) if g is None else g for p, g in zip(params, totals)]
+        return (None, None, None, *totals)
+
+
+def embed_features(
+    model: LLM2Comp, feature_list: Sequence[dict[str, torch.Tensor]], chunk: int | None = None
+) -> list[torch.Tensor]:
+    """Sentence embeddings (float32) for several feature dicts, with GradCache when ``chunk`` is set.
+
+    Without ``chunk``: one plain forward per feature dict. With ``chunk``: every dict is cut into chunks of
+    that many rows; gradients are exact (see ``_CachedEncode``); memory is that of one chunk.
+    """
+
+    def encode(features):
+        return model(features)["sentence_embedding"]
+
+    if not chunk or not torch.is_grad_enabled():
+        return [encode(f).float() for f in feature_list]
+    if chunk < 1:
+        raise ValueError(f"gradcache_chunk must be >= 1, got {chunk}")
+    chunks, sizes = [], []
+    for features in feature_list:
+        parts = split_features(features, chunk)
+        chunks.extend(parts)
+        sizes.append(features["input_ids"].shape[0])
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return [encode(f).float() for f in feature_list]
+    embeddings = _CachedEncode.apply(encode, chunks, model.device, *params)
+    return list(torch.split(embeddings, sizes))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _stable_key(source, key) -> int:
+    """A non-negative 63-bit id for a (source, key) pair; -1 when there is no key."""
+    if key is None or key == "":
+        return -1
+    digest = hashlib.blake2b(f"{source}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _prefixed(features: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}_{k}": v for k, v in features.items()}
+
+
+def _unprefixed(batch: dict, prefix: str) -> dict[str, torch.Tensor]:
+    head = f"{prefix}_"
+    return {k[len(head):]: v for k, v in batch.items() if k.startswith(head)}
+
+
+def _text_token_ids(model: LLM2Comp, examples: list[dict], field: str = "text") -> list[list[int]]:
+    """Token rows for examples holding either raw text or ``input_ids`` (text tokens, no special tokens)."""
+    from .pretext import special_prefix
+
+    if all(field in e for e in examples):
+        return model.token_ids([str(e[field]) for e in examples])
+    if all("input_ids" in e for e in examples):
+        head = special_prefix(model.tokenizer)
+        budget = model._text_budget() - len(head)
+        return [head + list(e["input_ids"])[:budget] for e in examples]
+    raise ValueError(f"contrastive examples need a '{field}' or an 'input_ids' entry")
+
+
+# ---------------------------------------------------------------------------------------------- SimCSE
+@dataclass
+class SimCSEObjective:
+    """Unsupervised SimCSE: every sentence encoded twice with dropout on (one forward of the doubled batch,
+    independent masks per row); view 2 of sentence i is its positive, the other sentences of the global batch
+    (gathered across ranks) the negatives."""
+
+    model: LLM2Comp
+    temperature: float = 0.05
+    gradcache_chunk: int | None = None
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.model.collate(_text_token_ids(self.model, examples))
+        if examples and "index" in examples[0]:
+            batch["index"] = torch.tensor([e["index"] for e in examples])
+        return batch
+
+    def views(self, model: LLM2Comp, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two dropout views of the local batch, (n, d) each."""
+        features = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "memory_mask")}
+        doubled = {k: torch.cat([v, v]) for k, v in features.items()}
+        (embeddings,) = embed_features(model, [doubled], self.gradcache_chunk)
+        n = features["input_ids"].shape[0]
+        return embeddings[:n], embeddings[n:]
+
+    def __call__(self, model: LLM2Comp, batch: dict) -> dict[str, torch.Tensor]:
+        first, second = gather_parts(self.views(model, batch))
+        loss = info_nce(first, second, self.temperature)
+        return {"loss": loss}
+
+
+# ---------------------------------------------------------------------------------------------- supervised
+@dataclass
+class SupervisedObjective:
+    """Supervised contrastive learning on (query, positive, optional hard negative).
+
+    The query carries its task instruction (``"{instruction}: {query}\\n"``, the bare query without one);
+    positives and negatives do not. Loss: InfoNCE of every query of the global batch against all positives
+    and all hard negatives of the global batch (gathered across ranks). Candidates sharing a query's
+    non-empty ``key`` (same intent, same query...) other than its own positive are masked out as false
+    negatives. ``gradcache_chunk`` enables GradCache (exact gradients, memory of one chunk).
+    """
+
+    model: LLM2Comp
+    temperature: float = 0.05
+    gradcache_chunk: int | None = None
+    query_field: str = "query"
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        from ..data.pairs import format_query
+
+        model = self.model
+        queries = [format_query(str(e[self.query_field]), e.get("instruction") or "") for e in examples]
+        positives = [str(e["positive"]) for e in examples]
+        with_negative = [e for e in examples if e.get("negative") not in (None, "")]
+        batch = _prefixed(model.tokenize(queries), "query") | _prefixed(model.tokenize(positives), "positive")
+        if with_negative:
+            batch |= _prefixed(model.tokenize([str(e["negative"]) for e in with_negative]), "negative")
+        batch["key_query"] = torch.tensor([_stable_key(e.get("source"), e.get("key")) for e in examples], dtype=torch.long)
+        batch["key_negative"] = torch.tensor(
+            [_stable_key(e.get("source"), e.get("negative_key")) for e in with_negative], dtype=torch.long
+        )
+        if examples and "index" in examples[0]:
+            batch["index"] = torch.tensor([e["index"] for e in examples])
+        return batch
+
+    def embed(self, model: LLM2Comp, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Local (queries, positives, negatives-or-None) embeddings."""
+        names = ["query", "positive"] + (["negative"] if "negative_input_ids" in batch else [])
+        embeddings = embed_features(model, [_unprefixed(batch, name) for name in names], self.gradcache_chunk)
+        return embeddings[0], embeddings[1], embeddings[2] if len(embeddings) > 2 else None
+
+    def __call__(self, model: LLM2Comp, batch: dict) -> dict[str, torch.Tensor]:
+        queries, positives, negatives = self.embed(model, batch)
+        device = queries.device
+        query_keys = batch.get("key_query", torch.full((queries.shape[0],), -1, dtype=torch.long)).to(device)
+        negative_keys = batch.get("key_negative", torch.empty(0, dtype=torch.long)).to(device)
+        if negatives is None:  # this rank has no hard negatives; others may
+            negatives = queries.new_zeros((0, queries.shape[1]))
+            negative_keys = negative_keys[:0]
+        all_queries, all_positives, all_negatives = gather_parts([queries, positives, negatives])
+        all_query_keys, all_negative_keys = gather_parts([query_keys, negative_keys], grad=False)
+        candidates = torch.cat([all_positives, all_negatives])
+        candidate_keys = torch.cat([all_query_keys, all_negative_keys])
+        loss = info_nce(all_queries, candidates, self.temperature, query_keys=all_query_keys, candidate_keys=candidate_keys)
+        return {"loss": loss}
+
+
+def build_contrastive_objective(cfg, model: LLM2Comp):
+    """The objective of a contrastive ``TrainConfig`` stage (simcse | supervised)."""
+    if cfg.gradcache_chunk is not None and cfg.gradcache_chunk < 1:
+        raise ValueError(f"gradcache_chunk must be >= 1, got {cfg.gradcache_chunk}")
+    if cfg.stage == "simcse":
+        return SimCSEObjective(model, temperature=cfg.temperature, gradcache_chunk=cfg.gradcache_chunk)
+    if cfg.stage == "supervised":
+        return SupervisedObjective(model, temperature=cfg.temperature, gradcache_chunk=cfg.gradcache_chunk)
+    raise ValueError(f"no contrastive objective for stage '{cfg.stage}'; choose one of {', '.join(CONTRASTIVE_STAGES)}")
