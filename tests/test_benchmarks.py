@@ -20,3 +20,10 @@ def test_one_copy_memory_smoke():
     out = _run(BENCHMARKS / "one_copy_memory.py", "--model", "tiny", "--steps", "1", "--rounds", "1", "--length", "32")
     assert "ratio one/two" in out
     assert "|diff| = 0.00e+00" in out
+
+
+def test_gpu_throughput_smoke_on_cpu():
+    out = _run(BENCHMARKS / "gpu_throughput.py", "--shape", "tiny", "--device", "cpu", "--dtype", "float32",
+               "--batch-size", "2", "--length", "32", "--steps", "1")
+    for label in ("stage-1 KL step", "SimCSE step", "encode (forward)"):
+        assert label in out

@@ -39,6 +39,19 @@ def lm_logits(model: LLM2Comp, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def token_mean(total: torch.Tensor, count: int) -> torch.Tensor:
+    """``total / count`` where count is over the *global* batch when data-parallel: each rank returns
+    local_sum * world / global_count, so DDP's gradient averaging yields exactly the gradient of the
+    global per-token mean, whatever the token counts of each rank's shard."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        counts = torch.tensor([float(count)], device=total.device)
+        dist.all_reduce(counts)
+        return total * dist.get_world_size() / counts.clamp(min=1)[0]
+    return total / max(1, count)
+
+
 def _chunk_rows(model: LLM2Comp, budget: int) -> int:
     return max(1, budget // max(1, model.vocab_size))
 
@@ -54,7 +67,7 @@ def chunked_cross_entropy(model: LLM2Comp, hidden: torch.Tensor, targets: torch.
     for start in range(0, hidden.shape[0], rows):
         h, t = hidden[start : start + rows], targets[start : start + rows]
         total = total + (checkpoint(chunk_loss, h, t, use_reentrant=False) if h.requires_grad else chunk_loss(h, t))
-    return total / max(1, targets.numel())
+    return token_mean(total, targets.numel())
 
 
 def chunked_kl(model: LLM2Comp, student: torch.Tensor, teacher: torch.Tensor, budget: int = 1 << 24) -> torch.Tensor:
@@ -71,7 +84,7 @@ def chunked_kl(model: LLM2Comp, student: torch.Tensor, teacher: torch.Tensor, bu
     for start in range(0, student.shape[0], rows):
         s, t = student[start : start + rows], teacher[start : start + rows]
         total = total + (checkpoint(chunk_loss, s, t, use_reentrant=False) if s.requires_grad else chunk_loss(s, t))
-    return total / max(1, student.shape[0])
+    return token_mean(total, student.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------- helpers
