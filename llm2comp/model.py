@@ -172,6 +172,7 @@ class LLM2Comp(nn.Module):
         missing = [t for t in target_modules if t not in present]
         if missing:
             raise ValueError(f"LoRA target modules {missing} not found in {type(self.hf_model).__name__}")
+        self.clear_replicas()
         lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
         self.__dict__["_peft"] = get_peft_model(self.hf_model, lora)
         self.memory.weight.requires_grad_(True)
@@ -184,6 +185,7 @@ class LLM2Comp(nn.Module):
         peft_model = self.peft_model
         if peft_model is None:
             return self
+        self.clear_replicas()
         adapter_config = peft_model.peft_config["default"].to_dict()
         state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
         self._merged.append((adapter_config, state))
@@ -284,6 +286,7 @@ class LLM2Comp(nn.Module):
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
         show_progress_bar: bool | None = None,
+        devices: Sequence[str | torch.device] | None = None,
         **_ignored,
     ):
         """Embed texts: float32 numpy (n, d) by default, (d,) for a single string, a torch tensor on request.
@@ -291,6 +294,9 @@ class LLM2Comp(nn.Module):
         Texts are batched by token length (longest first) and returned in input order. Empty or whitespace
         strings are valid input (they are embedded like any text; with memory pooling the memory tokens
         alone). Non-string items raise TypeError; batch_size < 1 raises ValueError.
+
+        ``devices`` (opt-in, e.g. ``["cuda:0", "cuda:1"]``) spreads the batches over model replicas on those
+        devices, one thread each; without it, nothing runs anywhere but on the model's own device.
         """
         single = isinstance(texts, str)
         if single:
@@ -312,25 +318,63 @@ class LLM2Comp(nn.Module):
         order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
         if show_progress_bar is None:
             show_progress_bar = len(texts) >= 8 * batch_size
-        was_training = self.training
-        self.eval()
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         result = torch.empty(len(texts), dim, dtype=torch.float32)
-        try:
+        progress = tqdm(total=len(batches), desc="encode", disable=not show_progress_bar)
+
+        def run(replica: LLM2Comp, assigned: list[list[int]]) -> None:
             with torch.inference_mode():
-                for start in tqdm(range(0, len(order), batch_size), desc="encode", disable=not show_progress_bar):
-                    index = order[start : start + batch_size]
-                    features = self.collate([token_ids[i] for i in index])
-                    embeddings = self.forward(features)["sentence_embedding"].float()
+                for index in assigned:
+                    embeddings = replica.forward(replica.collate([token_ids[i] for i in index]))["sentence_embedding"].float()
                     if normalize_embeddings:
                         embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
                     result[torch.tensor(index)] = embeddings.cpu()
+                    progress.update()
+
+        was_training = self.training
+        self.eval()
+        try:
+            if devices and len(devices) > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                replicas = self._replicas(devices)
+                with ThreadPoolExecutor(len(replicas)) as pool:
+                    jobs = [pool.submit(run, r, batches[i :: len(replicas)]) for i, r in enumerate(replicas)]
+                    for job in jobs:
+                        job.result()
+            else:
+                run(self if not devices else self._replicas(devices)[0], batches)
         finally:
+            progress.close()
             self.train(was_training)
         if single:
             result = result[0]
         if convert_to_tensor or not convert_to_numpy:
             return result
         return result.numpy()
+
+    def _replicas(self, devices: Sequence[str | torch.device]) -> list[LLM2Comp]:
+        """Inference copies of this model on ``devices`` (this model itself for its own device), cached until
+        the weights change (a new adapter, a merge); call ``clear_replicas()`` after training further."""
+        import copy
+
+        key = tuple(str(torch.device(d)) for d in devices)
+        cache = self.__dict__.setdefault("_replica_cache", {})
+        if key not in cache:
+            cache.clear()
+            replicas = []
+            for device in key:
+                if torch.device(device) == self.device and not any(r is self for r in replicas):
+                    replicas.append(self)
+                else:
+                    clone = copy.deepcopy(self).to(device).eval()
+                    clone.__dict__["_replica_cache"] = {}
+                    replicas.append(clone)
+            cache[key] = replicas
+        return cache[key]
+
+    def clear_replicas(self) -> None:
+        self.__dict__["_replica_cache"] = {}
 
     @staticmethod
     def similarity(a, b) -> torch.Tensor:

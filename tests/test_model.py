@@ -174,3 +174,16 @@ def test_decoder_mode_is_the_original_causal_model(tiny_dir):
     with torch.no_grad(), model.decoder_mode() as lm:
         ours = lm(input_ids=ids).logits
     torch.testing.assert_close(ours, original(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_multi_device_encoding_is_opt_in_and_identical(tiny_dir):
+    model = LLM2Comp.from_pretrained(tiny_dir)
+    texts = SAMPLE_TEXT * 3
+    single = model.encode(texts, batch_size=4)
+    assert "_replica_cache" not in model.__dict__ or not model.__dict__["_replica_cache"]  # nothing started silently
+    multi = model.encode(texts, batch_size=4, devices=["cpu", "cpu"])
+    np.testing.assert_allclose(multi, single, atol=1e-5)
+    replicas = model._replicas(["cpu", "cpu"])
+    assert len(replicas) == 2 and replicas[0] is model and replicas[1] is not model
+    model.add_lora()
+    assert not model.__dict__["_replica_cache"]  # weights changed: stale replicas dropped
