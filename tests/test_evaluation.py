@@ -301,9 +301,11 @@ def test_run_evaluate_cli(tiny_dir, data_dir, tmp_path):
     parser = add_evaluate_arguments(argparse.ArgumentParser())
     args = parser.parse_args(
         ["--model", str(tiny_dir), "--tasks", "STSBenchmark", "--data-dir", str(data_dir), "--limit", "10",
-         "--output", str(tmp_path / "cli"), "--baselines", "mean", "--batch-size", "4"]
+         "--output", str(tmp_path / "cli"), "--baselines", "mean", "--batch-size", "4", "--threads", "1"]
     )
+    threads = torch.get_num_threads()
     assert run_evaluate_cli(args) == 0
+    assert torch.get_num_threads() == threads  # --threads is scoped to the run
     assert set(json.loads((tmp_path / "cli/results.json").read_text())) == {"STSBenchmark"}
     bad = parser.parse_args(["--model", str(tiny_dir), "--tasks", "STSBenchmark", "--data-dir", str(tmp_path / "nope")])
     assert run_evaluate_cli(bad) == 1

@@ -65,25 +65,34 @@ def _llm2comp_spec(label: str, name_or_model, batch_size: int, adapter_kwargs: d
     from .mteb_adapter import MTEBEncoder
 
     def load():
-        model = name_or_model if isinstance(name_or_model, LLM2Comp) else LLM2Comp.from_pretrained(name_or_model, **load_kwargs)
+        if isinstance(name_or_model, LLM2Comp):
+            model = name_or_model  # used as is (not merged: the caller may still be training it)
+        else:
+            model = LLM2Comp.from_pretrained(name_or_model, **{k: v for k, v in load_kwargs.items() if v is not None})
+            model.merge_and_unload()  # fold an attached LoRA adapter into the weights: same outputs, faster
         return MTEBEncoder(model, batch_size=batch_size, **adapter_kwargs), model
 
     source = name_or_model.config.base_model if isinstance(name_or_model, LLM2Comp) else str(name_or_model)
     return ModelSpec(label, load, "llm2comp", f"{source} ({load_kwargs.get('pooling') or 'as saved'})")
 
 
-def _st_spec(label: str, path_or_model) -> ModelSpec:
+def _st_spec(label: str, path_or_model, device: str | None = None) -> ModelSpec:
     def load():
         from sentence_transformers import SentenceTransformer
 
-        model = path_or_model if isinstance(path_or_model, SentenceTransformer) else SentenceTransformer(str(path_or_model), device="cpu")
+        if isinstance(path_or_model, SentenceTransformer):
+            model = path_or_model
+        else:
+            model = SentenceTransformer(str(path_or_model), device=device)
         return model, model
 
     source = str(path_or_model) if isinstance(path_or_model, (str, os.PathLike)) else "in-memory SentenceTransformer"
     return ModelSpec(label, load, "sentence-transformers", source)
 
 
-def model_spec(model_or_path, batch_size: int = 32, label: str | None = None, adapter_kwargs: dict | None = None) -> ModelSpec:
+def model_spec(
+    model_or_path, batch_size: int = 32, label: str | None = None, adapter_kwargs: dict | None = None, device: str | None = None
+) -> ModelSpec:
     """The main model: an LLM2Comp instance, a SentenceTransformer, `minilm`, an ST folder, or anything
     `LLM2Comp.from_pretrained` accepts (saved LLM2Comp dir, backbone alias/dir/hub id/.gguf)."""
     from ..model import LLM2Comp
@@ -95,12 +104,12 @@ def model_spec(model_or_path, batch_size: int = 32, label: str | None = None, ad
         return _st_spec(label or "model", model_or_path)
     name = str(model_or_path)
     if name.lower() in MINILM_ALIASES:
-        return _st_spec(label or MINILM_LABEL, minilm_path())
+        return _st_spec(label or MINILM_LABEL, minilm_path(), device)
     if name.startswith("st:"):
-        return _st_spec(label or name[3:], name[3:])
+        return _st_spec(label or name[3:], name[3:], device)
     if is_sentence_transformers_dir(name):
-        return _st_spec(label or Path(name).name, name)
-    return _llm2comp_spec(label or Path(name).name or name, name, batch_size, adapter_kwargs)
+        return _st_spec(label or Path(name).name, name, device)
+    return _llm2comp_spec(label or Path(name).name or name, name, batch_size, adapter_kwargs, device=device)
 
 
 def _base_of(model_or_path) -> tuple[str, dict]:
@@ -116,7 +125,9 @@ def _base_of(model_or_path) -> tuple[str, dict]:
     return str(model_or_path), {}
 
 
-def baseline_spec(baseline: str, model_or_path, batch_size: int = 32, adapter_kwargs: dict | None = None) -> ModelSpec:
+def baseline_spec(
+    baseline: str, model_or_path, batch_size: int = 32, adapter_kwargs: dict | None = None, device: str | None = None
+) -> ModelSpec:
     """`mean`/`last`/`prompteol`/`memory`: that pooling on the main model's backbone, zero-shot (no adapters);
     `minilm` (or `all-MiniLM-L6-v2`): the packaged sentence-transformers model; `st:<path>` or a
     sentence-transformers folder: that model; anything else: `LLM2Comp.from_pretrained(baseline)`."""
@@ -128,8 +139,8 @@ def baseline_spec(baseline: str, model_or_path, batch_size: int = 32, adapter_kw
             raise ValueError(f"baseline '{key}' needs a main model (its backbone is pooled)")
         base, settings = _base_of(model_or_path)
         settings = {k: v for k, v in settings.items() if v is not None}
-        return _llm2comp_spec(key, base, batch_size, adapter_kwargs or {}, pooling=key, **settings)
-    return model_spec(key, batch_size=batch_size, adapter_kwargs=adapter_kwargs)
+        return _llm2comp_spec(key, base, batch_size, adapter_kwargs or {}, pooling=key, device=device, **settings)
+    return model_spec(key, batch_size=batch_size, adapter_kwargs=adapter_kwargs, device=device)
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -312,6 +323,8 @@ def evaluate_model(
     instructions: Mapping[str, str] | None = None,
     use_task_instructions: bool = False,
     seed: int = DEFAULT_SEED,
+    device: str | None = None,
+    num_threads: int | None = None,
     show_progress: bool = True,
     print_table: bool = True,
     return_report: bool = False,
@@ -332,6 +345,9 @@ def evaluate_model(
             `minilm`, a sentence-transformers folder, or any LLM2Comp-loadable name.
         corpus_limit: retrieval corpus size under `limit` (default 10 * limit).
         instructions / use_task_instructions: query-side instructions for LLM2Comp models (see `MTEBEncoder`).
+        device: where models given by name are loaded (default: LLM2Comp's / sentence-transformers' choice).
+        num_threads: torch CPU threads during the run (restored after). On a shared CPU machine use 1: OpenMP
+            threads oversubscribed by other processes make a 2-thread run up to 10x slower than a 1-thread one.
         return_report: return the full `EvaluationReport` instead of the dict.
     """
     if isinstance(tasks, str):
@@ -342,25 +358,33 @@ def evaluate_model(
     adapter_kwargs = {"instructions": instructions, "use_task_instructions": use_task_instructions}
     specs = []
     if model_or_path is not None:
-        specs.append(model_spec(model_or_path, batch_size=batch_size, adapter_kwargs=adapter_kwargs))
+        specs.append(model_spec(model_or_path, batch_size=batch_size, adapter_kwargs=adapter_kwargs, device=device))
     for baseline in baselines:
-        spec = baseline_spec(baseline, model_or_path, batch_size=batch_size, adapter_kwargs=adapter_kwargs)
+        spec = baseline_spec(baseline, model_or_path, batch_size=batch_size, adapter_kwargs=adapter_kwargs, device=device)
         if any(s.label == spec.label for s in specs):
             spec.label = f"{spec.label} (baseline)"
         specs.append(spec)
     if not specs:
         raise ValueError("nothing to evaluate: give a model or at least one baseline")
 
-    report = run_suite(
-        specs,
-        tasks,
-        data_dir=data_dir,
-        limit=limit,
-        batch_size=batch_size,
-        corpus_limit=corpus_limit,
-        seed=seed,
-        show_progress=show_progress,
-    )
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        report = run_suite(
+            specs,
+            tasks,
+            data_dir=data_dir,
+            limit=limit,
+            batch_size=batch_size,
+            corpus_limit=corpus_limit,
+            seed=seed,
+            show_progress=show_progress,
+        )
+    finally:
+        torch.set_num_threads(threads_before)
     table = report.table()
     if print_table:
         _print_table(table)
@@ -403,6 +427,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--instructions", default=None, help="JSON file or string: {task or task type or 'query': instruction}")
     parser.add_argument("--task-instructions", action="store_true", help="use mteb's task instructions on the query side")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... for models loaded by name")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")
     return parser
 
 
@@ -418,8 +444,8 @@ def _load_instructions(value) -> dict | None:
 
 def run_evaluate_cli(args) -> int:
     """Entry point for `llm2comp evaluate`: takes the argparse namespace of `add_evaluate_arguments`
-    (attributes: model, tasks, data_dir, limit, output, baselines, batch_size; optional: corpus_limit,
-    instructions, task_instructions, seed). Returns a process exit code."""
+    (attributes: model, tasks, data_dir, limit, output, baselines, batch_size; optional: device, threads,
+    corpus_limit, instructions, task_instructions, seed). Returns a process exit code."""
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
     if get("model") is None and not get("baselines"):
         print("error: give --model and/or --baselines", file=sys.stderr)
@@ -437,6 +463,8 @@ def run_evaluate_cli(args) -> int:
             instructions=_load_instructions(get("instructions")),
             use_task_instructions=bool(get("task_instructions", False)),
             seed=get("seed") if get("seed") is not None else DEFAULT_SEED,
+            device=get("device"),
+            num_threads=get("threads"),
         )
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
