@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -70,7 +69,7 @@ def _evaluate(args) -> int:
 def _export(args) -> int:
     from .export import export_sentence_transformers
 
-    out = export_sentence_transformers(args.model_dir, args.out)
+    out = export_sentence_transformers(args.model_dir, args.out, overwrite=args.overwrite, dtype=args.dtype)
     print(f"sentence-transformers model written to {out}")
     return 0
 
@@ -118,18 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="MTEB evaluation (offline data dir or the hub), with baselines side by side")
-    _common(p)
-    p.add_argument("--tasks", default="STSBenchmark", help="comma-separated MTEB task names")
-    p.add_argument("--data-dir", help="local MTEB data (layout of ../shared/data); default $LLM2COMP_DATA_DIR or ../shared/data")
-    p.add_argument("--limit", type=int, help="subsample each task to at most N examples (quick runs)")
-    p.add_argument("--baselines", default="", help="comma-separated: mean,last,prompteol and/or sentence-transformers paths or 'minilm'")
-    p.add_argument("--batch-size", type=int, default=32)
+    from .evaluation.runner import add_evaluate_arguments
+
+    add_evaluate_arguments(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("export", help="write a sentence-transformers folder from a trained model directory")
     p.add_argument("model_dir")
     p.add_argument("out")
     p.add_argument("--format", default="sentence-transformers", choices=["sentence-transformers"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
+    p.add_argument("--dtype", help="store the merged backbone as float32 (default), bfloat16 or float16")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("quickstart", help="the main job on the embedded default: KL pre-training -> SimCSE -> evaluation before/after")

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from . import __version__
-from .model import CONFIG_NAME, MEMORY_NAME, LLM2Comp, LLM2CompConfig
+from .model import CONFIG_NAME, MEMORY_NAME, LLM2Comp
 
 BACKBONE_DIR = "backbone"
 MODULE_FILE = "modeling_llm2comp.py"
@@ -69,41 +69,18 @@ def load_exported(
     A relative ``base_model`` in its config (``"backbone"``) is resolved against the folder, so the folder can
     be moved. ``torch_dtype`` is accepted as an alias of ``dtype`` (sentence-transformers' ``model_kwargs``).
     """
-    from transformers import AutoTokenizer
-
-    from .backbone import load_backbone
-    from .memory import MemoryTokens
-
-    path = Path(path).expanduser().resolve()
     if dtype is None:
         dtype = hf_kwargs.pop("torch_dtype", None)
     hf_kwargs.pop("torch_dtype", None)
+    path = Path(path).expanduser().resolve()
     data = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-    known = {f.name for f in dataclasses.fields(LLM2CompConfig)}
-    config = LLM2CompConfig(**{k: v for k, v in data.items() if k in known})
-    if config.adapters:
+    if data.get("adapters"):
         raise ValueError(f"{path} lists LoRA adapters: it is a training directory; load it with LLM2Comp.from_pretrained")
-    backbone = Path(config.base_model).expanduser()
-    if not backbone.is_absolute():
-        backbone = path / backbone
-    if not (backbone / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: the bundled backbone {backbone} is missing (no config.json)")
-    # In memory the backbone is an absolute path: a later `LLM2Comp.save` of this model stays loadable.
-    config = dataclasses.replace(config, base_model=str(backbone))
-    hf_model, _ = load_backbone(
-        str(backbone), dtype=dtype, device=device, trust_remote_code=config.trust_remote_code, **hf_kwargs
-    )
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
-    weight = load_file(path / MEMORY_NAME)["weight"]
-    memory = MemoryTokens(weight.shape[0], weight.shape[1], init=weight)
-    if memory.num_tokens != config.num_memory_tokens:
-        raise ValueError(f"{path}: {memory.num_tokens} memory tokens saved, the config says {config.num_memory_tokens}")
-    model = LLM2Comp(hf_model, tokenizer, config, memory=memory.to(hf_model.device))
+    if not (path / data["base_model"] / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: the bundled backbone {path / data['base_model']} is missing (no config.json)")
+    model = LLM2Comp.from_pretrained(path, device=device, dtype=dtype, **hf_kwargs)
     model.exported_from = data.get(EXPORT_KEY) or {}
-    model.eval()
-    return model
+    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------- writing

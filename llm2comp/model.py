@@ -120,6 +120,9 @@ class LLM2Comp(nn.Module):
         if "pooling" in overrides and "bidirectional" not in overrides:
             overrides["bidirectional"] = config.bidirectional
         config = dataclasses.replace(config, **overrides)
+        base = Path(config.base_model).expanduser()
+        if not base.is_absolute() and (path / base / "config.json").is_file():  # a bundled backbone (export)
+            config = dataclasses.replace(config, base_model=str((path / base).resolve()))
         hf_model, _ = load_backbone(
             config.base_model, dtype=dtype, device=device, trust_remote_code=config.trust_remote_code, **hf_kwargs
         )

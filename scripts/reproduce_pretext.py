@@ -3,7 +3,7 @@
 Same data, same order, same budget for every objective; then the offline MTEB suite and the paper's
 diagnostics for each, written to docs/RESULTS.md.
 
-    python scripts/reproduce_pretext.py train --steps 200          # hours on a 2-core CPU; resumable
+    python scripts/reproduce_pretext.py train --steps 80           # ~1.5 h on a 2-core CPU; resumable
     python scripts/reproduce_pretext.py evaluate                    # after training
 """
 
@@ -29,7 +29,8 @@ def train_all(args) -> None:
             continue
         cfg = TrainConfig.from_yaml(
             Path(__file__).parent.parent / "configs" / "smollm2-135m" / f"pretrain-{objective}.yaml",
-            output=str(output), max_steps=args.steps, batch_size=args.batch_size, save_steps=max(10, args.steps // 5),
+            output=str(output), max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
+            save_steps=max(10, args.steps // 5),
             resume=(output / "checkpoints").is_dir() or None,
         )
         start = time.time()
@@ -43,10 +44,11 @@ def main() -> None:
     parser.add_argument("phase", choices=["train", "evaluate", "all"])
     parser.add_argument("--runs", default="runs/pretext")
     parser.add_argument("--objectives", default=",".join(OBJECTIVES))
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=80)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--limit", type=int)
+    parser.add_argument("--limits", help='JSON {task: n} subsample sizes, e.g. \'{"SICK-R": 3000}\'')
     parser.add_argument("--data-dir")
     parser.add_argument("--results", default="docs/RESULTS.md")
     args = parser.parse_args()
@@ -57,7 +59,27 @@ def main() -> None:
 
 
 def evaluate_all(args) -> None:
-    raise NotImplementedError  # filled in once the evaluation suite lands
+    """Each trained model on the offline suite, plus its diagnostics; results.json per model, then the report."""
+    from llm2comp import LLM2Comp
+    from llm2comp.evaluation import diagnostics, evaluate_model
+    from llm2comp.evaluation.tasks import resolve_data_dir
+
+    data_dir = resolve_data_dir(args.data_dir)
+    if data_dir is None:
+        raise SystemExit("no MTEB data: pass --data-dir or set LLM2COMP_DATA_DIR (layout of ../shared/data)")
+    sample = [json.loads(line)["sentence1"] for line in
+              (data_dir / "mteb" / "STSBenchmark" / "test.jsonl").read_text().splitlines()[:1000]]
+    limits = json.loads(args.limits) if args.limits else None
+    for objective in args.objectives.split(","):
+        output = Path(args.runs) / objective
+        target = output / "eval"
+        if (target / "results_full.json").is_file():
+            print(f"[{objective}] evaluated already")
+            continue
+        model = LLM2Comp.from_pretrained(output).merge_and_unload()
+        evaluate_model(model, tasks=args.tasks, data_dir=data_dir, limit=limits, batch_size=32, output_dir=target)
+        result = diagnostics.diagnose(model, sample, output_dir=target)
+        (target / "diagnostics_summary.json").write_text(json.dumps(diagnostics.summary(result), indent=2))
 
 
 if __name__ == "__main__":

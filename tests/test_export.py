@@ -203,7 +203,7 @@ def test_cli_export(trained, tmp_path):
     assert main(["export", str(model_dir), str(tmp_path / "out")]) == 2  # refuses to overwrite
 
 
-@pytest.mark.xfail(reason="needs LLM2Comp._load_saved to resolve a relative base_model against the directory", strict=False)
+
 def test_llm2comp_from_pretrained_loads_export(trained, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = LLM2Comp.from_pretrained(trained["out"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -14,6 +15,8 @@ from .config import TrainConfig
 from .trainer import LLM2CompTrainer, LossLog, TrainingModule, last_complete_checkpoint, plot_losses, truncate_log
 
 logger = logging.getLogger(__name__)
+# transformers 5.x renamed gradient_checkpointing -> activation_checkpointing
+_CHECKPOINTING_ARG = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
 
 
 def _use_bf16(setting) -> bool:
@@ -72,7 +75,7 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, sequential: bool)
         lr_scheduler_type=cfg.lr_scheduler,
         max_grad_norm=cfg.max_grad_norm,
         bf16=_use_bf16(cfg.bf16),
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **{_CHECKPOINTING_ARG: cfg.gradient_checkpointing},
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
@@ -84,6 +87,7 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, sequential: bool)
         dataloader_num_workers=0,
         train_sampling_strategy="sequential" if sequential else "random",
         use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         disable_tqdm=False,
         ddp_find_unused_parameters=False,
     )

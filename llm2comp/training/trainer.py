@@ -115,6 +115,8 @@ class LLM2CompTrainer(Trainer):
                 f"loss became {loss.item()} at step {self.state.global_step + 1}; training stopped. "
                 f"Last good checkpoint: {last or 'none yet'}. Try a lower learning rate or check the data."
             )
+        if self.record_path is not None and index is not None:
+            index = self.accelerator.gather(index.to(loss.device))  # the global batch, in rank order
         if self.record_path is not None and index is not None and self.args.should_save:
             with self.record_path.open("a") as handle:
                 handle.write(json.dumps({"step": self.state.global_step + 1, "index": index.tolist()}) + "\n")

@@ -1,0 +1,81 @@
+"""Data-parallel training with torchrun on CPU (2 gloo processes) equals one process on the same global batch."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llm2comp.testing import SAMPLE_TEXT
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_dir):
+    root = tmp_path_factory.mktemp("ddp")
+    (root / "corpus.txt").write_text("\n\n".join(f"{a} {b}" for a in SAMPLE_TEXT for b in SAMPLE_TEXT))
+    # no dropout, so that both layouts draw no randomness
+    (root / "config.yaml").write_text(
+        f"stage: pretrain\nobjective: kl\nmodel: {tiny_dir}\ndata: {root / 'corpus.txt'}\nlora_dropout: 0.0\n"
+        "min_chars: 0\nmax_length: 160\nnum_memory_tokens: 3\nsplit_margin: 3\nsave_steps: 2\nmax_steps: 3\n"
+    )
+    return root
+
+
+def _run(root, output, processes, *extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    args = ["--config", str(root / "config.yaml"), "--output", str(output), "--batch-size", str(4 // processes), *extra]
+    if processes == 1:
+        command = [sys.executable, "-m", "llm2comp", "train", *args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--standalone",
+                   "-m", "llm2comp", "train", *args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _losses(output):
+    return [json.loads(line)["loss"] for line in (output / "loss.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+def _weights(output):
+    tensors = load_file(output / "adapters" / "0" / "adapter_model.safetensors")
+    tensors["memory"] = load_file(output / "memory_tokens.safetensors")["weight"]
+    return tensors
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
+def test_two_processes_match_one_and_resume(setup):
+    single, double = setup / "single", setup / "double"
+    _run(setup, single, 1)
+    _run(setup, double, 2)
+    # same loss per step and same trained weights
+    assert len(_losses(single)) == 3
+    torch.testing.assert_close(torch.tensor(_losses(double)), torch.tensor(_losses(single)), atol=1e-7, rtol=1e-4)
+    _assert_same_weights(_weights(double), _weights(single))
+    # one checkpoint set and one log, not one per rank; the data-order log holds the whole global batch
+    assert sorted(p.name for p in (double / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    order = [json.loads(line) for line in (double / "data_order.jsonl").read_text().splitlines()]
+    assert order == [json.loads(line) for line in (single / "data_order.jsonl").read_text().splitlines()]
+    assert all(len(record["index"]) == 4 for record in order)
+
+    # resume: as if killed after checkpoint-2
+    resumed = setup / "resumed"
+    shutil.copytree(double, resumed, ignore=shutil.ignore_patterns("checkpoint-3"))
+    for name in ("llm2comp_config.json", "memory_tokens.safetensors", "adapters"):
+        path = resumed / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _run(setup, resumed, 2, "--resume")
+    _assert_same_weights(_weights(resumed), _weights(double))
+    assert len(_losses(resumed)) == 3
