@@ -388,11 +388,14 @@ class LLM2Comp(nn.Module):
         return torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T
 
     # ------------------------------------------------------------------ save
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write config JSON, memory tokens, every LoRA adapter (safetensors) and the tokenizer.
 
         Files are written to a staging directory first and moved in, the config last: a kill never leaves
         a half-written file, and other content of ``path`` (checkpoints, logs) is kept.
+
+        ``state_dict`` (keys as in ``self.state_dict()``), when given, supplies the trainable tensors instead
+        of the live parameters: under ZeRO-3/FSDP those are shards, and the trainer passes the gathered ones.
         """
         from peft import get_peft_model_state_dict
 
@@ -403,7 +406,11 @@ class LLM2Comp(nn.Module):
             adapters = list(self._merged)
             if self.peft_model is not None:
                 active = self.peft_model.peft_config["default"].to_dict()
-                state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.peft_model).items()}
+                gathered = None
+                if state_dict is not None:
+                    gathered = {"base_model.model." + k[len("hf_model."):]: v for k, v in state_dict.items() if k.startswith("hf_model.")}
+                peft_state = get_peft_model_state_dict(self.peft_model, state_dict=gathered)
+                state = {k: v.detach().cpu().contiguous() for k, v in peft_state.items()}
                 adapters.append((active, state))
             names = []
             for index, (adapter_config, state) in enumerate(adapters):
@@ -419,7 +426,8 @@ class LLM2Comp(nn.Module):
                 adapters=names,
                 merged_adapters=len(self._merged),
             )
-            save_file({"weight": self.memory.weight.detach().float().cpu().contiguous()}, staging / MEMORY_NAME)
+            memory = state_dict.get("memory.weight", self.memory.weight) if state_dict is not None else self.memory.weight
+            save_file({"weight": memory.detach().float().cpu().contiguous()}, staging / MEMORY_NAME)
             self.tokenizer.save_pretrained(staging)
             payload = dataclasses.asdict(config) | {"llm2comp_version": __version__}
             (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2))

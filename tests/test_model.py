@@ -187,3 +187,18 @@ def test_multi_device_encoding_is_opt_in_and_identical(tiny_dir):
     assert len(replicas) == 2 and replicas[0] is model and replicas[1] is not model
     model.add_lora()
     assert not model.__dict__["_replica_cache"]  # weights changed: stale replicas dropped
+
+
+def test_save_takes_gathered_tensors_when_given(tiny_dir, tmp_path):
+    """Under ZeRO-3/FSDP the live parameters are shards: save() must write the gathered state dict it is given."""
+    model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=4)
+    model.add_lora(r=4, alpha=8)
+    _perturb_lora(model)
+    reference = model.encode(SAMPLE_TEXT)
+    gathered = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():  # what sharding leaves in the live module
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.zero_()
+    model.save(tmp_path / "m", state_dict=gathered)
+    np.testing.assert_allclose(LLM2Comp.from_pretrained(tmp_path / "m").encode(SAMPLE_TEXT), reference, atol=1e-5)

@@ -49,7 +49,8 @@ def test_yaml_config_and_overrides(tmp_path):
 
 
 def test_shipped_configs_parse():
-    configs = sorted(Path(__file__).parent.parent.glob("configs/**/*.yaml"))
+    root = Path(__file__).parent.parent / "configs"
+    configs = sorted([*root.glob("paper/*.yaml"), *root.glob("smollm2-135m/*.yaml")])
     assert configs
     for path in configs:
         TrainConfig.from_yaml(path)

@@ -124,7 +124,9 @@ class LLM2CompTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         if self.args.should_save:
-            self.encoder.save(output_dir or self.args.output_dir)
+            if state_dict:  # gathered by the Trainer under ZeRO-3 / FSDP; keys of TrainingModule
+                state_dict = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
+            self.encoder.save(output_dir or self.args.output_dir, state_dict=state_dict or None)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_training_state(self.encoder, resume_from_checkpoint)
