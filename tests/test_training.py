@@ -66,6 +66,7 @@ def test_train_writes_a_loadable_model(tiny_dir, corpus, tmp_path, objective):
     model = LLM2Comp.from_pretrained(output)
     assert model.config.stages[-1]["objective"] == objective
     assert model.config.pooling == ("mean" if objective == "mntp" else "memory")
+    assert model.config.max_length == 512  # the training length (96) bounded training inputs only
     emb = model.encode(SAMPLE_TEXT[:2])
     assert emb.shape == (2, model.get_sentence_embedding_dimension()) and np.isfinite(emb).all()
     base = LLM2Comp.from_pretrained(tiny_dir, pooling=model.config.pooling, bidirectional=True, num_memory_tokens=3)

@@ -32,11 +32,13 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.stage == "pretrain" and cfg.objective == "mntp":
-        model = LLM2Comp.from_pretrained(cfg.model, max_length=cfg.max_length, pooling="mean", bidirectional=True, **kwargs)
+        model = LLM2Comp.from_pretrained(cfg.model, pooling="mean", bidirectional=True, **kwargs)
     elif saved:
-        model = LLM2Comp.from_pretrained(cfg.model, max_length=cfg.max_length, **kwargs)
+        model = LLM2Comp.from_pretrained(cfg.model, **kwargs)
     else:
-        model = LLM2Comp.from_pretrained(cfg.model, num_memory_tokens=cfg.num_memory_tokens, max_length=cfg.max_length, **kwargs)
+        model = LLM2Comp.from_pretrained(cfg.model, num_memory_tokens=cfg.num_memory_tokens, **kwargs)
+    # cfg.max_length bounds the training inputs; the saved model keeps its own encoding length (default 512)
+    model.encode_max_length, model.config.max_length = model.config.max_length, cfg.max_length
     model.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules)
     return model
 
@@ -136,6 +138,7 @@ def train(cfg: TrainConfig) -> Path:
         objective.bind_trainer(trainer)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if trainer.args.should_save:
+        model.config.max_length = model.encode_max_length
         model.save(output)
         plot_losses(loss_log, output / "loss.png", title=f"{cfg.stage} ({cfg.objective if cfg.stage == 'pretrain' else cfg.stage})")
     return output
