@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("encode", help="embed texts (one per line, from a file or stdin) into a .npy file")
-    _common(p)
+    _common(p, model_default="smollm2-135m-kl")
     p.add_argument("input", nargs="?", help="text file, one text per line ('-' or nothing: stdin)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int)

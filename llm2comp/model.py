@@ -30,6 +30,17 @@ from .pooling import POOLING_MODES, PROMPTEOL_TEMPLATE, pool
 
 CONFIG_NAME = "llm2comp_config.json"
 MEMORY_NAME = "memory_tokens.safetensors"
+def _shipped(name: str):
+    def locate() -> Path:
+        from importlib import resources
+
+        return Path(str(resources.files("llm2comp") / "resources" / name))
+
+    return locate
+
+
+# Trained models shipped inside the package (small: adapter + memory tokens; the backbone comes from its alias).
+TRAINED_ALIASES = {"smollm2-135m-kl": _shipped("smollm2-135m-kl")}
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -98,6 +109,8 @@ class LLM2Comp(nn.Module):
             for k, v in dict(num_memory_tokens=num_memory_tokens, max_length=max_length, pooling=pooling, bidirectional=bidirectional).items()
             if v is not None
         }
+        if str(name_or_path) in TRAINED_ALIASES:
+            name_or_path = TRAINED_ALIASES[str(name_or_path)]()
         saved = Path(str(name_or_path)).expanduser() / CONFIG_NAME
         if saved.is_file():
             return cls._load_saved(saved.parent, overrides, device=device, dtype=dtype, **hf_kwargs)
@@ -123,10 +136,11 @@ class LLM2Comp(nn.Module):
         base = Path(config.base_model).expanduser()
         if not base.is_absolute() and (path / base / "config.json").is_file():  # a bundled backbone (export)
             config = dataclasses.replace(config, base_model=str((path / base).resolve()))
-        hf_model, _ = load_backbone(
+        hf_model, tokenizer = load_backbone(
             config.base_model, dtype=dtype, device=device, trust_remote_code=config.trust_remote_code, **hf_kwargs
         )
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        if (path / "tokenizer_config.json").is_file():  # else (a shipped adapter) the backbone's own tokenizer
+            tokenizer = AutoTokenizer.from_pretrained(path)
         memory_weight = load_file(path / MEMORY_NAME)["weight"]
         memory = MemoryTokens(memory_weight.shape[0], memory_weight.shape[1], init=memory_weight)
         if memory.num_tokens != config.num_memory_tokens:

