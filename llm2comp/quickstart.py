@@ -16,7 +16,7 @@ from pathlib import Path
 from .backbone import DEFAULT_MODEL
 
 # Sized so the default run fits 15 minutes on a 2-core CPU; scaled by --minutes.
-KL_STEPS, SIMCSE_STEPS, BUDGET_MINUTES = 40, 24, 15.0
+KL_STEPS, SIMCSE_STEPS, BUDGET_MINUTES = 30, 20, 15.0
 MTEB_TASKS, MTEB_LIMITS = ("STSBenchmark", "SICK-R"), {"STSBenchmark": 600, "SICK-R": 600}
 DIAGNOSTIC_TEXTS = 300
 
