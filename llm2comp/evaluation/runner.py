@@ -91,25 +91,43 @@ def _st_spec(label: str, path_or_model, device: str | None = None) -> ModelSpec:
 
 
 def model_spec(
-    model_or_path, batch_size: int = 32, label: str | None = None, adapter_kwargs: dict | None = None, device: str | None = None
+    model_or_path,
+    batch_size: int = 32,
+    label: str | None = None,
+    adapter_kwargs: dict | None = None,
+    device: str | None = None,
+    pooling: str | None = None,
 ) -> ModelSpec:
     """The main model: an LLM2Comp instance, a SentenceTransformer, `minilm`, an ST folder, or anything
-    `LLM2Comp.from_pretrained` accepts (saved LLM2Comp dir, backbone alias/dir/hub id/.gguf)."""
+    `LLM2Comp.from_pretrained` accepts (saved LLM2Comp dir, backbone alias/dir/hub id/.gguf). `pooling`
+    overrides the pooling of an LLM2Comp model loaded by name (e.g. `last` on a bare backbone)."""
     from ..model import LLM2Comp
+    from ..pooling import POOLING_MODES
 
+    if pooling is not None and pooling not in POOLING_MODES:
+        raise ValueError(f"unknown pooling '{pooling}'; choose one of {', '.join(POOLING_MODES)}")
     adapter_kwargs = adapter_kwargs or {}
     if isinstance(model_or_path, LLM2Comp):
+        if pooling is not None and pooling != model_or_path.config.pooling:
+            raise ValueError("pooling applies to models loaded by name; set it on the LLM2Comp instance instead")
         return _llm2comp_spec(label or f"model ({model_or_path.config.pooling})", model_or_path, batch_size, adapter_kwargs)
+    name = str(model_or_path)
+    is_st = type(model_or_path).__module__.startswith("sentence_transformers") or name.lower() in MINILM_ALIASES
+    is_st = is_st or name.startswith("st:") or is_sentence_transformers_dir(name)
+    if is_st and pooling is not None:
+        raise ValueError("pooling applies to LLM2Comp models, not to sentence-transformers models")
     if type(model_or_path).__module__.startswith("sentence_transformers"):
         return _st_spec(label or "model", model_or_path)
-    name = str(model_or_path)
     if name.lower() in MINILM_ALIASES:
         return _st_spec(label or MINILM_LABEL, minilm_path(), device)
     if name.startswith("st:"):
         return _st_spec(label or name[3:], name[3:], device)
     if is_sentence_transformers_dir(name):
         return _st_spec(label or Path(name).name, name, device)
-    return _llm2comp_spec(label or Path(name).name or name, name, batch_size, adapter_kwargs, device=device)
+    default_label = Path(name).name or name
+    if pooling is not None:
+        default_label = f"{default_label} ({pooling})"
+    return _llm2comp_spec(label or default_label, name, batch_size, adapter_kwargs, device=device, pooling=pooling)
 
 
 def _base_of(model_or_path) -> tuple[str, dict]:
@@ -155,6 +173,7 @@ class EvaluationReport:
     sources: dict[str, str]  # task -> local folder or hub
     errors: dict[str, dict[str, str]]
     settings: dict[str, Any]
+    complete: bool = True  # False in the snapshots written while a run is still going
 
     def table(self, times: bool = True) -> str:
         return format_table(self, times=times)
@@ -228,8 +247,10 @@ def run_suite(
     show_progress: bool = True,
     raise_error: bool = True,
     log: Callable[[str], None] | None = None,
+    on_task_done: Callable[[EvaluationReport], None] | None = None,
 ) -> EvaluationReport:
-    """Evaluate each model on each task (models loaded one at a time, freed after their tasks)."""
+    """Evaluate each model on each task (models loaded one at a time, freed after their tasks).
+    `on_task_done` receives the report so far after every (model, task) pair: long runs save as they go."""
     import mteb
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -254,6 +275,28 @@ def run_suite(
     errors: dict[str, dict[str, str]] = {}
     total = len(specs) * len(tasks)
     step = 0
+
+    def build_report(complete: bool) -> EvaluationReport:
+        return EvaluationReport(
+            tasks=tasks,
+            models=[s.label for s in specs],
+            scores={label: dict(v) for label, v in scores.items()},
+            seconds={label: dict(v) for label, v in seconds.items()},
+            main_scores=main_scores,
+            subsample=subsample,
+            sources=sources,
+            errors=errors,
+            settings={
+                "data_dir": str(resolved) if resolved else None,
+                "limit": dict(limit) if isinstance(limit, Mapping) else limit,
+                "corpus_limit": corpus_limit,
+                "seed": seed,
+                "batch_size": batch_size,
+                "models": {s.label: s.source for s in specs},
+            },
+            complete=complete,
+        )
+
     for spec in specs:
         if spec.label in scores:
             raise ValueError(f"two models share the label '{spec.label}'")
@@ -287,27 +330,12 @@ def run_suite(
                 scores[spec.label][name] = score
                 seconds[spec.label][name] = round(elapsed, 2)
                 log(f"[{step}/{total}] {spec.label} · {name}: {_fmt(score)} {main_scores[name]} in {elapsed:.1f}s")
+                if on_task_done is not None:
+                    on_task_done(build_report(complete=step == total))
         finally:
             del mteb_model, raw
             gc.collect()
-    return EvaluationReport(
-        tasks=tasks,
-        models=[s.label for s in specs],
-        scores=scores,
-        seconds=seconds,
-        main_scores=main_scores,
-        subsample=subsample,
-        sources=sources,
-        errors=errors,
-        settings={
-            "data_dir": str(resolved) if resolved else None,
-            "limit": dict(limit) if isinstance(limit, Mapping) else limit,
-            "corpus_limit": corpus_limit,
-            "seed": seed,
-            "batch_size": batch_size,
-            "models": {s.label: s.source for s in specs},
-        },
-    )
+    return build_report(complete=True)
 
 
 def evaluate_model(
@@ -325,6 +353,7 @@ def evaluate_model(
     seed: int = DEFAULT_SEED,
     device: str | None = None,
     num_threads: int | None = None,
+    pooling: str | None = None,
     show_progress: bool = True,
     print_table: bool = True,
     return_report: bool = False,
@@ -340,12 +369,15 @@ def evaluate_model(
         limit: deterministic subsample size per task (an int, or {task: int}); see `tasks.subsample_task`.
         batch_size: texts per forward pass.
         output_dir: where `results.json` ({task: main score} of the model) and `results_full.json` (every model,
-            per-task seconds, subsampling, settings) and `results.txt` (the table) are written.
+            per-task seconds, subsampling, settings) and `results.txt` (the table) are written; the last two are
+            rewritten after every task (with `"complete": false` until the run ends), so a killed run keeps
+            what it measured.
         baselines: extra columns: `mean`, `last`, `prompteol` (zero-shot poolings of the model's backbone),
             `minilm`, a sentence-transformers folder, or any LLM2Comp-loadable name.
         corpus_limit: retrieval corpus size under `limit` (default 10 * limit).
         instructions / use_task_instructions: query-side instructions for LLM2Comp models (see `MTEBEncoder`).
         device: where models given by name are loaded (default: LLM2Comp's / sentence-transformers' choice).
+        pooling: pooling of the main model when it is loaded by name (`mean`, `last`, `prompteol`, `memory`).
         num_threads: torch CPU threads during the run (restored after). On a shared CPU machine use 1: OpenMP
             threads oversubscribed by other processes make a 2-thread run up to 10x slower than a 1-thread one.
         return_report: return the full `EvaluationReport` instead of the dict.
@@ -358,7 +390,7 @@ def evaluate_model(
     adapter_kwargs = {"instructions": instructions, "use_task_instructions": use_task_instructions}
     specs = []
     if model_or_path is not None:
-        specs.append(model_spec(model_or_path, batch_size=batch_size, adapter_kwargs=adapter_kwargs, device=device))
+        specs.append(model_spec(model_or_path, batch_size=batch_size, adapter_kwargs=adapter_kwargs, device=device, pooling=pooling))
     for baseline in baselines:
         spec = baseline_spec(baseline, model_or_path, batch_size=batch_size, adapter_kwargs=adapter_kwargs, device=device)
         if any(s.label == spec.label for s in specs):
@@ -368,6 +400,13 @@ def evaluate_model(
         raise ValueError("nothing to evaluate: give a model or at least one baseline")
 
     import torch
+
+    out = Path(output_dir) if output_dir is not None else None
+
+    def save(report: EvaluationReport) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / FULL_RESULTS_NAME, report.to_json())
+        _write_text(out / "results.txt", report.table() + "\n")
 
     threads_before = torch.get_num_threads()
     if num_threads:
@@ -382,26 +421,27 @@ def evaluate_model(
             corpus_limit=corpus_limit,
             seed=seed,
             show_progress=show_progress,
+            on_task_done=save if out is not None else None,
         )
     finally:
         torch.set_num_threads(threads_before)
-    table = report.table()
     if print_table:
-        _print_table(table)
+        _print_table(report.table())
     main = report.scores[specs[0].label]
-    if output_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
+        save(report)
         _write_json(out / RESULTS_NAME, main)
-        _write_json(out / FULL_RESULTS_NAME, report.to_json())
-        (out / "results.txt").write_text(table + "\n", encoding="utf-8")
     return report if return_report else main
 
 
-def _write_json(path: Path, payload) -> None:
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, payload) -> None:
+    _write_text(path, json.dumps(payload, indent=2))
 
 
 def _print_table(table: str) -> None:
@@ -422,6 +462,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--limit", type=int, default=None, help="deterministic subsample per task (rows / queries)")
     parser.add_argument("--corpus-limit", type=int, default=None, help="retrieval corpus size under --limit (default 10*limit)")
     parser.add_argument("--output", default=None, help="output dir for results.json")
+    parser.add_argument("--pooling", default=None, help="pooling of the main model: mean, last, prompteol, memory (default: as saved)")
     parser.add_argument("--baselines", default="", help="comma-separated: mean,last,prompteol,minilm,<st dir>")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--instructions", default=None, help="JSON file or string: {task or task type or 'query': instruction}")
@@ -465,6 +506,7 @@ def run_evaluate_cli(args) -> int:
             seed=get("seed") if get("seed") is not None else DEFAULT_SEED,
             device=get("device"),
             num_threads=get("threads"),
+            pooling=get("pooling"),
         )
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
