@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--data-dir")
     p.add_argument("--minutes", type=float, default=15.0, help="time budget")
+    p.add_argument("--supervised", action="store_true",
+                   help="add stage 3 (supervised contrastive on pairs from the train splits of --data-dir; ~25 more min on CPU)")
     p.set_defaults(func=_quickstart)
     return parser
 

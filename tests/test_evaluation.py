@@ -27,13 +27,8 @@ from llm2comp.evaluation import (  # noqa: E402
     run_evaluate_cli,
 )
 from llm2comp.evaluation.tasks import ENV_DATA_DIR  # noqa: E402
-from llm2comp.testing import SAMPLE_TEXT, make_tiny_model_dir  # noqa: E402
+from llm2comp.testing import SAMPLE_TEXT, make_tiny_benchmark_dir, make_tiny_model_dir, random_sentence  # noqa: E402
 
-WORDS = "the a man woman dog cat plays runs eats guitar ball food park street music red blue small big".split()
-
-
-def _sentence(rng: random.Random, n: int = 6) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -50,37 +45,8 @@ def tiny_model(tiny_dir):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """A tiny offline data folder in the layout of shared/data (STS-B, Banking77, SciFact)."""
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-
-    def write_jsonl(path, rows):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-    pairs = []
-    for i in range(24):
-        a = _sentence(rng)
-        # near-paraphrases (not identical: exact ties in cosine would make Spearman depend on float noise)
-        b = f"{a[:-1]} {rng.choice(WORDS)}." if i % 4 == 0 else _sentence(rng)
-        pairs.append({"sentence1": a, "sentence2": b, "score": 4.0 + i / 100 if i % 4 == 0 else round(rng.uniform(0, 4), 1)})
-    write_jsonl(root / "mteb/STSBenchmark/test.jsonl", pairs)
-
-    labels = ["card_arrival", "lost_card", "exchange_rate"]
-    cls_rows = lambda n: [{"text": f"{_sentence(rng, 5)} {lab.replace('_', ' ')}", "label": lab} for lab in labels for _ in range(n)]  # noqa: E731
-    write_jsonl(root / "mteb/Banking77Classification/train.jsonl", cls_rows(10))
-    write_jsonl(root / "mteb/Banking77Classification/test.jsonl", cls_rows(4))
-
-    docs = [{"_id": f"d{i}", "title": f"Title {i}", "text": SAMPLE_TEXT[i % len(SAMPLE_TEXT)] + f" doc {i}"} for i in range(12)]
-    write_jsonl(root / "mteb/SciFact/corpus.jsonl", docs)
-    queries = [{"_id": str(q), "text": SAMPLE_TEXT[q % len(SAMPLE_TEXT)][:30]} for q in range(8)]
-    write_jsonl(root / "mteb/SciFact/queries.jsonl", queries)
-    (root / "mteb/SciFact/qrels").mkdir(parents=True)
-    # query 7 has no judgement: mteb drops it
-    (root / "mteb/SciFact/qrels/test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\td{q}\t1\n" for q in range(7)) + "2\td10\t1\n"
-    )
-    return root
+    """A tiny offline data folder in the layout of shared/data (STS-B, SICK-R, Banking77, SciFact)."""
+    return make_tiny_benchmark_dir(tmp_path_factory.mktemp("data"))
 
 
 def _real_data_dir():
@@ -156,7 +122,7 @@ def test_instructions_query_side_only(tiny_model, monkeypatch):
 
 def test_encode_keeps_input_order_under_shuffling(tiny_model):
     rng = random.Random(3)
-    texts = [_sentence(rng, rng.randint(1, 12)) for _ in range(17)] + ["", "x"]
+    texts = [random_sentence(rng, rng.randint(1, 12)) for _ in range(17)] + ["", "x"]
     encoder = MTEBEncoder(tiny_model, batch_size=4)
     meta = _meta("STSBenchmark")
     base = encoder.encode(_loader(texts, 5), task_metadata=meta, hf_split="test", hf_subset="default")
@@ -195,7 +161,7 @@ def test_local_injection_structures(data_dir):
     ret = load_task("SciFact", data_dir)
     split = ret.dataset["default"]["test"]
     assert set(split) == {"corpus", "queries", "relevant_docs", "top_ranked"}
-    assert split["corpus"].column_names == ["id", "title", "text"] and len(split["corpus"]) == 12
+    assert split["corpus"].column_names == ["id", "title", "text"] and len(split["corpus"]) == 40
     assert split["queries"]["id"] == [str(q) for q in range(7)]  # unjudged query 7 dropped
     assert split["relevant_docs"]["2"] == {"d2": 1, "d10": 1}
 
