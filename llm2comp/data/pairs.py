@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .benchmark_dir import resolve_data_dir
 from .corpus import DataError, load_texts
 
 logger = logging.getLogger(__name__)
@@ -176,20 +177,17 @@ def load_e5_dir(path: str | Path) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- shared benchmark pairs
 def data_dir() -> Path:
-    """The benchmark data directory: ``$LLM2COMP_DATA_DIR``, else ``../shared/data``, else ``/work/shared/data``."""
-    env = os.environ.get("LLM2COMP_DATA_DIR")
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_dir():
-            raise DataError(f"LLM2COMP_DATA_DIR={env} is not a directory")
-        return path
-    for candidate in (Path.cwd() / ".." / "shared" / "data", Path("/work/shared/data")):
-        if candidate.is_dir():
-            return candidate.resolve()
-    raise DataError(
-        "builtin:shared-pairs needs the benchmark data directory (mteb/STSBenchmark, mteb/Banking77Classification, "
-        "mteb/SciFact); set LLM2COMP_DATA_DIR, or pass pairs as a .jsonl file or an E5-layout directory"
-    )
+    """The benchmark data directory (see `llm2comp.data.benchmark_dir`); a clear error when there is none."""
+    try:
+        path = resolve_data_dir()
+    except FileNotFoundError as error:
+        raise DataError(str(error)) from None
+    if path is None:
+        raise DataError(
+            "builtin:shared-pairs needs the benchmark data directory (mteb/STSBenchmark, mteb/Banking77Classification, "
+            "mteb/SciFact); set LLM2COMP_DATA_DIR, or pass pairs as a .jsonl file or an E5-layout directory"
+        )
+    return path
 
 
 def _jsonl(path: Path) -> list[dict]:

@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from ..data.benchmark_dir import ENV_DATA_DIR, resolve_data_dir  # noqa: F401 - re-exported
+
 logger = logging.getLogger(__name__)
 
-ENV_DATA_DIR = "LLM2COMP_DATA_DIR"
 DEFAULT_TASKS = (
     "STSBenchmark",
     "STS13",
@@ -49,29 +50,6 @@ DEFAULT_SEED = 42
 
 
 # ---------------------------------------------------------------------------------------------- data folder
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The local data folder, or None (mteb then loads from the Hub).
-
-    An explicit `data_dir` (or ``$LLM2COMP_DATA_DIR``) that does not exist raises FileNotFoundError: a typo must
-    not silently fall back to the network.
-    """
-    if data_dir is not None and str(data_dir) != "":
-        path = Path(data_dir).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"data dir {path} does not exist")
-        return path.resolve()
-    env = os.environ.get(ENV_DATA_DIR)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"${ENV_DATA_DIR}={env} does not exist")
-        return path.resolve()
-    default = Path.cwd().parent / "shared" / "data"
-    if default.is_dir():
-        return default.resolve()
-    return None
-
-
 def task_data_folder(data_dir: Path | None, task_name: str) -> Path | None:
     """``<data_dir>/mteb/<task>`` or ``<data_dir>/<task>`` when present, else None."""
     if data_dir is None:
