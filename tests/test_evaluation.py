@@ -17,6 +17,7 @@ from mteb.types import PromptType  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from llm2comp import LLM2Comp  # noqa: E402
+from llm2comp.data.pairs import format_query  # noqa: E402
 from llm2comp.evaluation import (  # noqa: E402
     MTEBEncoder,
     add_evaluate_arguments,
@@ -107,16 +108,17 @@ def test_instructions_query_side_only(tiny_model, monkeypatch):
     call(enc, scifact, PromptType.query)
     call(enc, scifact, PromptType.document)
     call(enc, sts, None)
-    assert seen[0] == ["Find evidence: alpha {x}", "Find evidence: beta"]
+    assert seen[0] == ["Find evidence: alpha {x}\n", "Find evidence: beta\n"]
+    assert seen[0] == [format_query(t, "Find evidence") for t in texts]  # exactly the supervised stage's query format
     assert seen[1] == texts  # documents: no instruction
-    assert seen[2] == ["Same meaning: alpha {x}", "Same meaning: beta"]  # task-type key, symmetric task
+    assert seen[2] == ["Same meaning: alpha {x}\n", "Same meaning: beta\n"]  # task-type key, symmetric task
 
     seen.clear()
     call(MTEBEncoder(tiny_model), scifact, PromptType.query)  # no instructions: texts untouched
     call(MTEBEncoder(tiny_model, use_task_instructions=True), scifact, PromptType.query)
     call(MTEBEncoder(tiny_model, instructions={"query": "Q"}, instruction_template="Instruct: {instruction}\nQuery: "), scifact, PromptType.query)
     assert seen[0] == texts
-    assert seen[1][0] == "Given a scientific claim, retrieve documents that support or refute the claim: alpha {x}"
+    assert seen[1][0] == "Given a scientific claim, retrieve documents that support or refute the claim: alpha {x}\n"
     assert seen[2][1] == "Instruct: Q\nQuery: beta"
 
 

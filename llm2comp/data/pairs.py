@@ -81,6 +81,9 @@ def instruction_for(source: str | None, row: int = 0) -> str:
     return splits[row % len(splits)] if splits else ""
 
 
+QUERY_TEMPLATE = "{instruction}: {text}\n"  # the recipe's query format; evaluation uses the same by default
+
+
 def format_query(query: str, instruction: str = "") -> str:
     """``"{instruction}: {query}\\n"``; an empty instruction gives the bare query."""
     return f"{instruction}: {query}\n" if instruction else query

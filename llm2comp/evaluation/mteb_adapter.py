@@ -10,7 +10,7 @@ Instructions: `instructions` maps keys to instruction strings; keys are looked u
 ``"{prompt type}"``. With `use_task_instructions=True` a task without an entry falls back to the instruction mteb
 ships in the task metadata (e.g. Banking77: "Given a online banking query, find the corresponding intents").
 Documents (prompt type ``document``) never get an instruction unless `instruct_documents=True`. The instruction is
-rendered with `instruction_template` (default ``"{instruction}: {text}"``; a template without ``{text}`` is a
+rendered with `instruction_template` (default ``"{instruction}: {text}\\n"``, the training format; a template without ``{text}`` is a
 prefix).
 """
 
@@ -28,6 +28,8 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
 
+from ..data.pairs import QUERY_TEMPLATE
+
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
     from torch.utils.data import DataLoader
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_INSTRUCTION_TEMPLATE = "{instruction}: {text}"
+DEFAULT_INSTRUCTION_TEMPLATE = QUERY_TEMPLATE  # "{instruction}: {text}\n", as the supervised stage trains
 
 
 def model_fingerprint(model: torch.nn.Module, config: Any = None, sample: int = 2048) -> str:
