@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -277,3 +278,20 @@ def test_train_supervised_end_to_end(tiny_dir, tmp_path, gradcache_chunk):
     assert [r["index"] for r in order] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     for record in order:
         assert len({dataset[i]["source"] for i in record["index"]}) == 1
+
+
+def test_contrastive_stage_can_train_another_pooling(tiny_dir, tmp_path):
+    # `pooling: mean` trains (and saves) a mean-pooling encoder; the memory tokens play no part in its embeddings
+    from llm2comp.training.run import train
+
+    data = tmp_path / "sentences.txt"
+    data.write_text("\n".join(SAMPLE_TEXT + [t.upper() for t in SAMPLE_TEXT]))
+    output = train(_train_config(tiny_dir, data, tmp_path / "simcse-mean", stage="simcse", pooling="mean"))
+    loaded = _check_output(output, SAMPLE_TEXT[:3])
+    assert loaded.config.pooling == "mean"
+    before = loaded.encode(SAMPLE_TEXT[:3])
+    with torch.no_grad():
+        loaded.memory.weight.add_(1.0)
+    np.testing.assert_allclose(loaded.encode(SAMPLE_TEXT[:3]), before, atol=1e-6)
+    zero_shot = LLM2Comp.from_pretrained(str(tiny_dir), pooling="mean").encode(SAMPLE_TEXT[:3])
+    assert np.abs(before - zero_shot).max() > 1e-5  # the stage changed the encoder

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,13 @@ def test_yaml_config_and_overrides(tmp_path):
     with pytest.raises(ValueError, match="objective"):
         TrainConfig.from_dict({"objective": "xyz"})
     assert TrainConfig.from_dict({"stage": "simcse"}).learning_rate == 3e-5
+    with pytest.warns(UserWarning, match="never reaches"):  # the supervised default warmup (200) on a short run
+        TrainConfig.from_dict({"stage": "supervised", "max_steps": 20})
+    assert TrainConfig.from_dict({"stage": "supervised", "pooling": "mean"}).pooling == "mean"
+    with pytest.raises(ValueError, match="unknown pooling"):
+        TrainConfig.from_dict({"stage": "simcse", "pooling": "cls"})
+    with pytest.raises(ValueError, match="contrastive stages"):
+        TrainConfig.from_dict({"stage": "pretrain", "pooling": "mean"})
 
 
 def test_shipped_configs_parse():
@@ -53,7 +61,9 @@ def test_shipped_configs_parse():
     configs = sorted([*root.glob("paper/*.yaml"), *root.glob("smollm2-135m/*.yaml")])
     assert configs
     for path in configs:
-        TrainConfig.from_yaml(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a shipped config must not trip its own sanity warnings
+            TrainConfig.from_yaml(path)
 
 
 @pytest.mark.parametrize("objective", ["kl", "nll", "rc", "mntp"])

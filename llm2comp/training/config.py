@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import yaml
@@ -60,6 +61,7 @@ class TrainConfig:
     temperature: float = 0.05
     attention_dropout: float = 0.2  # simcse dropout views
     gradcache_chunk: int | None = None  # supervised: encode in chunks of this size (GradCache)
+    pooling: str | None = None  # contrastive stages: train this pooling (mean, last, prompteol, memory); default as loaded
     # reliability / logging
     save_steps: int = 100
     save_total_limit: int = 2
@@ -72,9 +74,21 @@ class TrainConfig:
             raise ValueError(f"unknown stage '{self.stage}'; choose one of {', '.join(STAGES)}")
         if self.stage == "pretrain" and self.objective not in ("kl", "nll", "rc", "mntp"):
             raise ValueError(f"unknown pretrain objective '{self.objective}'; choose kl, nll, rc or mntp")
+        if self.pooling is not None:
+            from ..pooling import POOLING_MODES
+
+            if self.pooling not in POOLING_MODES:
+                raise ValueError(f"unknown pooling '{self.pooling}'; choose one of {', '.join(POOLING_MODES)}")
+            if self.stage == "pretrain":
+                raise ValueError("pooling is a setting of the contrastive stages (pre-training trains the memory tokens)")
         for name in ("max_steps", "batch_size", "save_steps", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps >= self.max_steps:
+            warnings.warn(
+                f"warmup_steps ({self.warmup_steps}) >= max_steps ({self.max_steps}): the learning rate never reaches "
+                f"{self.learning_rate:g}; lower warmup_steps for a short run", UserWarning, stacklevel=3,
+            )
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:

@@ -31,6 +31,8 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
     kwargs = {"dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.pooling is not None:
+        kwargs["pooling"] = cfg.pooling
     if cfg.stage == "pretrain" and cfg.objective == "mntp":
         model = LLM2Comp.from_pretrained(cfg.model, pooling="mean", bidirectional=True, **kwargs)
     elif saved:
