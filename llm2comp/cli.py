@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--minutes", type=float, default=15.0, help="time budget")
     p.add_argument("--supervised", action="store_true",
-                   help="add stage 3 (supervised contrastive on pairs from the train splits of --data-dir; ~25 more min on CPU)")
+                   help="add stage 3 (supervised contrastive on pairs from the train splits of --data-dir; ~20 more min on 2 CPU cores)")
     p.set_defaults(func=_quickstart)
     return parser
 
