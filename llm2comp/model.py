@@ -26,7 +26,7 @@ from . import __version__
 from .attention import bidirectional
 from .backbone import DEFAULT_MODEL, load_backbone
 from .memory import MemoryTokens
-from .pooling import POOLING_MODES, PROMPTEOL_TEMPLATE, pool
+from .pooling import PROMPTEOL_TEMPLATE, check_pooling, pool
 
 CONFIG_NAME = "llm2comp_config.json"
 MEMORY_NAME = "memory_tokens.safetensors"
@@ -66,8 +66,7 @@ class LLM2CompConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self):
-        if self.pooling not in POOLING_MODES:
-            raise ValueError(f"unknown pooling '{self.pooling}'; choose one of {', '.join(POOLING_MODES)}")
+        check_pooling(self.pooling)
         if self.bidirectional is None:
             self.bidirectional = self.pooling == "memory"
         if self.num_memory_tokens < 1:

@@ -8,6 +8,13 @@ POOLING_MODES = ("memory", "mean", "last", "prompteol")
 PROMPTEOL_TEMPLATE = 'This sentence : "{text}" means in one word:"'
 
 
+def check_pooling(mode: str) -> str:
+    """`mode` if it is a pooling mode, else a ValueError naming the choices."""
+    if mode not in POOLING_MODES:
+        raise ValueError(f"unknown pooling '{mode}'; choose one of {', '.join(POOLING_MODES)}")
+    return mode
+
+
 def memory_states(hidden: torch.Tensor, memory_mask: torch.Tensor, num_memory_tokens: int) -> torch.Tensor:
     """(batch, k, d): the final states at the k memory positions of every row."""
     return hidden[memory_mask].view(hidden.shape[0], num_memory_tokens, hidden.shape[-1])
@@ -32,6 +39,5 @@ def pool(features: dict, mode: str, num_memory_tokens: int) -> torch.Tensor:
         return states.mean(1)
     if mode == "mean":
         return mean_pool(hidden, features["attention_mask"])
-    if mode in ("last", "prompteol"):
+    if check_pooling(mode) in ("last", "prompteol"):
         return last_token_pool(hidden, features["attention_mask"])
-    raise ValueError(f"unknown pooling '{mode}'; choose one of {', '.join(POOLING_MODES)}")

@@ -102,32 +102,39 @@ def model_spec(
     `LLM2Comp.from_pretrained` accepts (saved LLM2Comp dir, backbone alias/dir/hub id/.gguf). `pooling`
     overrides the pooling of an LLM2Comp model loaded by name (e.g. `last` on a bare backbone)."""
     from ..model import LLM2Comp
-    from ..pooling import POOLING_MODES
+    from ..pooling import check_pooling
 
-    if pooling is not None and pooling not in POOLING_MODES:
-        raise ValueError(f"unknown pooling '{pooling}'; choose one of {', '.join(POOLING_MODES)}")
+    if pooling is not None:
+        check_pooling(pooling)
     adapter_kwargs = adapter_kwargs or {}
     if isinstance(model_or_path, LLM2Comp):
         if pooling is not None and pooling != model_or_path.config.pooling:
             raise ValueError("pooling applies to models loaded by name; set it on the LLM2Comp instance instead")
         return _llm2comp_spec(label or f"model ({model_or_path.config.pooling})", model_or_path, batch_size, adapter_kwargs)
     name = str(model_or_path)
-    is_st = type(model_or_path).__module__.startswith("sentence_transformers") or name.lower() in MINILM_ALIASES
-    is_st = is_st or name.startswith("st:") or is_sentence_transformers_dir(name)
-    if is_st and pooling is not None:
-        raise ValueError("pooling applies to LLM2Comp models, not to sentence-transformers models")
+    spec = _sentence_transformers_spec(model_or_path, label, device)
+    if spec is not None:
+        if pooling is not None:
+            raise ValueError("pooling applies to LLM2Comp models, not to sentence-transformers models")
+        return spec
+    default_label = Path(name).name or name
+    if pooling is not None:
+        default_label = f"{default_label} ({pooling})"
+    return _llm2comp_spec(label or default_label, name, batch_size, adapter_kwargs, device=device, pooling=pooling)
+
+
+def _sentence_transformers_spec(model_or_path, label: str | None, device: str | None) -> ModelSpec | None:
+    """The spec of a SentenceTransformer instance, `minilm`, `st:<path>` or a sentence-transformers folder; else None."""
     if type(model_or_path).__module__.startswith("sentence_transformers"):
         return _st_spec(label or "model", model_or_path)
+    name = str(model_or_path)
     if name.lower() in MINILM_ALIASES:
         return _st_spec(label or MINILM_LABEL, minilm_path(), device)
     if name.startswith("st:"):
         return _st_spec(label or name[3:], name[3:], device)
     if is_sentence_transformers_dir(name):
         return _st_spec(label or Path(name).name, name, device)
-    default_label = Path(name).name or name
-    if pooling is not None:
-        default_label = f"{default_label} ({pooling})"
-    return _llm2comp_spec(label or default_label, name, batch_size, adapter_kwargs, device=device, pooling=pooling)
+    return None
 
 
 def _base_of(model_or_path) -> tuple[str, dict]:

@@ -75,10 +75,9 @@ class TrainConfig:
         if self.stage == "pretrain" and self.objective not in ("kl", "nll", "rc", "mntp"):
             raise ValueError(f"unknown pretrain objective '{self.objective}'; choose kl, nll, rc or mntp")
         if self.pooling is not None:
-            from ..pooling import POOLING_MODES
+            from ..pooling import check_pooling
 
-            if self.pooling not in POOLING_MODES:
-                raise ValueError(f"unknown pooling '{self.pooling}'; choose one of {', '.join(POOLING_MODES)}")
+            check_pooling(self.pooling)
             if self.stage == "pretrain":
                 raise ValueError("pooling is a setting of the contrastive stages (pre-training trains the memory tokens)")
         for name in ("max_steps", "batch_size", "save_steps", "gradient_accumulation_steps"):
