@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, model_default=None)
     p.add_argument("--stage", choices=["pretrain", "simcse", "supervised"])
     p.add_argument("--objective", choices=["kl", "nll", "rc", "mntp"])
-    p.add_argument("--data", help="file (.txt/.jsonl/.parquet), directory, builtin:news, builtin:news-sentences, builtin:shared-pairs, hf:NAME[:CONFIG[:SPLIT]]")
+    p.add_argument("--data", help="file (.txt/.jsonl/.parquet), directory, builtin:news, builtin:news-sentences, builtin:shared-pairs[:DATA_DIR], hf:NAME[:CONFIG[:SPLIT]]")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int, help="per device")
     p.add_argument("--gradient-accumulation-steps", type=int)

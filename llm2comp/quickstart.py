@@ -10,7 +10,6 @@ Re-running continues where it stopped (each stage resumes from its checkpoints).
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -122,17 +121,9 @@ def run_quickstart(args) -> int:
     if supervised:
         print(f"\n[{next(step)}/{total}] stage 3: supervised contrastive, {round(SUPERVISED_STEPS * scale)} steps "
               f"(pairs from the train splits in {data_dir})")
-        previous = os.environ.get("LLM2COMP_DATA_DIR")
-        os.environ["LLM2COMP_DATA_DIR"] = str(data_dir)  # builtin:shared-pairs reads the same folder as the evaluation
-        try:
-            final_dir = train(TrainConfig.from_dict(dict(
-                stage="supervised", model=str(simcse_dir), data="builtin:shared-pairs", output=str(output / "3-supervised"),
-                max_steps=max(1, round(SUPERVISED_STEPS * scale)), **{**common, **SUPERVISED_SETTINGS})))
-        finally:
-            if previous is None:
-                os.environ.pop("LLM2COMP_DATA_DIR", None)
-            else:
-                os.environ["LLM2COMP_DATA_DIR"] = previous
+        final_dir = train(TrainConfig.from_dict(dict(
+            stage="supervised", model=str(simcse_dir), data=f"builtin:shared-pairs:{data_dir}", output=str(output / "3-supervised"),
+            max_steps=max(1, round(SUPERVISED_STEPS * scale)), **{**common, **SUPERVISED_SETTINGS})))
         stage_dirs.append(final_dir)
         print(f"\n[{next(step)}/{total}] evaluating after stage 3")
         rows["+ supervised"], diagnostics["after-supervised"] = _evaluate(

@@ -200,6 +200,19 @@ def test_shared_pairs_use_only_train_splits(tmp_path, monkeypatch):
     assert set(sources) == {"stsb", "banking77", "scifact"}
 
 
+def test_shared_pairs_from_a_named_folder(tmp_path, monkeypatch):
+    # builtin:shared-pairs:DIR reads DIR, whatever LLM2COMP_DATA_DIR says; a missing DIR is a clear error
+    from llm2comp.testing import make_tiny_benchmark_dir
+
+    folder = make_tiny_benchmark_dir(tmp_path / "bench")
+    monkeypatch.setenv("LLM2COMP_DATA_DIR", str(tmp_path / "nope"))
+    pairs = load_pairs(f"builtin:shared-pairs:{folder}", seed=1)
+    assert pairs == shared_pairs(folder, seed=1)
+    assert set(Counter(p["source"] for p in pairs)) == {"stsb", "banking77", "scifact"}
+    with pytest.raises(DataError, match="does not exist"):
+        load_pairs(f"builtin:shared-pairs:{tmp_path / 'missing'}")
+
+
 def test_data_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM2COMP_DATA_DIR", str(tmp_path))
     assert data_dir() == Path(tmp_path)

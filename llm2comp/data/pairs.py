@@ -9,8 +9,8 @@ Pairs (``stage: supervised``):
   (without ``instruction``, a known ``source`` gets its E5 instruction; otherwise the bare query);
 - a directory in the E5 public-data layout used by LLM2Vec/LLM2Comp: one ``<source>.jsonl`` per source with
   query/positive/negative, per-source instructions from ``E5_INSTRUCTIONS``;
-- ``builtin:shared-pairs``: pairs built offline from the *train* splits of the benchmark data directory
-  (``LLM2COMP_DATA_DIR``, else ``../shared/data``, else ``/work/shared/data``): STSBenchmark, Banking77, SciFact.
+- ``builtin:shared-pairs[:DATA_DIR]``: pairs built offline from the *train* splits of the benchmark data directory
+  (``DATA_DIR``, else ``LLM2COMP_DATA_DIR``, else ``../shared/data``): STSBenchmark, Banking77, SciFact.
 
 Pairs are arranged (seeded, deterministic) into source-homogeneous groups of the global batch size
 (per-device batch x world size x gradient accumulation); the dataset says ``sequential = True`` so the
@@ -81,6 +81,7 @@ def instruction_for(source: str | None, row: int = 0) -> str:
     return splits[row % len(splits)] if splits else ""
 
 
+SHARED_PAIRS = "builtin:shared-pairs"
 QUERY_TEMPLATE = "{instruction}: {text}\n"  # the recipe's query format; evaluation uses the same by default
 
 
@@ -179,10 +180,11 @@ def load_e5_dir(path: str | Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- shared benchmark pairs
-def data_dir() -> Path:
-    """The benchmark data directory (see `llm2comp.data.benchmark_dir`); a clear error when there is none."""
+def data_dir(folder: str | Path | None = None) -> Path:
+    """The benchmark data directory: `folder`, else as `llm2comp.data.benchmark_dir` resolves it; a clear error
+    when there is none."""
     try:
-        path = resolve_data_dir()
+        path = resolve_data_dir(folder)
     except FileNotFoundError as error:
         raise DataError(str(error)) from None
     if path is None:
@@ -301,7 +303,7 @@ def scifact_pairs(root: Path, rng: random.Random) -> list[dict]:
 
 def shared_pairs(root: str | Path | None = None, seed: int = 0) -> list[dict]:
     """``builtin:shared-pairs``: STSBenchmark + Banking77 + SciFact pairs, from train splits only."""
-    root = Path(root) if root is not None else data_dir()
+    root = data_dir(root)
     pairs = []
     for name, build in (("stsb", stsb_pairs), ("banking77", banking77_pairs), ("scifact", scifact_pairs)):
         part = build(root, random.Random(f"{seed}:{name}"))
@@ -311,9 +313,10 @@ def shared_pairs(root: str | Path | None = None, seed: int = 0) -> list[dict]:
 
 
 def load_pairs(source: str, seed: int = 0) -> list[dict]:
-    """Pairs from a ``.jsonl`` file, an E5-layout directory, or ``builtin:shared-pairs``."""
-    if source == "builtin:shared-pairs":
-        return shared_pairs(seed=seed)
+    """Pairs from a ``.jsonl`` file, an E5-layout directory, or ``builtin:shared-pairs[:DATA_DIR]`` (without a
+    folder: the benchmark data directory that evaluation uses)."""
+    if source == SHARED_PAIRS or source.startswith(SHARED_PAIRS + ":"):
+        return shared_pairs(source[len(SHARED_PAIRS) + 1 :] or None, seed=seed)
     path = Path(source).expanduser()
     if path.is_dir():
         return load_e5_dir(path)
