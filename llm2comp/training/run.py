@@ -143,4 +143,13 @@ def train(cfg: TrainConfig) -> Path:
         model.config.max_length = model.encode_max_length
         model.save(output)
         plot_losses(loss_log, output / "loss.png", title=f"{cfg.stage} ({cfg.objective if cfg.stage == 'pretrain' else cfg.stage})")
+    _close_process_group(trainer)
     return output
+
+
+def _close_process_group(trainer) -> None:
+    # A rank that exits while gloo still runs its threads aborts ("terminate called without an active exception")
+    # and torchrun reports the whole run as failed: wait for rank 0 to finish saving, then tear the group down.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        torch.distributed.destroy_process_group()
