@@ -47,7 +47,8 @@ def _train(args) -> int:
         "save_steps": args.save_steps, "learning_rate": args.learning_rate, "num_memory_tokens": args.num_memory_tokens,
         "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_samples": args.max_samples,
         "gradcache_chunk": args.gradcache_chunk, "pooling": args.pooling, "min_chars": args.min_chars, "seed": args.seed,
-        "gradient_checkpointing": args.gradient_checkpointing or None, "resume": args.resume or None,
+        "gradient_checkpointing": args.gradient_checkpointing or None,
+        "bidirectional": None if args.attention is None else args.attention == "bidirectional", "resume": args.resume or None,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_yaml(args.config, **flags) if args.config else TrainConfig.from_dict(flags)
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradcache-chunk", type=int)
     p.add_argument("--pooling", choices=["memory", "mean", "last", "prompteol"],
                    help="contrastive stages: the pooling to train (default: the loaded model's, memory for a backbone)")
+    p.add_argument("--attention", choices=["bidirectional", "causal"],
+                   help="encoder attention (default: as loaded; bidirectional for a backbone, as in the recipe)")
     p.add_argument("--seed", type=int)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --output")

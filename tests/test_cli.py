@@ -48,3 +48,13 @@ def test_bad_model_is_one_error_line(tmp_path, capsys):
     assert main(["encode", "-", "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "x.npy")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
+
+
+def test_train_attention_flag_reaches_the_config(monkeypatch, tmp_path):
+    import llm2comp.training.run as run
+
+    seen = []
+    monkeypatch.setattr(run, "train", lambda cfg: seen.append(cfg) or tmp_path)
+    for flag, expected in ((["--attention", "causal"], False), (["--attention", "bidirectional"], True), ([], None)):
+        assert main(["train", "--model", "m", "--data", "d", "--output", str(tmp_path), *flag]) == 0
+        assert seen[-1].bidirectional is expected

@@ -85,6 +85,21 @@ def test_train_writes_a_loadable_model(tiny_dir, corpus, tmp_path, objective):
     assert [r["step"] for r in losses if "loss" in r] == [1, 2, 3, 4]
 
 
+def test_causal_encoder_option(tiny_dir, corpus, tmp_path):
+    # `bidirectional: false` (CLI --attention causal) trains and saves a causal encoder; the default is the recipe's
+    causal = train(_config(tiny_dir, corpus, tmp_path / "causal", max_steps=1, bidirectional=False))
+    recipe = train(_config(tiny_dir, corpus, tmp_path / "recipe", max_steps=1))
+    assert LLM2Comp.from_pretrained(causal).config.bidirectional is False
+    assert LLM2Comp.from_pretrained(recipe).config.bidirectional is True
+
+    def first_loss(output):
+        return next(json.loads(line)["loss"] for line in (output / "loss.jsonl").read_text().splitlines() if '"loss"' in line)
+
+    assert first_loss(causal) != pytest.approx(first_loss(recipe), rel=1e-4)  # same weights, data and seed: only the mask differs
+    with pytest.raises(ValueError, match="mntp needs bidirectional"):
+        TrainConfig.from_dict({"objective": "mntp", "bidirectional": False})
+
+
 def test_refuses_to_overwrite_a_run(tiny_dir, corpus, tmp_path):
     train(_config(tiny_dir, corpus, tmp_path / "run", max_steps=2))
     with pytest.raises(FileExistsError):

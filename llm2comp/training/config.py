@@ -62,6 +62,8 @@ class TrainConfig:
     attention_dropout: float = 0.2  # simcse dropout views
     gradcache_chunk: int | None = None  # supervised: encode in chunks of this size (GradCache)
     pooling: str | None = None  # contrastive stages: train this pooling (mean, last, prompteol, memory); default as loaded
+    # encoder attention; None: as loaded (a backbone's memory-pooling encoder is bidirectional, as in the recipe)
+    bidirectional: bool | None = None
     # reliability / logging
     save_steps: int = 100
     save_total_limit: int = 2
@@ -80,6 +82,8 @@ class TrainConfig:
             check_pooling(self.pooling)
             if self.stage == "pretrain":
                 raise ValueError("pooling is a setting of the contrastive stages (pre-training trains the memory tokens)")
+        if self.objective == "mntp" and self.stage == "pretrain" and self.bidirectional is False:
+            raise ValueError("mntp needs bidirectional attention; drop bidirectional: false")
         for name in ("max_steps", "batch_size", "save_steps", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

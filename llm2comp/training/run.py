@@ -33,8 +33,10 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.pooling is not None:
         kwargs["pooling"] = cfg.pooling
+    if cfg.bidirectional is not None:
+        kwargs["bidirectional"] = cfg.bidirectional
     if cfg.stage == "pretrain" and cfg.objective == "mntp":
-        model = LLM2Comp.from_pretrained(cfg.model, pooling="mean", bidirectional=True, **kwargs)
+        model = LLM2Comp.from_pretrained(cfg.model, **{**kwargs, "pooling": "mean", "bidirectional": True})
     elif saved:
         model = LLM2Comp.from_pretrained(cfg.model, **kwargs)
     else:
