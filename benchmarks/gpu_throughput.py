@@ -17,12 +17,8 @@ import time
 
 import torch
 
-SHAPES = {
-    # name: (hidden, layers, heads, kv_heads, intermediate, vocab)
-    "tiny": (64, 2, 4, 2, 128, 320),
-    "1b": (2048, 16, 32, 8, 8192, 128256),  # Llama-3.2-1B
-    "llama2-7b": (4096, 32, 32, 32, 11008, 32000),
-}
+from llm2comp.testing import MODEL_SHAPES as SHAPES
+
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 

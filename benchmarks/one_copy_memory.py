@@ -5,7 +5,11 @@ peak memory and median step time of each and the ratios one/two. Targets: memory
 
     python benchmarks/one_copy_memory.py                          # embedded default, CPU
     python benchmarks/one_copy_memory.py --model tiny --steps 2   # smoke run
-On CUDA, memory is torch.cuda.max_memory_allocated; on CPU, peak RSS above the process's RSS before loading.
+    python benchmarks/one_copy_memory.py --model random:1b --batch-size 2 --gradient-checkpointing --steps 1 --rounds 1
+                                                                  # random weights of a real shape (llm2comp.testing.MODEL_SHAPES)
+On CUDA, memory is torch.cuda.max_memory_allocated; on CPU, the peak RSS of the training steps (Linux: the peak is
+reset after loading, so load-time transients such as mmap'd checkpoint pages are not counted) above the process's
+RSS before loading.
 """
 
 from __future__ import annotations
@@ -25,6 +29,21 @@ def _rss_mb() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def _reset_peak_rss() -> bool:
+    """Start a new peak-RSS window (Linux >= 4.0: writing 5 to clear_refs resets VmHWM); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) / 1024 for line in handle if line.startswith("VmHWM:"))
+
+
 def run_variant(args) -> dict:
     import torch
 
@@ -40,6 +59,10 @@ def run_variant(args) -> dict:
     baseline = _rss_mb()
     model = LLM2Comp.from_pretrained(model_name, device=device, max_length=args.length + 16)
     model.add_lora()
+    if args.gradient_checkpointing:  # as `train --gradient-checkpointing` does; HF checkpoints only in training mode
+        model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.hf_model.enable_input_require_grads()
+        model.train()
     frozen = None
     if args.variant == "two":
         from llm2comp.backbone import load_backbone
@@ -54,7 +77,8 @@ def run_variant(args) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base_alloc = torch.cuda.memory_allocated()
-    times, peak = [], 0.0
+    windowed = device == "cpu" and _reset_peak_rss()
+    times = []
     for step in range(args.steps + 1):
         if device == "cuda":
             torch.cuda.synchronize()
@@ -67,39 +91,48 @@ def run_variant(args) -> dict:
             torch.cuda.synchronize()
         if step:  # the first step warms up
             times.append(time.perf_counter() - start)
-        peak = max(peak, _rss_mb())
     if device == "cuda":
         memory = torch.cuda.max_memory_allocated() / 2**20
     else:
-        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline
+        peak = _peak_rss_mb() if windowed else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        memory = peak - baseline
     return {"variant": args.variant, "memory_mb": memory, "step_s": statistics.median(times), "device": device,
             "loss": float(loss)} | ({"model_alloc_mb": base_alloc / 2**20} if device == "cuda" else {})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m", help="alias/path, or 'tiny' for a random tiny model")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="alias/path, 'tiny' for a random tiny model, or random:SHAPE (random weights of a real shape)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--variant", choices=["one", "two"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
+    model_path = args.model
+    if args.model.startswith("random:"):  # written once, loaded by both variants
+        from llm2comp.testing import make_tiny_model_dir, shape_overrides
+
+        model_path = str(make_tiny_model_dir(tempfile.mkdtemp() + "/model", **shape_overrides(args.model.split(":", 1)[1])))
     results = {"one": [], "two": []}
     for _ in range(args.rounds):
         for variant in ("one", "two"):
-            command = [sys.executable, __file__, "--variant", variant, "--model", args.model, "--batch-size",
+            command = [sys.executable, __file__, "--variant", variant, "--model", model_path, "--batch-size",
                        str(args.batch_size), "--length", str(args.length), "--steps", str(args.steps)]
+            command += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[variant].append(json.loads(output.strip().splitlines()[-1]))
     summary = {v: {"memory_mb": statistics.median(r["memory_mb"] for r in runs), "step_s": statistics.median(r["step_s"] for r in runs)}
                for v, runs in results.items()}
     device = results["one"][0]["device"]
     print(f"KL step, model={args.model}, batch={args.batch_size}x{args.length} tokens, device={device}, "
-          f"{args.rounds} rounds x {args.steps} steps (medians)")
+          f"{args.rounds} rounds x {args.steps} steps (medians)"
+          + (", gradient checkpointing" if args.gradient_checkpointing else ""))
     print(f"{'layout':<34}{'peak memory (MB)':>18}{'step time (s)':>16}")
     print(f"{'one copy (adapter off = teacher)':<34}{summary['one']['memory_mb']:>18.0f}{summary['one']['step_s']:>16.3f}")
     print(f"{'two copies (frozen second model)':<34}{summary['two']['memory_mb']:>18.0f}{summary['two']['step_s']:>16.3f}")

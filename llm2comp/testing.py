@@ -67,14 +67,35 @@ def tiny_config(architecture: str = "llama", attn_implementation: str = "sdpa", 
     return config
 
 
+# Llama shapes of real models, for speed and memory work on random weights: (hidden, layers, heads, kv heads,
+# intermediate, vocab)
+MODEL_SHAPES = {
+    "tiny": (64, 2, 4, 2, 128, 320),
+    "smollm2-135m": (576, 30, 9, 3, 1536, 49152),
+    "1b": (2048, 16, 32, 8, 8192, 128256),  # Llama-3.2-1B
+    "llama2-7b": (4096, 32, 32, 32, 11008, 32000),
+}
+
+
+def shape_overrides(shape: str) -> dict:
+    """Config keyword arguments of a shape in MODEL_SHAPES (for `tiny_config`/`make_tiny_model_dir`)."""
+    if shape not in MODEL_SHAPES:
+        raise ValueError(f"unknown shape '{shape}'; choose one of {', '.join(MODEL_SHAPES)}")
+    hidden, layers, heads, kv, intermediate, vocab = MODEL_SHAPES[shape]
+    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                intermediate_size=intermediate, vocab_size=vocab, max_position_embeddings=4096)
+
+
 def make_tiny_model_dir(path: str | Path, architecture: str = "llama", attn_implementation: str = "sdpa", seed: int = 0, **overrides) -> Path:
-    """Write a tiny random causal LM plus tokenizer to ``path`` (a Hugging Face model directory)."""
+    """Write a random causal LM plus tokenizer to ``path`` (a Hugging Face model directory); tiny unless
+    ``overrides`` set the sizes (e.g. ``**shape_overrides("1b")``: the tokenizer stays tiny, the vocabulary real)."""
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
-    config = tiny_config(architecture, attn_implementation, vocab_size=max(len(tokenizer), 64), **overrides)
+    vocab_size = overrides.pop("vocab_size", max(len(tokenizer), 64))
+    config = tiny_config(architecture, attn_implementation, vocab_size=vocab_size, **overrides)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
