@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -213,22 +214,31 @@ class LLM2Comp(nn.Module):
     def decoder_mode(self) -> Iterator[nn.Module]:
         """The frozen LLM: the active adapter switched off, causal attention. Yields the causal LM.
 
-        (Adapters of earlier stages, already merged, are part of the frozen weights.) Layer-wise gradient
-        checkpointing is paused inside: a recomputation during backward would run after this block has
-        exited, with the adapter back on, and give wrong gradients.
+        (Adapters of earlier stages, already merged, are part of the frozen weights.) Under layer-wise gradient
+        checkpointing the layers stay checkpointed, but their recomputation during backward, which runs after this
+        block has exited, switches the adapter off again (torch's non-reentrant `context_fn`); where that is not
+        available (reentrant checkpointing) checkpointing is paused inside the block.
         """
-        checkpointed = [m for m in self.hf_model.modules() if getattr(m, "gradient_checkpointing", False) is True]
-        for module in checkpointed:
-            module.gradient_checkpointing = False
-        try:
-            if self.peft_model is None:
-                yield self.hf_model
+        adapter_off = self.peft_model.disable_adapter if self.peft_model is not None else contextlib.nullcontext
+        changed = []
+        for module in self.hf_model.modules():
+            if getattr(module, "gradient_checkpointing", False) is not True:
+                continue
+            func = getattr(module, "_gradient_checkpointing_func", None)
+            changed.append((module, func))
+            if _non_reentrant(func):
+                module._gradient_checkpointing_func = functools.partial(
+                    func, context_fn=lambda: (contextlib.nullcontext(), adapter_off())
+                )
             else:
-                with self.peft_model.disable_adapter():
-                    yield self.hf_model
+                module.gradient_checkpointing = False
+        try:
+            with adapter_off():
+                yield self.hf_model
         finally:
-            for module in checkpointed:
+            for module, func in changed:
                 module.gradient_checkpointing = True
+                module._gradient_checkpointing_func = func
 
     # ------------------------------------------------------------------ tokenisation
     def _text_budget(self) -> int:
@@ -450,6 +460,15 @@ class LLM2Comp(nn.Module):
             raise
         self.config = config
         return path
+
+
+def _non_reentrant(func) -> bool:
+    """Whether a layer's checkpoint function is torch's non-reentrant checkpoint (which accepts `context_fn`)."""
+    from torch.utils.checkpoint import checkpoint
+
+    keywords = getattr(func, "keywords", None)
+    return (getattr(func, "func", None) is checkpoint and keywords.get("use_reentrant") is False
+            and "context_fn" not in keywords)
 
 
 def replace_dir(staging: Path, target: Path) -> None:

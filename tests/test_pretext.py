@@ -101,16 +101,26 @@ def test_gradients_reach_only_lora_and_memory(tiny_dir, kind):
     assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n and n != "memory.weight")
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
-    """The decoder pass runs with the adapter off; checkpointed recomputation must not switch it back on."""
-    grads = []
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir, use_reentrant):
+    """The decoder pass runs with the adapter off; checkpointed recomputation must not switch it back on.
+
+    Non-reentrant checkpointing keeps the decoder pass checkpointed (its layers run twice: forward and
+    recomputation); reentrant checkpointing cannot, so the decoder pass runs unchecked there."""
+    grads, calls = [], []
     for checkpointing in (False, True):
         model = _model(tiny_dir)
         if checkpointing:
-            model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
         objective = CompressionObjective(model, kind="kl", split_margin=3)
+        attention = model.body.layers[0].self_attn
+        count = [0]
+        attention.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
         objective(model, objective.collate(_examples(model)))["loss"].backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        calls.append(count[0])
+    # encoder, decoder, teacher; then recomputations: encoder and (non-reentrant only) decoder
+    assert calls == [3, 4 if use_reentrant else 5]
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
