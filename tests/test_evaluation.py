@@ -28,7 +28,7 @@ from llm2comp.evaluation import (  # noqa: E402
     run_evaluate_cli,
 )
 from llm2comp.evaluation.tasks import ENV_DATA_DIR  # noqa: E402
-from llm2comp.testing import SAMPLE_TEXT, make_tiny_benchmark_dir, make_tiny_model_dir, random_sentence  # noqa: E402
+from llm2comp.testing import make_tiny_benchmark_dir, make_tiny_model_dir, random_sentence  # noqa: E402
 
 
 
