@@ -23,16 +23,12 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
 def build(shape: str, device: str, dtype: torch.dtype, attn: str, max_length: int):
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM
 
     from llm2comp.model import LLM2Comp, LLM2CompConfig
-    from llm2comp.testing import tiny_tokenizer
+    from llm2comp.testing import shape_overrides, tiny_config, tiny_tokenizer
 
-    hidden, layers, heads, kv, inter, vocab = SHAPES[shape]
-    config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
-                         intermediate_size=inter, vocab_size=vocab, max_position_embeddings=max(4096, max_length),
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    config._attn_implementation = attn
+    config = tiny_config("llama", attn, **{**shape_overrides(shape), "max_position_embeddings": max(4096, max_length)})
     with torch.device(device):
         hf_model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model = LLM2Comp(hf_model, tiny_tokenizer(), LLM2CompConfig(base_model=f"random-{shape}", max_length=max_length))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .backbone import DEFAULT_MODEL
+from .pooling import POOLING_MODES
 
 
 def _common(parser: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL) -> None:
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="?", help="text file, one text per line ('-' or nothing: stdin)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int)
-    p.add_argument("--pooling", choices=["memory", "mean", "last", "prompteol"])
+    p.add_argument("--pooling", choices=POOLING_MODES)
     p.add_argument("--prompt", help="text put before every input (an instruction)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
     p.add_argument("--skip-empty", action="store_true", help="drop empty lines (by default each line, empty too, gets a row)")
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int)
     p.add_argument("--min-chars", type=int)
     p.add_argument("--gradcache-chunk", type=int)
-    p.add_argument("--pooling", choices=["memory", "mean", "last", "prompteol"],
+    p.add_argument("--pooling", choices=POOLING_MODES,
                    help="contrastive stages: the pooling to train (default: the loaded model's, memory for a backbone)")
     p.add_argument("--attention", choices=["bidirectional", "causal"],
                    help="encoder attention (default: as loaded; bidirectional for a backbone, as in the recipe)")
