@@ -18,7 +18,7 @@ $(BIN)/llm2comp: pyproject.toml requirements-lock.txt
 install: $(BIN)/llm2comp
 
 test: install
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests -q
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
 
 quickstart: install
 	$(BIN)/llm2comp quickstart

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_ENCODER = "smollm2-135m-sup"  # the trained default of `llm2comp encode` (shipped in llm2comp/resources)
 
 # alias -> (PyPI package holding a GGUF file, file name)
 ALIASES: dict[str, tuple[str, str]] = {

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .backbone import DEFAULT_MODEL
+from .backbone import DEFAULT_ENCODER, DEFAULT_MODEL
 from .pooling import POOLING_MODES
 
 
@@ -37,6 +37,22 @@ def _encode(args) -> int:
     return 0
 
 
+def _fit_normalizer(args) -> int:
+    from .data.pairs import build_contrastive_dataset, is_pair_source, stage_texts
+    from .model import LLM2Comp
+    from .training.config import TrainConfig
+
+    stage = "supervised" if is_pair_source(args.data) else "simcse"
+    cfg = TrainConfig(stage=stage, data=args.data, batch_size=1, min_chars=0, max_pairs_per_source=args.max_pairs_per_source,
+                      query_instructions=not args.no_instructions, seed=args.seed)
+    texts = stage_texts(build_contrastive_dataset(cfg), args.samples, seed=args.seed)
+    model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling)
+    model.fit_normalizer(texts, source=f"{len(texts)} texts of {args.data}", show_progress_bar=True)
+    model.save(args.output)
+    print(f"fitted on {len(texts)} texts of {args.data}; wrote {args.output} (load it with LLM2Comp.from_pretrained)")
+    return 0
+
+
 def _train(args) -> int:
     from .training.config import TrainConfig
     from .training.run import train
@@ -48,7 +64,8 @@ def _train(args) -> int:
         "save_steps": args.save_steps, "learning_rate": args.learning_rate, "num_memory_tokens": args.num_memory_tokens,
         "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_samples": args.max_samples,
         "gradcache_chunk": args.gradcache_chunk, "pooling": args.pooling, "min_chars": args.min_chars, "seed": args.seed,
-        "gradient_checkpointing": args.gradient_checkpointing or None,
+        "gradient_checkpointing": args.gradient_checkpointing or None, "memory_init": args.memory_init,
+        "fit_normalizer": args.fit_normalizer,
         "bidirectional": None if args.attention is None else args.attention == "bidirectional", "resume": args.resume or None,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
@@ -88,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("encode", help="embed texts (one per line, from a file or stdin) into a .npy file")
-    _common(p, model_default="smollm2-135m-kl")
+    _common(p, model_default=DEFAULT_ENCODER)
     p.add_argument("input", nargs="?", help="text file, one text per line ('-' or nothing: stdin)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int)
@@ -119,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder attention (default: as loaded; bidirectional for a backbone, as in the recipe)")
     p.add_argument("--seed", type=int)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--memory-init", help="a fresh model's memory tokens from this phrase's token embeddings (default: mean embedding)")
+    p.add_argument("--fit-normalizer", type=int, metavar="N", help="contrastive stages: fit embedding standardisation on N training texts")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --output")
     p.set_defaults(func=_train)
 
@@ -136,12 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="store the merged backbone as float32 (default), bfloat16 or float16")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("quickstart", help="the main job on the embedded default: KL pre-training -> SimCSE -> evaluation before/after")
+    p = sub.add_parser("fit-normalizer", help="fit per-dimension standardisation of a model's embeddings on training text; save the model with it")
+    p.add_argument("model", help="alias, hub id, directory or llm2comp directory")
+    p.add_argument("--data", required=True, help="training text: pairs (builtin:shared-pairs[:DIR], .jsonl with query/positive) or sentences (.txt/.jsonl)")
+    p.add_argument("--output", required=True, help="directory for the model with its normalizer")
+    p.add_argument("--samples", type=int, default=4000, help="distinct texts to fit on (default 4000)")
+    p.add_argument("--pooling", choices=POOLING_MODES, help="pooling of a backbone (default: memory, or the saved model's)")
+    p.add_argument("--max-pairs-per-source", type=int, help="pairs: at most this many per source (as in training)")
+    p.add_argument("--no-instructions", action="store_true", help="pairs: bare queries, without their task instruction")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device")
+    p.set_defaults(func=_fit_normalizer)
+
+    p = sub.add_parser("quickstart", help="the main job on the embedded default: zero-shot poolings -> the default recipe -> evaluation before/after")
     _common(p)
     p.add_argument("--data-dir")
     p.add_argument("--minutes", type=float, default=15.0, help="time budget")
-    p.add_argument("--supervised", action="store_true",
-                   help="add stage 3 (supervised contrastive on pairs from the train splits of --data-dir; ~20 more min on 2 CPU cores)")
+    p.add_argument("--pretrain", action="store_true",
+                   help="run KL compression pre-training (stage 1, causal encoder) before the default recipe's stage")
     p.set_defaults(func=_quickstart)
     return parser
 

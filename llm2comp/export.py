@@ -100,6 +100,7 @@ def write_bundle(model: LLM2Comp, folder: str | os.PathLike) -> dict[str, Any]:
     model.tokenizer.save_pretrained(backbone)  # backbone/ on its own is a complete HF model directory
     model.tokenizer.save_pretrained(folder)
     save_file({"weight": model.memory.weight.detach().float().cpu().contiguous()}, folder / MEMORY_NAME)
+    model.save_normalizer(folder)
     origin = dict(getattr(model, "exported_from", None) or {"base_model": model.config.base_model})
     config = dataclasses.replace(model.config, base_model=BACKBONE_DIR, adapters=[], merged_adapters=0)
     payload = dataclasses.asdict(config) | {EXPORT_KEY: origin, "llm2comp_version": __version__}

@@ -44,6 +44,20 @@ class MemoryTokens(nn.Module):
             noise = torch.randn(num_tokens, mean.shape[0], generator=generator) * (0.1 * std)
             return cls(num_tokens, mean.shape[0], init=mean.cpu() + noise)
 
+    @classmethod
+    def from_text(cls, num_tokens: int, embedding: nn.Module, token_ids: list[int]) -> MemoryTokens:
+        """Initialise the k memory tokens from the input embeddings of a phrase's tokens (spread evenly over the
+        phrase; repeated when it is shorter than k). With a phrase such as ' means in one word:"' a causal
+        encoder's memory states start where PromptEOL's last-token state is, instead of at an uninformative mean."""
+        if not token_ids:
+            raise ValueError("memory_init phrase has no tokens")
+        with torch.no_grad():
+            device = next(embedding.parameters()).device
+            rows = embedding(torch.tensor(token_ids, device=device)).float().cpu()
+            n = len(token_ids)
+            pick = torch.linspace(0, n - 1, num_tokens).round().long() if n >= num_tokens else torch.arange(num_tokens) % n
+            return cls(num_tokens, rows.shape[1], init=rows[pick])
+
     def splice(self, inputs_embeds: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
         """Return ``inputs_embeds`` with the k memory embeddings written at the positions of ``memory_mask``."""
         batch = inputs_embeds.shape[0]

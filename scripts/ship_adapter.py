@@ -1,7 +1,8 @@
 """Copy a trained run's adapter + memory tokens into the package (llm2comp/resources/<name>), in float16.
 
-    python scripts/ship_adapter.py runs/pretext/kl smollm2-135m-kl
-The backbone is not copied: the shipped config names it by alias, and its tokenizer is used.
+    python scripts/ship_adapter.py runs/default smollm2-135m-sup
+The backbone is not copied: the shipped config names it by alias, and its tokenizer is used. A fitted
+normalizer is copied as it is (float32, 2 x d values).
 """
 
 import json
@@ -23,6 +24,8 @@ def main(run: str, name: str) -> None:
         tensors = load_file(run / adapter / "adapter_model.safetensors")
         save_file({k: v.half().contiguous() for k, v in tensors.items()}, target / adapter / "adapter_model.safetensors")
     shutil.copy(run / "memory_tokens.safetensors", target / "memory_tokens.safetensors")
+    if config.get("normalizer"):
+        shutil.copy(run / "normalizer.safetensors", target / "normalizer.safetensors")
     config["max_length"] = 512
     (target / "llm2comp_config.json").write_text(json.dumps(config, indent=2))
     print(f"shipped {run} as {target} ({sum(p.stat().st_size for p in target.rglob('*') if p.is_file()) / 2**20:.1f} MiB)")

@@ -202,3 +202,32 @@ def test_save_takes_gathered_tensors_when_given(tiny_dir, tmp_path):
                 param.zero_()
     model.save(tmp_path / "m", state_dict=gathered)
     np.testing.assert_allclose(LLM2Comp.from_pretrained(tmp_path / "m").encode(SAMPLE_TEXT), reference, atol=1e-5)
+
+
+def test_memory_init_from_a_phrase(tiny_dir, tmp_path):
+    phrase = " means in one word:"
+    model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, memory_init=phrase)
+    ids = model.tokenizer(phrase, add_special_tokens=False)["input_ids"]
+    rows = model.hf_model.get_input_embeddings().weight[ids].detach()
+    pick = torch.linspace(0, len(ids) - 1, 3).round().long()
+    torch.testing.assert_close(model.memory.weight.detach(), rows[pick])
+    assert model.config.memory_init == phrase
+    model.save(tmp_path / "m")  # a saved model keeps its trained tokens, whatever its memory_init says
+    with torch.no_grad():
+        model.memory.weight.add_(1.0)
+    model.save(tmp_path / "m")
+    torch.testing.assert_close(LLM2Comp.from_pretrained(tmp_path / "m").memory.weight, model.memory.weight)
+    short = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=5, memory_init="a")  # shorter than k: repeated
+    assert torch.equal(short.memory.weight[0], short.memory.weight[-1])
+
+
+def test_repeated_texts_are_embedded_once(model, monkeypatch):
+    texts = [SAMPLE_TEXT[0], SAMPLE_TEXT[1], SAMPLE_TEXT[0], "", SAMPLE_TEXT[1], ""]
+    reference = np.stack([model.encode(t) for t in texts])
+    rows = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda features: rows.append(features["input_ids"].shape[0]) or forward(features))
+    out = model.encode(texts, batch_size=2)
+    assert sum(rows) == 3  # three distinct texts
+    np.testing.assert_allclose(out, reference, atol=1e-5)
+    assert isinstance(model.encode(texts, convert_to_tensor=True), torch.Tensor)

@@ -244,3 +244,31 @@ def test_accelerate_sharding_keeps_each_optimizer_step_in_one_source(tmp_path, m
         indices = [i for r in range(world) for m in micro for i in per_rank[r][m]]
         assert len(indices) == dataset.group_size
         assert len({dataset[i]["source"] for i in indices}) == 1
+
+
+def test_cap_per_source_and_stage_texts():
+    from llm2comp.data.pairs import PairDataset, cap_per_source, stage_texts
+
+    pairs = [{"query": f"q{s}{i}", "positive": f"p{s}{i}", "source": s} for s in ("big", "small") for i in range(20 if s == "big" else 4)]
+    capped = cap_per_source(pairs, 6, seed=1)
+    assert sum(p["source"] == "big" for p in capped) == 6 and sum(p["source"] == "small" for p in capped) == 4
+    assert capped == cap_per_source(pairs, 6, seed=1)  # deterministic
+    with pytest.raises(ValueError):
+        cap_per_source(pairs, 0)
+    dataset = PairDataset([{**p, "instruction": "Find it"} for p in capped], group_size=2)
+    texts = stage_texts(dataset, 100)
+    assert sum(t.startswith("Find it: q") and t.endswith("\n") for t in texts) == 10  # queries as trained
+    assert sum(t.startswith("p") for t in texts) == 10
+    assert len(texts) == len(set(texts)) == 20 and len(stage_texts(dataset, 5)) == 5
+
+
+def test_query_instructions_can_be_switched_off(tmp_path):
+    from llm2comp.data.pairs import build_contrastive_dataset
+    from llm2comp.training.config import TrainConfig
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"query": f"q{i}", "positive": f"p{i}", "instruction": "Find it"}) for i in range(4)))
+    on = build_contrastive_dataset(TrainConfig(stage="supervised", data=str(data), batch_size=2))
+    off = build_contrastive_dataset(TrainConfig(stage="supervised", data=str(data), batch_size=2, query_instructions=False))
+    assert {on[i]["instruction"] for i in range(4)} == {"Find it"}
+    assert {off[i]["instruction"] for i in range(4)} == {""}

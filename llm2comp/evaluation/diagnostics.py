@@ -144,8 +144,10 @@ def _pyplot():
 
 def plot_spectrum(spectrum: dict[str, Any], path: str | os.PathLike, title: str = "") -> Path:
     plt = _pyplot()
-    values = np.asarray(spectrum["normalized_spectrum"])
-    cumulative = np.asarray(spectrum["cumulative_energy"])
+    # n centred embeddings span at most n - 1 dimensions: the values beyond are zero, not a collapse; not drawn
+    rank = max(1, int((np.asarray(spectrum["normalized_spectrum"]) > 1e-9).sum()))
+    values = np.asarray(spectrum["normalized_spectrum"])[:rank]
+    cumulative = np.asarray(spectrum["cumulative_energy"])[:rank]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ranks = np.arange(1, len(values) + 1)
     ax1.semilogy(ranks, np.clip(values, 1e-12, None))
@@ -159,7 +161,8 @@ def plot_spectrum(spectrum: dict[str, Any], path: str | os.PathLike, title: str 
     ax2.set_xlabel("dimensions")
     ax2.set_ylabel("cumulative energy")
     ax2.set_title(f"90%: {spectrum['dims_90']} dims, 99%: {spectrum['dims_99']} dims")
-    fig.suptitle(title or f"{spectrum['n']} embeddings x {spectrum['dim']} dims{' (centred)' if spectrum['centered'] else ''}")
+    shape = f"{spectrum['n']} embeddings x {spectrum['dim']} dims{' (centred)' if spectrum['centered'] else ''}, rank {rank}"
+    fig.suptitle(f"{title}: {shape}" if title else shape)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
@@ -200,6 +203,7 @@ def diagnose(
     batch_size: int = 32,
     center: bool = True,
     prefix: str = "",
+    title: str = "",
 ) -> dict[str, Any]:
     """Spectrum of ``model.encode(texts)`` and, for memory pooling, the memory-token correlation.
 
@@ -214,10 +218,10 @@ def diagnose(
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        result["files"]["spectrum"] = str(plot_spectrum(result["spectrum"], out / f"{prefix}spectrum.png"))
+        result["files"]["spectrum"] = str(plot_spectrum(result["spectrum"], out / f"{prefix}spectrum.png", title=title))
         if result["memory_correlation"] is not None:
             result["files"]["memory_correlation"] = str(
-                plot_memory_correlation(result["memory_correlation"], out / f"{prefix}memory_correlation.png")
+                plot_memory_correlation(result["memory_correlation"], out / f"{prefix}memory_correlation.png", title=title)
             )
         result["files"]["json"] = str(out / f"{prefix}diagnostics.json")
         Path(result["files"]["json"]).write_text(json.dumps(result, indent=2), encoding="utf-8")

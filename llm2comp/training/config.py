@@ -28,6 +28,7 @@ class TrainConfig:
     output: str = "runs/pretrain-kl"
     # model
     num_memory_tokens: int = 8
+    memory_init: str | None = None  # a fresh model's memory tokens: None = mean embedding; a phrase = its token embeddings
     max_length: int = 512
     dtype: str | None = None
     attn_implementation: str | None = None
@@ -44,6 +45,8 @@ class TrainConfig:
     truncate_long: bool = False  # paper: texts over max_length are dropped; true: truncated instead
     max_samples: int | None = None
     split_margin: int = 10
+    query_instructions: bool = True  # supervised: "{instruction}: {query}\n" on the query side; false: bare queries
+    max_pairs_per_source: int | None = None  # supervised: cap each source (seeded draw), so one large source cannot dominate
     # optimisation (recipe defaults, stage 1)
     max_steps: int = 1000
     batch_size: int = 4  # per device
@@ -64,6 +67,9 @@ class TrainConfig:
     pooling: str | None = None  # contrastive stages: train this pooling (mean, last, prompteol, memory); default as loaded
     # encoder attention; None: as loaded (a backbone's memory-pooling encoder is bidirectional, as in the recipe)
     bidirectional: bool | None = None
+    # after training: fit per-dimension standardisation of the embeddings on up to this many of the stage's own
+    # training texts (contrastive stages), saved with the model; 0 = none
+    fit_normalizer: int = 0
     # reliability / logging
     save_steps: int = 100
     save_total_limit: int = 2
@@ -84,6 +90,10 @@ class TrainConfig:
                 raise ValueError("pooling is a setting of the contrastive stages (pre-training trains the memory tokens)")
         if self.objective == "mntp" and self.stage == "pretrain" and self.bidirectional is False:
             raise ValueError("mntp needs bidirectional attention; drop bidirectional: false")
+        if self.fit_normalizer and self.stage == "pretrain":
+            raise ValueError("fit_normalizer fits on a contrastive stage's texts; fit a pre-trained model with LLM2Comp.fit_normalizer")
+        if self.fit_normalizer < 0:
+            raise ValueError(f"fit_normalizer must be >= 0, got {self.fit_normalizer}")
         for name in ("max_steps", "batch_size", "save_steps", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

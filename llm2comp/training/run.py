@@ -40,7 +40,7 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
     elif saved:
         model = LLM2Comp.from_pretrained(cfg.model, **kwargs)
     else:
-        model = LLM2Comp.from_pretrained(cfg.model, num_memory_tokens=cfg.num_memory_tokens, **kwargs)
+        model = LLM2Comp.from_pretrained(cfg.model, num_memory_tokens=cfg.num_memory_tokens, memory_init=cfg.memory_init, **kwargs)
     # cfg.max_length bounds the training inputs; the saved model keeps its own encoding length (default 512)
     model.encode_max_length, model.config.max_length = model.config.max_length, cfg.max_length
     model.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules)
@@ -143,6 +143,12 @@ def train(cfg: TrainConfig) -> Path:
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if trainer.args.should_save:
         model.config.max_length = model.encode_max_length
+        if cfg.fit_normalizer:
+            from ..data.pairs import stage_texts
+
+            texts = stage_texts(dataset, cfg.fit_normalizer, seed=cfg.seed)
+            model.fit_normalizer(texts, source=f"{len(texts)} training texts of {cfg.data}")
+            logger.info("normalizer fitted on %d training texts", len(texts))
         model.save(output)
         plot_losses(loss_log, output / "loss.png", title=f"{cfg.stage} ({cfg.objective if cfg.stage == 'pretrain' else cfg.stage})")
     _close_process_group(trainer)
