@@ -1,5 +1,5 @@
-"""Zero-shot pooling from an early layer: the backbone cut after its first N layers (the final norm kept), mean
-pooling, optionally standardised on training text; evaluated with `llm2comp evaluate`'s own path.
+"""Zero-shot pooling from an early layer: the backbone cut after its first N layers, mean pooling of those states
+(as `output_hidden_states[N]`: without the final norm, which belongs to the last layer), optionally standardised on training text; evaluated with `llm2comp evaluate`'s own path.
 
     python scripts/layer_baseline.py --layers 1 --tasks STSBenchmark,STS13,STS14,STS15,SICK-R,Banking77Classification --output runs/eval/mean-layer1
 
@@ -30,9 +30,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     model = LLM2Comp.from_pretrained(args.model, pooling="mean")
     body = model.body
-    if not 1 <= args.layers <= len(body.layers):
-        raise SystemExit(f"--layers must be in 1..{len(body.layers)}")
+    if not 1 <= args.layers < len(body.layers):
+        raise SystemExit(f"--layers must be in 1..{len(body.layers) - 1} (the last layer is plain mean pooling)")
     body.layers = torch.nn.ModuleList(list(body.layers)[: args.layers])
+    body.norm = torch.nn.Identity()  # the states of an intermediate layer, as output_hidden_states gives them
     model.hf_model.config.get_text_config().num_hidden_layers = args.layers
     if args.standardise_on:
         from llm2comp.data.pairs import build_contrastive_dataset, stage_texts

