@@ -102,6 +102,11 @@ def _evaluate(model, data_dir, label: str, plots: Path | None, title: str = "") 
     return scores, diagnostics.summary(result)
 
 
+def _started(stage_dir: Path) -> bool:
+    """Whether an earlier quickstart left checkpoints to resume from (a fresh run resumes nothing, silently)."""
+    return (stage_dir / "checkpoints").is_dir()
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -141,7 +146,7 @@ def run_quickstart(args) -> int:
         print(f"\n[{next(step)}/{total}] stage 1: KL compression pre-training (causal encoder), {round(KL_STEPS * scale)} steps")
         start_from = str(train(TrainConfig.from_dict(dict(
             stage="pretrain", objective="kl", model=model_name, data="builtin:news", output=str(output / "1-pretrain-kl"),
-            max_steps=max(1, round(KL_STEPS * scale)), batch_size=4, max_length=128, save_steps=10, resume=True,
+            max_steps=max(1, round(KL_STEPS * scale)), batch_size=4, max_length=128, save_steps=10, resume=_started(output / "1-pretrain-kl"),
             min_chars=300, truncate_long=True, bidirectional=False, memory_init=recipe["memory_init"]))))
         stage_dirs.append(Path(start_from))
 
@@ -151,7 +156,7 @@ def run_quickstart(args) -> int:
     final_dir = train(TrainConfig.from_dict({
         **recipe, "model": start_from, "data": pairs, "output": str(output / "supervised"), "max_steps": steps,
         "warmup_steps": min(recipe["warmup_steps"], max(0, steps // 5)), "save_steps": 5, "save_total_limit": 2,
-        "resume": True, "fit_normalizer": min(recipe["fit_normalizer"], 1000)}))
+        "resume": _started(output / "supervised"), "fit_normalizer": min(recipe["fit_normalizer"], 1000)}))
     stage_dirs.append(final_dir)
     print(f"\n[{next(step)}/{total}] evaluating the trained model")
     rows["trained (this run)"], diagnostics["after"] = _evaluate(LLM2Comp.from_pretrained(final_dir), data_dir, "after", plots,

