@@ -38,14 +38,11 @@ def _encode(args) -> int:
 
 
 def _fit_normalizer(args) -> int:
-    from .data.pairs import build_contrastive_dataset, is_pair_source, stage_texts
+    from .data.pairs import source_texts
     from .model import LLM2Comp
-    from .training.config import TrainConfig
 
-    stage = "supervised" if is_pair_source(args.data) else "simcse"
-    cfg = TrainConfig(stage=stage, data=args.data, batch_size=1, min_chars=0, max_pairs_per_source=args.max_pairs_per_source,
-                      query_instructions=not args.no_instructions, seed=args.seed)
-    texts = stage_texts(build_contrastive_dataset(cfg), args.samples, seed=args.seed)
+    texts = source_texts(args.data, args.samples, seed=args.seed, max_pairs_per_source=args.max_pairs_per_source,
+                         query_instructions=not args.no_instructions)
     model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling)
     model.fit_normalizer(texts, source=f"{len(texts)} texts of {args.data}", show_progress_bar=True)
     model.save(args.output)

@@ -33,7 +33,8 @@ from scipy.stats import spearmanr
 
 from llm2comp import LLM2Comp
 from llm2comp.attention import bidirectional
-from llm2comp.data.benchmark_dir import resolve_data_dir
+from llm2comp.data.pairs import data_dir
+from llm2comp.evaluation.tasks import read_jsonl
 
 
 def load_model(spec: str) -> tuple[LLM2Comp, str]:
@@ -187,11 +188,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = resolve_data_dir(None)
-    if root is None:
-        raise SystemExit("no benchmark data folder: set LLM2COMP_DATA_DIR")
-    with open(root / "mteb" / args.task / f"{args.split}.jsonl", encoding="utf-8") as handle:
-        pairs = [json.loads(line) for line in handle if line.strip()][: args.pairs]
+    pairs = read_jsonl(data_dir() / "mteb" / args.task / f"{args.split}.jsonl")[: args.pairs]
     passages = []
     if args.passages:
         from llm2comp.data.corpus import load_texts

@@ -36,12 +36,9 @@ def main(argv=None) -> int:
     body.norm = torch.nn.Identity()  # the states of an intermediate layer, as output_hidden_states gives them
     model.hf_model.config.get_text_config().num_hidden_layers = args.layers
     if args.standardise_on:
-        from llm2comp.data.pairs import build_contrastive_dataset, stage_texts
-        from llm2comp.training.config import TrainConfig
+        from llm2comp.data.pairs import source_texts
 
-        cfg = TrainConfig(stage="supervised", data=args.standardise_on, batch_size=1, min_chars=0, max_pairs_per_source=3000,
-                          query_instructions=False)
-        texts = stage_texts(build_contrastive_dataset(cfg), 4000, seed=cfg.seed)
+        texts = source_texts(args.standardise_on, 4000, seed=42, max_pairs_per_source=3000, query_instructions=False)
         model.fit_normalizer(texts, source=f"{len(texts)} texts of {args.standardise_on}")
     evaluate_model(model, tasks=args.tasks, output_dir=args.output, num_threads=args.threads)
     return 0

@@ -10,7 +10,6 @@ statistics come from *training* text only: 1,000 STS-B train sentences and 500 B
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 
@@ -18,12 +17,8 @@ import torch
 from scipy.stats import spearmanr
 
 from llm2comp import LLM2Comp
-from llm2comp.data.benchmark_dir import resolve_data_dir
-
-
-def _jsonl(path):
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+from llm2comp.data.pairs import data_dir
+from llm2comp.evaluation.tasks import read_jsonl
 
 
 def _load(spec: str) -> LLM2Comp:
@@ -41,13 +36,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = resolve_data_dir(None)
-    if root is None:
-        raise SystemExit("no benchmark data folder: set LLM2COMP_DATA_DIR")
-    rows = _jsonl(root / "mteb" / "STSBenchmark" / "validation.jsonl")[: args.pairs]
+    root = data_dir()
+    rows = read_jsonl(root / "mteb" / "STSBenchmark" / "validation.jsonl")[: args.pairs]
     first, second, gold = [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], [r["score"] for r in rows]
-    train = _jsonl(root / "mteb" / "STSBenchmark" / "train.jsonl")
-    banking = [r["text"] for r in _jsonl(root / "mteb" / "Banking77Classification" / "train.jsonl")]
+    train = read_jsonl(root / "mteb" / "STSBenchmark" / "train.jsonl")
+    banking = [r["text"] for r in read_jsonl(root / "mteb" / "Banking77Classification" / "train.jsonl")]
     rng = random.Random(0)
     fit = rng.sample(sorted({r["sentence1"] for r in train} | {r["sentence2"] for r in train}), 1000) + rng.sample(banking, 500)
 

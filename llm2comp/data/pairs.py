@@ -417,6 +417,26 @@ def is_pair_source(source: str) -> bool:
     return False
 
 
+def prepare_pairs(source: str, seed: int = 0, max_pairs_per_source: int | None = None, query_instructions: bool = True) -> list[dict]:
+    """The pairs of a supervised stage: `load_pairs`, capped per source, instructions kept or dropped."""
+    pairs = load_pairs(source, seed=seed)
+    if max_pairs_per_source:
+        pairs = cap_per_source(pairs, max_pairs_per_source, seed=seed)
+    if not query_instructions:
+        pairs = [{**p, "instruction": ""} for p in pairs]
+    return pairs
+
+
+def source_texts(source: str, limit: int, seed: int = 0, max_pairs_per_source: int | None = None,
+                 query_instructions: bool = True) -> list[str]:
+    """`stage_texts` of a data source read as a stage would read it: pairs (supervised) or sentences (SimCSE)."""
+    if is_pair_source(source):
+        dataset = PairDataset(prepare_pairs(source, seed, max_pairs_per_source, query_instructions), group_size=1, seed=seed)
+    else:
+        dataset = SentenceDataset(load_sentences(source))
+    return stage_texts(dataset, limit, seed=seed)
+
+
 def stage_texts(dataset, limit: int, seed: int = 0) -> list[str]:
     """Up to ``limit`` distinct texts a contrastive stage trained on (queries as formatted for training,
     positives, negatives; SimCSE sentences), a seeded draw: what a fitted normalizer is fitted on."""
@@ -448,10 +468,6 @@ def build_contrastive_dataset(cfg, model=None) -> torch.utils.data.Dataset:
     if cfg.stage == "simcse":
         return SentenceDataset(load_sentences(cfg.data, field=cfg.data_field, min_chars=cfg.min_chars), cfg.max_samples)
     if cfg.stage == "supervised":
-        pairs = load_pairs(cfg.data, seed=cfg.seed)
-        if getattr(cfg, "max_pairs_per_source", None):
-            pairs = cap_per_source(pairs, cfg.max_pairs_per_source, seed=cfg.seed)
-        if not getattr(cfg, "query_instructions", True):
-            pairs = [{**p, "instruction": ""} for p in pairs]
+        pairs = prepare_pairs(cfg.data, cfg.seed, getattr(cfg, "max_pairs_per_source", None), getattr(cfg, "query_instructions", True))
         return PairDataset(pairs, global_batch_size(cfg), seed=cfg.seed, max_samples=cfg.max_samples)
     raise ValueError(f"no contrastive data for stage '{cfg.stage}'")
