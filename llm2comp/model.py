@@ -197,8 +197,13 @@ class LLM2Comp(nn.Module):
         return self.hf_model.config.get_text_config().hidden_size
 
     # ------------------------------------------------------------------ LoRA
-    def add_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: Sequence[str] = DEFAULT_LORA_TARGETS):
-        """Attach a fresh LoRA adapter; an adapter already attached is merged first (stage chaining)."""
+    def add_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
+                 train_memory: bool = True):
+        """Attach a fresh LoRA adapter; an adapter already attached is merged first (stage chaining).
+
+        `train_memory=False` freezes the memory tokens, for stages that never read them (mean/last/PromptEOL
+        pooling, MNTP): a trainable parameter without a gradient breaks DDP and wastes optimizer state.
+        """
         from peft import LoraConfig, get_peft_model
 
         if self.peft_model is not None:
@@ -211,7 +216,7 @@ class LLM2Comp(nn.Module):
         self.drop_normalizer()
         lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
         self.__dict__["_peft"] = get_peft_model(self.hf_model, lora)
-        self.memory.weight.requires_grad_(True)
+        self.memory.weight.requires_grad_(train_memory)
         return self
 
     def merge_and_unload(self) -> LLM2Comp:

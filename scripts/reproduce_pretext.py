@@ -14,39 +14,76 @@ import json
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = ("kl", "nll", "rc", "mntp")
 TASKS = ("STSBenchmark", "STS13", "STS14", "STS15", "SICK-R", "Banking77Classification", "SciFact")
 
 
 def train_all(args) -> None:
     from llm2comp.training.config import TrainConfig
-    from llm2comp.training.run import train
 
     for objective in args.objectives.split(","):
         output = Path(args.runs) / objective
         if (output / "llm2comp_config.json").is_file():
             print(f"[{objective}] done already: {output}")
             continue
+        overrides = {"memory_init": args.memory_init} if args.memory_init else {}
+        if args.attention and objective != "mntp":  # MNTP is bidirectional by definition (TrainConfig refuses causal)
+            overrides["bidirectional"] = args.attention == "bidirectional"
+        if args.learning_rate:
+            overrides["learning_rate"] = args.learning_rate
         cfg = TrainConfig.from_yaml(
-            Path(__file__).parent.parent / "configs" / "smollm2-135m" / f"pretrain-{objective}.yaml",
+            ROOT / "configs" / "smollm2-135m" / f"pretrain-{objective}.yaml",
             output=str(output), max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
-            save_steps=max(10, args.steps // 5),
-            resume=(output / "checkpoints").is_dir() or None,
+            save_steps=max(10, args.steps // 5), **overrides,
         )
-        start = time.time()
-        train(cfg)
-        (output / "train_time.json").write_text(json.dumps({"seconds": time.time() - start}))
-        print(f"[{objective}] trained in {time.time() - start:.0f}s")
+        _timed_train(cfg, output)
+
+
+def _timed_train(cfg, output: Path) -> None:
+    """One resumable run; its wall time (summed over resumed parts) in train_time.json."""
+    from llm2comp.training.run import train
+
+    timing = output / "train_time.json"
+    spent = json.loads(timing.read_text())["seconds"] if timing.is_file() else 0.0
+    cfg.resume = (output / "checkpoints").is_dir()
+    start = time.time()
+    train(cfg)
+    timing.write_text(json.dumps({"seconds": spent + time.time() - start}))
+    print(f"[{output.name}] trained in {spent + time.time() - start:.0f}s")
+
+
+def supervise_all(args) -> None:
+    """The same supervised stage (the shipped default's recipe, without its normalizer) after each pretext
+    model, and from the bare backbone ("none"): runs/<objective>-sup."""
+    from llm2comp.training.config import TrainConfig
+
+    for objective in args.objectives.split(",") + ["none"]:
+        output = Path(args.runs) / f"{objective}-sup"
+        if (output / "llm2comp_config.json").is_file():
+            print(f"[{objective}-sup] done already: {output}")
+            continue
+        start_from = "smollm2-135m" if objective == "none" else str(Path(args.runs) / objective)
+        if objective != "none" and not (Path(start_from) / "llm2comp_config.json").is_file():
+            print(f"[{objective}-sup] stage 1 not trained yet: {start_from}")
+            continue
+        cfg = TrainConfig.from_yaml(ROOT / "llm2comp" / "resources" / "recipes" / "smollm2-135m-default.yaml",
+                                    model=start_from, output=str(output), fit_normalizer=0,
+                                    pooling="memory")
+        _timed_train(cfg, output)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=["train", "evaluate", "report", "all"])
+    parser.add_argument("phase", choices=["train", "supervise", "evaluate", "report", "all"])
     parser.add_argument("--runs", default="runs/pretext")
     parser.add_argument("--objectives", default=",".join(OBJECTIVES))
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--attention", choices=["bidirectional", "causal"], help="stage 1 encoder attention of the memory objectives (default: each config's; MNTP stays bidirectional)")
+    parser.add_argument("--memory-init", help="stage 1 memory tokens from this phrase (default: mean embedding)")
+    parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--limits", help='JSON {task: n} subsample sizes, e.g. \'{"SICK-R": 3000}\'')
     parser.add_argument("--data-dir")
@@ -54,6 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.phase in ("train", "all"):
         train_all(args)
+    if args.phase in ("supervise", "all"):
+        supervise_all(args)
     if args.phase in ("evaluate", "all"):
         evaluate_all(args)
     if args.phase in ("report", "all"):

@@ -78,3 +78,13 @@ def test_two_processes_match_one_and_resume(setup):
     _run(setup, resumed, 2, "--resume")
     _assert_same_weights(_weights(resumed), _weights(double))
     assert len(_losses(resumed)) == 3
+
+
+@pytest.mark.parametrize("stage_args", [("--objective", "mntp"), ("--stage", "simcse", "--pooling", "mean")],
+                         ids=["mntp", "simcse-mean"])
+def test_two_processes_train_stages_that_never_read_the_memory(setup, stage_args):
+    # these stages leave the memory tokens without gradient; DDP (find_unused_parameters=False) must still run
+    output = setup / f"unused-{stage_args[1]}"
+    _run(setup, output, 2, *stage_args)
+    losses = _losses(output)
+    assert len(losses) == 3 and all(loss == loss and abs(loss) < 1e4 for loss in losses)

@@ -100,6 +100,21 @@ def test_causal_encoder_option(tiny_dir, corpus, tmp_path):
         TrainConfig.from_dict({"objective": "mntp", "bidirectional": False})
 
 
+def test_stages_that_never_read_the_memory_leave_it_frozen_at_its_init(tiny_dir, corpus, tmp_path):
+    # MNTP and mean-pooling contrastive stages train no memory tokens (a parameter without gradient breaks DDP),
+    # yet a fresh model still gets the configured init, so a later memory-pooling stage starts from it
+    phrase = " means in one word"
+    fresh = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, memory_init=phrase).memory.weight.detach()
+    mntp = train(_config(tiny_dir, corpus, tmp_path / "mntp", objective="mntp", max_steps=2, memory_init=phrase))
+    simcse = train(_config(tiny_dir, corpus, tmp_path / "simcse", stage="simcse", pooling="mean", max_steps=2,
+                           memory_init=phrase))
+    kl = train(_config(tiny_dir, corpus, tmp_path / "kl", max_steps=2, memory_init=phrase))
+    saved = {run.name: load_file(run / "memory_tokens.safetensors")["weight"] for run in (mntp, simcse, kl)}
+    torch.testing.assert_close(saved["mntp"], fresh, rtol=0, atol=0)
+    torch.testing.assert_close(saved["simcse"], fresh, rtol=0, atol=0)
+    assert not torch.allclose(saved["kl"], fresh)  # a memory objective does train them
+
+
 def test_refuses_to_overwrite_a_run(tiny_dir, corpus, tmp_path):
     train(_config(tiny_dir, corpus, tmp_path / "run", max_steps=2))
     with pytest.raises(FileExistsError):

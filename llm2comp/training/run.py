@@ -35,15 +35,17 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
         kwargs["pooling"] = cfg.pooling
     if cfg.bidirectional is not None:
         kwargs["bidirectional"] = cfg.bidirectional
-    if cfg.stage == "pretrain" and cfg.objective == "mntp":
-        model = LLM2Comp.from_pretrained(cfg.model, **{**kwargs, "pooling": "mean", "bidirectional": True})
-    elif saved:
-        model = LLM2Comp.from_pretrained(cfg.model, **kwargs)
-    else:
-        model = LLM2Comp.from_pretrained(cfg.model, num_memory_tokens=cfg.num_memory_tokens, memory_init=cfg.memory_init, **kwargs)
+    if not saved:  # a fresh model gets its memory tokens, also when this stage does not train them
+        kwargs.update(num_memory_tokens=cfg.num_memory_tokens, memory_init=cfg.memory_init)
+    mntp = cfg.stage == "pretrain" and cfg.objective == "mntp"
+    if mntp:  # LLM2Vec's MNTP: mean pooling over a bidirectional encoder
+        kwargs.update(pooling="mean", bidirectional=True)
+    model = LLM2Comp.from_pretrained(cfg.model, **kwargs)
     # cfg.max_length bounds the training inputs; the saved model keeps its own encoding length (default 512)
     model.encode_max_length, model.config.max_length = model.config.max_length, cfg.max_length
-    model.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules)
+    reads_memory = not mntp if cfg.stage == "pretrain" else model.config.pooling == "memory"
+    model.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
+                   train_memory=reads_memory)
     return model
 
 
