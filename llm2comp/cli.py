@@ -62,7 +62,7 @@ def _train(args) -> int:
         "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_samples": args.max_samples,
         "gradcache_chunk": args.gradcache_chunk, "pooling": args.pooling, "min_chars": args.min_chars, "seed": args.seed,
         "gradient_checkpointing": args.gradient_checkpointing or None, "memory_init": args.memory_init,
-        "fit_normalizer": args.fit_normalizer,
+        "fit_normalizer": args.fit_normalizer, "truncate_long": False if args.drop_long else None,
         "bidirectional": None if args.attention is None else args.attention == "bidirectional", "resume": args.resume or None,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
@@ -96,6 +96,15 @@ def _quickstart(args) -> int:
     return run_quickstart(args) or 0
 
 
+def _defaults(name: str) -> str:
+    """'default: X' for a TrainConfig setting, with the stages whose recipe differs (train --help)."""
+    from .training.config import STAGE_DEFAULTS, TrainConfig
+
+    default = TrainConfig.__dataclass_fields__[name].default
+    return f"default: {default}" + "".join(f", {stage}: {values[name]}" for stage, values in STAGE_DEFAULTS.items()
+                                          if values.get(name, default) != default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm2comp", description="Turn a decoder-only LLM into a text-embedding model (LLM2Comp).")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -117,21 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=["pretrain", "simcse", "supervised"])
     p.add_argument("--objective", choices=["kl", "nll", "rc", "mntp"])
     p.add_argument("--data", help="file (.txt/.jsonl/.parquet), directory, builtin:news, builtin:news-sentences, builtin:shared-pairs[:DATA_DIR], hf:NAME[:CONFIG[:SPLIT]]")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int, help="per device")
-    p.add_argument("--gradient-accumulation-steps", type=int)
-    p.add_argument("--max-length", type=int)
-    p.add_argument("--num-memory-tokens", type=int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--save-steps", type=int)
-    p.add_argument("--max-samples", type=int)
-    p.add_argument("--min-chars", type=int)
-    p.add_argument("--gradcache-chunk", type=int)
+    p.add_argument("--max-steps", type=int, help=_defaults("max_steps"))
+    p.add_argument("--batch-size", type=int, help="per device; " + _defaults("batch_size"))
+    p.add_argument("--gradient-accumulation-steps", type=int, help=_defaults("gradient_accumulation_steps"))
+    p.add_argument("--max-length", type=int, help="tokens per training input, memory tokens included; " + _defaults("max_length"))
+    p.add_argument("--num-memory-tokens", type=int, help=_defaults("num_memory_tokens"))
+    p.add_argument("--learning-rate", type=float, help=_defaults("learning_rate"))
+    p.add_argument("--save-steps", type=int, help="checkpoint every N steps; " + _defaults("save_steps"))
+    p.add_argument("--max-samples", type=int, help="use at most this many texts (default: all)")
+    p.add_argument("--min-chars", type=int, help="drop texts shorter than this (the paper's stage 1: 1000); " + _defaults("min_chars"))
+    p.add_argument("--drop-long", action="store_true",
+                   help="drop texts over --max-length instead of truncating them (the paper's filter)")
+    p.add_argument("--gradcache-chunk", type=int, help="supervised: encode in chunks of this size (default: whole batch)")
     p.add_argument("--pooling", choices=POOLING_MODES,
                    help="contrastive stages: the pooling to train (default: the loaded model's, memory for a backbone)")
     p.add_argument("--attention", choices=["bidirectional", "causal"],
                    help="encoder attention (default: as loaded; bidirectional for a backbone, as in the recipe)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help=_defaults("seed"))
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--memory-init", help="a fresh model's memory tokens from this phrase's token embeddings (default: mean embedding)")
     p.add_argument("--fit-normalizer", type=int, metavar="N", help="contrastive stages: fit embedding standardisation on N training texts")

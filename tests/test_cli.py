@@ -18,15 +18,41 @@ def test_help_lists_subcommands(capsys):
         assert command in out
 
 
-def test_train_flags_contract(capsys):
-    try:
+TRAIN_FLAGS = [
+    (["--stage", "supervised"], "stage", "supervised"), (["--objective", "nll"], "objective", "nll"),
+    (["--max-steps", "7"], "max_steps", 7), (["--batch-size", "3"], "batch_size", 3),
+    (["--max-length", "99"], "max_length", 99), (["--save-steps", "5"], "save_steps", 5),
+    (["--resume"], "resume", True), (["--min-chars", "50"], "min_chars", 50), (["--drop-long"], "truncate_long", False),
+    (["--memory-init", "x"], "memory_init", "x"), (["--num-memory-tokens", "4"], "num_memory_tokens", 4),
+    (["--learning-rate", "0.5"], "learning_rate", 0.5), (["--gradient-accumulation-steps", "2"], "gradient_accumulation_steps", 2),
+    (["--seed", "3"], "seed", 3), (["--gradient-checkpointing"], "gradient_checkpointing", True),
+    (["--max-samples", "9"], "max_samples", 9), (["--fit-normalizer", "10", "--stage", "simcse"], "fit_normalizer", 10),
+]
+
+
+def test_every_train_flag_reaches_the_config_and_overrides_yaml(monkeypatch, tmp_path, capsys):
+    import llm2comp.training.run as run
+    from llm2comp.training.config import TrainConfig
+
+    seen = []
+    monkeypatch.setattr(run, "train", lambda cfg: seen.append(cfg) or tmp_path)
+    base = ["train", "--model", "m", "--data", "d", "--output", str(tmp_path)]
+    assert main(base) == 0
+    untouched = seen[-1]
+    assert (untouched.truncate_long, untouched.min_chars) == (True, 0)  # ordinary text trains by default
+    for flags, field, value in TRAIN_FLAGS:
+        assert main(base + flags) == 0, flags
+        assert getattr(seen[-1], field) == value != getattr(untouched, field), flags
+    config = tmp_path / "c.yaml"
+    config.write_text("max_steps: 11\nbatch_size: 2\n")
+    assert main(base + ["--config", str(config), "--max-steps", "5"]) == 0
+    assert (seen[-1].max_steps, seen[-1].batch_size) == (5, 2)
+    try:  # the help states the real defaults, per stage where a stage's recipe differs
         main(["train", "--help"])
     except SystemExit:
         pass
-    out = capsys.readouterr().out
-    for flag in ("--stage", "--objective", "--max-steps", "--batch-size", "--max-length", "--save-steps", "--resume",
-                 "--model", "--data", "--output", "--config"):
-        assert flag in out
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"default: {TrainConfig().max_steps}" in out and "simcse: 128" in out
 
 
 def test_encode_file_and_stdin(tiny_dir, tmp_path):

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from llm2comp import LLM2Comp
+from llm2comp.data.corpus import DataError, TokenizedTexts
 from llm2comp.testing import SAMPLE_TEXT
 from llm2comp.training.config import TrainConfig
 from llm2comp.training.run import train
@@ -113,6 +114,28 @@ def test_stages_that_never_read_the_memory_leave_it_frozen_at_its_init(tiny_dir,
     torch.testing.assert_close(saved["mntp"], fresh, rtol=0, atol=0)
     torch.testing.assert_close(saved["simcse"], fresh, rtol=0, atol=0)
     assert not torch.allclose(saved["kl"], fresh)  # a memory objective does train them
+
+
+def test_ordinary_long_paragraphs_train_by_default_and_the_data_is_reported(tiny_dir, tmp_path, capsys):
+    # the README's case: paragraphs of 1,000+ characters, a short --max-length; nothing set about filtering
+    long = tmp_path / "paragraphs.txt"
+    long.write_text("\n\n".join(" ".join(SAMPLE_TEXT * 4)[i:] for i in range(6)))
+    cfg = TrainConfig.from_dict(dict(model=str(tiny_dir), data=str(long), output=str(tmp_path / "run"), max_steps=1,
+                                     batch_size=2, max_length=64, num_memory_tokens=3, split_margin=3))
+    train(cfg)
+    assert "data " + str(long) + ": kept 6 of 6 texts; 6 truncated to 60 tokens" in capsys.readouterr().err
+    # the paper's filter (drop what is too long) on the same file: a clear error naming the flags
+    with pytest.raises(DataError, match="6 dropped for exceeding 60 tokens.*--max-length"):
+        train(TrainConfig.from_dict({**cfg.to_dict(), "truncate_long": False, "output": str(tmp_path / "paper")}))
+    short = TokenizedTexts(["a", "one two three four", "x" * 30], _tokenizer(tiny_dir), min_chars=2)
+    assert short.counts == {"read": 3, "under_min_chars": 1, "under_min_tokens": 0, "over_max_tokens_dropped": 0,
+                            "truncated": 0, "kept": 2}
+
+
+def _tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 def test_refuses_to_overwrite_a_run(tiny_dir, corpus, tmp_path):

@@ -118,29 +118,49 @@ def load_texts(source: str, unit: str = "paragraph", field: str = "text") -> lis
 
 
 class TokenizedTexts(torch.utils.data.Dataset):
-    """Texts tokenized once (no special tokens), filtered as the paper does: at least ``min_chars`` characters and
-    at most ``max_tokens`` tokens (longer texts are dropped, not truncated, when ``drop_long``; else truncated)."""
+    """Texts tokenized once (no special tokens). Texts over ``max_tokens`` are truncated, or dropped when
+    ``drop_long`` (the paper's filter, with ``min_chars=1000``); texts under ``min_tokens`` cannot make a training
+    example and are dropped. ``counts`` says how many were read, kept, truncated and dropped, and why."""
 
     def __init__(self, texts: list[str], tokenizer, min_chars: int = 0, max_tokens: int | None = None,
-                 min_tokens: int = 2, drop_long: bool = True, max_samples: int | None = None):
+                 min_tokens: int = 2, drop_long: bool = False, max_samples: int | None = None):
         kept = [t for t in texts if len(t) >= min_chars]
         ids = tokenizer(kept, add_special_tokens=False)["input_ids"] if kept else []
+        counts = {"read": len(texts), "under_min_chars": len(texts) - len(kept), "under_min_tokens": 0,
+                  "over_max_tokens_dropped": 0, "truncated": 0}
         rows = []
         for text_ids in ids:
             if max_tokens is not None and len(text_ids) > max_tokens:
                 if drop_long:
+                    counts["over_max_tokens_dropped"] += 1
                     continue
+                counts["truncated"] += 1
                 text_ids = text_ids[:max_tokens]
-            if len(text_ids) >= min_tokens:
-                rows.append(text_ids)
+            if len(text_ids) < min_tokens:
+                counts["under_min_tokens"] += 1
+                continue
+            rows.append(text_ids)
         if max_samples is not None:
             rows = rows[:max_samples]
+        counts["kept"] = len(rows)
+        self.counts, self.min_chars, self.max_tokens, self.min_tokens = counts, min_chars, max_tokens, min_tokens
         if not rows:
-            raise DataError(
-                f"no text left after filtering {len(texts)} texts (min_chars={min_chars}, max_tokens={max_tokens}); "
-                "lower min_chars or raise max_tokens"
-            )
+            raise DataError(f"no usable text: {self.describe()}. Lower --min-chars, raise --max-length, or set "
+                            "truncate_long: true (the default) so that long texts are cut instead of dropped")
         self.rows = rows
+
+    def describe(self) -> str:
+        c = self.counts
+        parts = [f"kept {c['kept']:,} of {c['read']:,} texts"]
+        if c["truncated"]:
+            parts.append(f"{c['truncated']:,} truncated to {self.max_tokens} tokens")
+        if c["over_max_tokens_dropped"]:
+            parts.append(f"{c['over_max_tokens_dropped']:,} dropped for exceeding {self.max_tokens} tokens")
+        if c["under_min_chars"]:
+            parts.append(f"{c['under_min_chars']:,} dropped under min_chars={self.min_chars}")
+        if c["under_min_tokens"]:
+            parts.append(f"{c['under_min_tokens']:,} dropped under {self.min_tokens} tokens")
+        return "; ".join(parts)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -13,8 +13,8 @@ STAGES = ("pretrain", "simcse", "supervised")
 # Recipe defaults that differ per stage (applied under whatever the user sets).
 STAGE_DEFAULTS = {
     "pretrain": {},
-    "simcse": {"learning_rate": 3e-5, "batch_size": 128, "min_chars": 0, "data": "builtin:news-sentences", "output": "runs/simcse"},
-    "supervised": {"learning_rate": 1e-4, "batch_size": 64, "warmup_steps": 200, "min_chars": 0, "data": "builtin:shared-pairs", "output": "runs/supervised"},
+    "simcse": {"learning_rate": 3e-5, "batch_size": 128, "data": "builtin:news-sentences", "output": "runs/simcse"},
+    "supervised": {"learning_rate": 1e-4, "batch_size": 64, "warmup_steps": 200, "data": "builtin:shared-pairs", "output": "runs/supervised"},
 }
 
 
@@ -41,8 +41,8 @@ class TrainConfig:
     )
     # data
     data_field: str = "text"
-    min_chars: int = 1000
-    truncate_long: bool = False  # paper: texts over max_length are dropped; true: truncated instead
+    min_chars: int = 0  # the paper's stage-1 filter is 1000 (configs/paper)
+    truncate_long: bool = True  # texts over max_length are cut; false: dropped, as the paper does
     max_samples: int | None = None
     split_margin: int = 10
     query_instructions: bool = True  # supervised: "{instruction}: {query}\n" on the query side; false: bare queries

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -64,6 +65,8 @@ def build_objective_and_data(cfg: TrainConfig, model: LLM2Comp):
             texts, model.tokenizer, min_chars=cfg.min_chars, max_tokens=cfg.max_length - reserved - 1,
             drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
         )
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"data {cfg.data}: {dataset.describe()}", file=sys.stderr)
         return objective, dataset
     from ..data.pairs import build_contrastive_dataset
     from ..objectives.contrastive import build_contrastive_objective
