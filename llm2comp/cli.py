@@ -21,12 +21,11 @@ def _common(parser: argparse.ArgumentParser, model_default: str | None = DEFAULT
 def _encode(args) -> int:
     import numpy as np
 
+    from .data.corpus import read_lines
     from .model import LLM2Comp
 
+    texts = read_lines(args.input)  # before the model: a bad input file fails in a second, not after loading
     model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling, max_length=args.max_length)
-    source = sys.stdin if args.input in (None, "-") else open(args.input, encoding="utf-8")
-    with source:
-        texts = [line.rstrip("\n") for line in source]
     if args.skip_empty:
         texts = [t for t in texts if t.strip()]
     model.merge_and_unload()

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .attention import bidirectional
-from .backbone import DEFAULT_ENCODER, DEFAULT_MODEL, load_backbone
+from .backbone import DEFAULT_MODEL, TRAINED_ALIAS_NAMES, load_backbone
 from .memory import MemoryTokens
 from .pooling import PROMPTEOL_TEMPLATE, Normalizer, check_pooling, pool
 
@@ -44,7 +45,8 @@ def _shipped(name: str):
 # Trained models shipped inside the package (small: adapter + memory tokens; the backbone comes from its alias).
 # smollm2-135m-sup: the default recipe (llm2comp/resources/recipes/smollm2-135m-default.yaml), the default of
 # `llm2comp encode`; smollm2-135m-kl: 80 steps of KL pre-training only, kept for the diagnosis in docs/RESULTS.md.
-TRAINED_ALIASES = {DEFAULT_ENCODER: _shipped(DEFAULT_ENCODER), "smollm2-135m-kl": _shipped("smollm2-135m-kl")}
+TRAINED_ALIASES = {name: _shipped(name) for name in TRAINED_ALIAS_NAMES}
+logger = logging.getLogger(__name__)
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -289,6 +291,23 @@ class LLM2Comp(nn.Module):
             ids = [row if row else [filler] for row in ids]  # an empty text still needs one token to pool
         return ids
 
+    def _report_truncation(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]], prompt: str | None) -> int:
+        """Log how many texts `token_ids` cut to fit max_length (only rows at the full length are re-checked)."""
+        budget = self._text_budget()
+        candidates = [(prompt or "") + texts[i] for i, row in enumerate(token_ids) if len(row) >= budget]
+        if not candidates:
+            return 0
+        if self.config.pooling == "prompteol":  # the text's room inside the template
+            head, tail = self.config.prompteol_template.split("{text}")
+            budget -= len(self.tokenizer(head)["input_ids"]) + len(self.tokenizer(tail, add_special_tokens=False)["input_ids"])
+        lengths = [len(ids) for ids in self.tokenizer(candidates, add_special_tokens=self.config.pooling != "prompteol")["input_ids"]]
+        longer = [n for n in lengths if n > budget]
+        if longer:
+            logger.warning("%d of %d texts are longer than max_length=%d and were truncated (the longest has %d tokens); "
+                           "pass a larger max_length or split long texts", len(longer), len(texts), self.config.max_length,
+                           max(longer))
+        return len(longer)
+
     def collate(self, token_ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Right-pad token rows into tensors; with memory pooling, k memory slots follow each text."""
         k = self.config.num_memory_tokens if self.config.pooling == "memory" else 0
@@ -399,6 +418,7 @@ class LLM2Comp(nn.Module):
             return result if convert_to_tensor or not convert_to_numpy else result.numpy()
 
         token_ids = self.token_ids(texts, prompt)
+        self._report_truncation(texts, token_ids, prompt)
         order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
         if show_progress_bar is None:
             show_progress_bar = len(texts) >= 8 * batch_size

@@ -71,7 +71,8 @@ def test_encode_file_and_stdin(tiny_dir, tmp_path):
 
 
 def test_bad_model_is_one_error_line(tmp_path, capsys):
-    assert main(["encode", "-", "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "x.npy")]) == 2
+    (tmp_path / "in.txt").write_text("a text\n")
+    assert main(["encode", str(tmp_path / "in.txt"), "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "x.npy")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
 
@@ -84,3 +85,44 @@ def test_train_attention_flag_reaches_the_config(monkeypatch, tmp_path):
     for flag, expected in ((["--attention", "causal"], False), (["--attention", "bidirectional"], True), ([], None)):
         assert main(["train", "--model", "m", "--data", "d", "--output", str(tmp_path), *flag]) == 0
         assert seen[-1].bidirectional is expected
+
+
+def test_encode_checks_its_input_before_loading_the_model(tmp_path, capsys):
+    # a model that cannot load: the input error must come first (so no model is loaded for a bad file)
+    missing_model = str(tmp_path / "no-model")
+    assert main(["encode", str(tmp_path / "nope.txt"), "--model", missing_model]) == 2
+    assert "input file not found" in capsys.readouterr().err
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("fine\nalso fine\ncaf\xe9\n".encode("latin-1"))
+    assert main(["encode", str(bad), "--model", missing_model]) == 2
+    assert f"{bad}:3: not UTF-8 text (byte 0xe9)" in capsys.readouterr().err
+    binary = tmp_path / "image.txt"
+    binary.write_bytes(b"header\nPK\x03\x04\x00\x00")
+    assert main(["encode", str(binary), "--model", missing_model]) == 2
+    assert f"{binary}:2: a NUL byte: this looks like a binary file" in capsys.readouterr().err
+
+
+def test_read_lines_keeps_rows_and_handles_newline_styles(tmp_path):
+    from llm2comp.data.corpus import read_lines
+
+    path = tmp_path / "t.txt"
+    path.write_bytes("\ufeffone\r\n\r\nthree\rfour\n".encode("utf-8"))
+    assert read_lines(str(path)) == ["one", "", "three", "four"]
+
+
+def test_unknown_model_fails_at_once_with_what_is_accepted(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    texts = tmp_path / "t.txt"
+    texts.write_text("hello\n")
+    assert main(["encode", str(texts), "--model", "no-such-model-xyz"]) == 2  # HF_HUB_OFFLINE=1 (conftest)
+    err = capsys.readouterr().err
+    assert "smollm2-135m-sup" in err and "config.json" in err and "HF_HUB_OFFLINE" in err
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    assert main(["encode", str(texts), "--model", "org/no-such-model"]) == 2
+    assert "Hugging Face Hub is unreachable (ConnectionError)" in capsys.readouterr().err

@@ -231,3 +231,15 @@ def test_repeated_texts_are_embedded_once(model, monkeypatch):
     assert sum(rows) == 3  # three distinct texts
     np.testing.assert_allclose(out, reference, atol=1e-5)
     assert isinstance(model.encode(texts, convert_to_tensor=True), torch.Tensor)
+
+
+@pytest.mark.parametrize("pooling", ["memory", "mean", "prompteol"])
+def test_encode_says_how_many_texts_it_truncated(tiny_dir, caplog, pooling):
+    model = LLM2Comp.from_pretrained(tiny_dir, max_length=48, num_memory_tokens=2, pooling=pooling)
+    with caplog.at_level("WARNING", logger="llm2comp.model"):
+        model.encode(["short", "word " * 200, "another " * 300])
+    assert "2 of 3 texts are longer than max_length=48 and were truncated" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llm2comp.model"):
+        model.encode(["short", "two words"])
+    assert "truncated" not in caplog.text

@@ -16,6 +16,7 @@ import importlib.util
 import io
 import json
 import re
+import sys
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,8 +28,34 @@ class DataError(ValueError):
     pass
 
 
+def decode_text(data: bytes, name: str) -> str:
+    """UTF-8 bytes to text, or a DataError naming the file and line (binary files and other encodings)."""
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark is not part of the first text
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{name}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                        "save the file as UTF-8 (e.g. iconv -t utf-8)") from None
+    if "\x00" in text:
+        line = data.count(b"\n", 0, data.index(0)) + 1
+        raise DataError(f"{name}:{line}: a NUL byte: this looks like a binary file, not text")
+    return text
+
+
+def read_lines(source: str | None) -> list[str]:
+    """One text per line from a file, or from stdin for None / '-' (universal newlines; empty lines kept)."""
+    if source in (None, "-"):
+        name, data = "<stdin>", sys.stdin.buffer.read()
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise DataError(f"input file not found: {source}" if not path.exists() else f"not a file: {source}")
+        name, data = str(path), path.read_bytes()
+    return [line.rstrip("\n") for line in io.StringIO(decode_text(data, name), newline=None)]
+
+
 def _read_txt(path: Path, unit: str) -> list[str]:
-    content = path.read_text(encoding="utf-8")
+    content = decode_text(path.read_bytes(), str(path))
     if unit == "line":
         return [line.strip() for line in content.splitlines() if line.strip()]
     return [" ".join(p.split()) for p in re.split(r"\n\s*\n", content) if p.strip()]
