@@ -107,28 +107,11 @@ _WHAT_A_MODEL_IS = (
 
 
 def _check_hub_id(repo_id: str) -> None:
-    """Fail at once, with what we accept, for a hub id that is neither cached nor reachable (instead of the hub
-    client's retries and a message about huggingface.co)."""
-    from huggingface_hub import model_info, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from .hub import hub_problem
 
-    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
-        return
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        raise BackboneError(f"unknown model '{repo_id}': {_WHAT_A_MODEL_IS}; as a hub id it is not in the local cache "
-                            "and HF_HUB_OFFLINE is set")
-    try:
-        model_info(repo_id, timeout=5)
-    except GatedRepoError:
-        return  # exists; the download says what access it needs
-    except RepositoryNotFoundError:
-        raise BackboneError(f"unknown model '{repo_id}': {_WHAT_A_MODEL_IS}, and no such model on the Hugging Face Hub "
-                            "(private models need `hf auth login`)") from None
-    except HfHubHTTPError:
-        return  # the hub answered: let the download report its own error
-    except Exception as exc:  # no network, DNS, timeout
-        raise BackboneError(f"unknown model '{repo_id}': {_WHAT_A_MODEL_IS}; as a hub id it is not in the local cache "
-                            f"and the Hugging Face Hub is unreachable ({type(exc).__name__})") from None
+    problem = hub_problem(repo_id)
+    if problem:
+        raise BackboneError(f"unknown model '{repo_id}': {_WHAT_A_MODEL_IS}; as a hub id: {problem}")
 
 
 def load_backbone(

@@ -126,3 +126,11 @@ def test_unknown_model_fails_at_once_with_what_is_accepted(tmp_path, capsys, mon
     monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
     assert main(["encode", str(texts), "--model", "org/no-such-model"]) == 2
     assert "Hugging Face Hub is unreachable (ConnectionError)" in capsys.readouterr().err
+
+
+def test_evaluate_pooling_is_checked_by_the_parser(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--pooling", "cls"])
+    assert "invalid choice: 'cls'" in capsys.readouterr().err

@@ -348,3 +348,17 @@ def test_real_data_layout_loads():
     split = sci.dataset["default"]["test"]
     assert len(split["queries"]) == 20 and len(split["corpus"]) == 200
     assert sci.llm2comp_subsample["test"]["of_queries"] == 300 and sci.llm2comp_subsample["test"]["of_corpus"] == 5183
+
+
+def test_a_task_without_local_data_offline_fails_at_once_saying_where_we_looked(tmp_path, monkeypatch):
+    from llm2comp.evaluation.tasks import load_task
+
+    monkeypatch.chdir(tmp_path)  # no ../shared/data next to it
+    monkeypatch.delenv("LLM2COMP_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"no data folder: --data-dir not given, \$LLM2COMP_DATA_DIR not set.*"
+                                                r"mteb/stsbenchmark-sts: not in the local cache, and HF_HUB_OFFLINE is set"):
+        load_task("STSBenchmark")
+    (tmp_path / "data").mkdir()
+    with pytest.raises(FileNotFoundError, match="data has no mteb/STSBenchmark/ or STSBenchmark/ folder"):
+        load_task("STSBenchmark", data_dir=tmp_path / "data")

@@ -469,7 +469,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--limit", type=int, default=None, help="deterministic subsample per task (rows / queries)")
     parser.add_argument("--corpus-limit", type=int, default=None, help="retrieval corpus size under --limit (default 10*limit)")
     parser.add_argument("--output", default=None, help="output dir for results.json")
-    parser.add_argument("--pooling", default=None, help="pooling of the main model: mean, last, prompteol, memory (default: as saved)")
+    from ..pooling import POOLING_MODES
+
+    parser.add_argument("--pooling", default=None, choices=POOLING_MODES, help="pooling of the main model (default: as saved)")
     parser.add_argument("--baselines", default="", help="comma-separated: mean,last,prompteol,minilm,<st dir>")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--instructions", default=None, help="JSON file or string: {task or task type or 'query': instruction}")

@@ -266,6 +266,22 @@ def _subsample_retrieval(data: dict, limit: int, corpus_limit: int, rng: np.rand
     }
 
 
+def _check_hub_dataset(task, root: Path | None) -> None:
+    """Fail at once, saying where we looked, when a task has no local data and its hub dataset is out of reach."""
+    from ..hub import hub_problem
+
+    repo = task.metadata.dataset["path"]
+    problem = hub_problem(repo, "dataset", cached_file="README.md")
+    if problem is None:
+        return
+    name = task.metadata.name
+    looked = (f"{root} has no mteb/{name}/ or {name}/ folder" if root is not None else
+              f"no data folder: --data-dir not given, ${ENV_DATA_DIR} not set, no ../shared/data next to {Path.cwd()}")
+    raise FileNotFoundError(f"{name}: no local data ({looked}); its hub dataset {repo}: {problem}. Put the task's "
+                            f"files under DIR/mteb/{name}/ (layout: llm2comp/evaluation/tasks.py) and pass --data-dir DIR "
+                            f"or set {ENV_DATA_DIR}=DIR")
+
+
 # ---------------------------------------------------------------------------------------------- public
 def load_task(
     name: str,
@@ -292,6 +308,7 @@ def load_task(
     else:
         if not hub_fallback:
             raise FileNotFoundError(f"no local data for {task.metadata.name} under {root}")
+        _check_hub_dataset(task, root)
         logger.warning("%s: no local data%s; mteb loads it from the Hugging Face Hub", name, f" under {root}" if root else "")
         task.llm2comp_source = "hub"
         if limit:
