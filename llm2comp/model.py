@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -47,6 +48,15 @@ def _shipped(name: str):
 # `llm2comp encode`; smollm2-135m-kl: 80 steps of KL pre-training only, kept for the diagnosis in docs/RESULTS.md.
 TRAINED_ALIASES = {name: _shipped(name) for name in TRAINED_ALIAS_NAMES}
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """peft reads `model.is_gradient_checkpointing`, which transformers 5 deprecates with a FutureWarning on every
+    load: noise that suggests something is wrong. Only that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -160,7 +170,8 @@ class LLM2Comp(nn.Module):
             stats = load_file(path / NORMALIZER_NAME)
             model.normalizer = Normalizer(stats["mean"], stats["scale"]).to(hf_model.device)
         for index, adapter in enumerate(config.adapters):
-            peft_model = PeftModel.from_pretrained(model.hf_model, path / adapter, is_trainable=True)
+            with _quiet_peft():
+                peft_model = PeftModel.from_pretrained(model.hf_model, path / adapter, is_trainable=True)
             model.__dict__["_peft"] = peft_model
             if index < config.merged_adapters:
                 model.merge_and_unload()
@@ -217,7 +228,8 @@ class LLM2Comp(nn.Module):
         self.clear_replicas()
         self.drop_normalizer()
         lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
-        self.__dict__["_peft"] = get_peft_model(self.hf_model, lora)
+        with _quiet_peft():
+            self.__dict__["_peft"] = get_peft_model(self.hf_model, lora)
         self.memory.weight.requires_grad_(train_memory)
         return self
 
@@ -230,7 +242,7 @@ class LLM2Comp(nn.Module):
             return self
         self.clear_replicas()
         adapter_config = peft_model.peft_config["default"].to_dict()
-        state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+        state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()}
         self._merged.append((adapter_config, state))
         self.hf_model = peft_model.merge_and_unload()
         self.__dict__["_peft"] = None
@@ -510,7 +522,7 @@ class LLM2Comp(nn.Module):
                 gathered = None
                 if state_dict is not None:
                     gathered = {"base_model.model." + k[len("hf_model."):]: v for k, v in state_dict.items() if k.startswith("hf_model.")}
-                peft_state = get_peft_model_state_dict(self.peft_model, state_dict=gathered)
+                peft_state = get_peft_model_state_dict(self.peft_model, state_dict=gathered, save_embedding_layers=False)
                 state = {k: v.detach().cpu().contiguous() for k, v in peft_state.items()}
                 adapters.append((active, state))
             names = []

@@ -150,7 +150,10 @@ def run_quickstart(args) -> int:
             min_chars=300, truncate_long=True, bidirectional=False, memory_init=recipe["memory_init"]))))
         stage_dirs.append(Path(start_from))
 
-    pairs = f"builtin:shared-pairs:{data_dir}" if data_dir is not None else str(bbc_news_pairs(output / "bbcnews-pairs.jsonl"))
+    # recorded in the model's stages as the user gave it (no resolved machine path in a shareable artefact)
+    given_dir = getattr(args, "data_dir", None)
+    pairs = (f"builtin:shared-pairs:{given_dir}" if given_dir else "builtin:shared-pairs") if data_dir is not None \
+        else str(bbc_news_pairs(output / "bbcnews-pairs.jsonl"))
     steps = max(1, round(SUPERVISED_STEPS * scale))
     print(f"\n[{next(step)}/{total}] the default recipe: supervised contrastive, {steps} steps on {pairs}")
     final_dir = train(TrainConfig.from_dict({

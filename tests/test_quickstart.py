@@ -34,9 +34,9 @@ def test_default_recipe_is_the_shipped_models_recipe():
 
 def test_quickstart_with_pretraining_chains_two_stages(tiny_dir, tmp_path, monkeypatch, capsys):
     data = make_tiny_benchmark_dir(tmp_path / "data")
-    monkeypatch.delenv("LLM2COMP_DATA_DIR", raising=False)
+    monkeypatch.setenv("LLM2COMP_DATA_DIR", str(data))
     output = tmp_path / "qs"
-    args = argparse.Namespace(model=str(tiny_dir), output=str(output), minutes=1.5, data_dir=str(data), pretrain=True)
+    args = argparse.Namespace(model=str(tiny_dir), output=str(output), minutes=1.5, data_dir=None, pretrain=True)
     assert run_quickstart(args) == 0
 
     results = json.loads((output / "results.json").read_text())
@@ -48,6 +48,7 @@ def test_quickstart_with_pretraining_chains_two_stages(tiny_dir, tmp_path, monke
     kl = LLM2Comp.from_pretrained(output / "1-pretrain-kl")
     trained = LLM2Comp.from_pretrained(output / "supervised")
     assert [s["stage"] for s in trained.config.stages] == ["pretrain", "supervised"]
+    assert trained.config.stages[-1]["data"] == "builtin:shared-pairs"  # as given, not the resolved machine path
     assert trained.config.bidirectional is False and kl.config.bidirectional is False
     assert abs(trained.encode(SAMPLE_TEXT[:3]) - kl.encode(SAMPLE_TEXT[:3])).max() > 1e-6
     assert (output / "supervised" / "loss.png").is_file() and (output / "plots" / "after-spectrum.png").is_file()

@@ -206,3 +206,21 @@ def test_resume_after_kill_reaches_the_same_result(tiny_dir, corpus, tmp_path):
             torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
     state = json.loads((killed / "checkpoints" / "checkpoint-24" / "trainer_state.json").read_text())
     assert state["global_step"] == 24
+
+
+def test_no_library_noise_and_no_network_lookup_when_training_and_saving(tiny_dir, corpus, tmp_path, monkeypatch):
+    import peft.utils.save_and_load as peft_save
+
+    lookups = []
+    monkeypatch.setattr(peft_save, "check_file_exists_on_hf_hub", lambda *a, **k: lookups.append(a) or None)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        output = train(_config(tiny_dir, corpus, tmp_path / "run", max_steps=1))
+        adapter_config = output / "adapters" / "0" / "adapter_config.json"  # as shipped: trained on another machine
+        adapter_config.write_text(adapter_config.read_text().replace(json.dumps(str(tiny_dir)), '"/elsewhere/backbone"'))
+        assert "/elsewhere/backbone" in adapter_config.read_text()
+        model = LLM2Comp.from_pretrained(output)
+        model.merge_and_unload()
+        model.save(tmp_path / "merged")
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
+    assert lookups == []  # peft's "did the vocabulary change?" hub lookup: we never resize the vocabulary
