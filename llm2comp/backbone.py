@@ -6,10 +6,11 @@ import importlib.util
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .atomic import staging_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ENCODER = "smollm2-135m-sup"  # the trained default of `llm2comp encode` (shipped in llm2comp/resources)
@@ -63,7 +64,7 @@ def _convert_gguf(gguf_path: Path, target: Path) -> Path:
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    staging = staging_dir(target)
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)

@@ -26,7 +26,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import torch
 from safetensors.torch import save_file
 
 from . import __version__
+from .atomic import staging_dir
 from .model import CONFIG_NAME, MEMORY_NAME, LLM2Comp
 
 BACKBONE_DIR = "backbone"
@@ -192,7 +192,7 @@ def export_sentence_transformers(
     table = collect_scores(local_dir if local_dir.is_dir() else None, scores)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    staging = staging_dir(out)
     try:
         config = write_bundle(model, staging)
         (staging / MODULE_FILE).write_text(module_source(), encoding="utf-8")
@@ -376,10 +376,13 @@ def model_card(config: dict[str, Any], dimension: int, scores=({}, None), name: 
         "",
         "## Usage",
         "",
-        "The model runs custom code (`modeling_llm2comp.py` in this folder) that needs the llm2comp package:",
+        "The model runs custom code (`modeling_llm2comp.py` in this folder) that needs the llm2comp package "
+        f"(exported with llm2comp {config.get('llm2comp_version', __version__)}). llm2comp is not on PyPI: install it "
+        "from its source tree, then sentence-transformers:",
         "",
         "```bash",
-        "pip install llm2comp sentence-transformers",
+        "pip install /path/to/llm2comp-source   # a clone or unpacked source archive of llm2comp",
+        "pip install sentence-transformers",
         "```",
         "",
         "With sentence-transformers:",

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
+from .atomic import staging_dir
 from .attention import bidirectional
 from .backbone import DEFAULT_MODEL, TRAINED_ALIAS_NAMES, load_backbone
 from .memory import MemoryTokens
@@ -514,7 +514,7 @@ class LLM2Comp(nn.Module):
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        staging = staging_dir(path)
         try:
             adapters = list(self._merged)
             if self.peft_model is not None:

@@ -2,6 +2,7 @@
 embeds exactly like LLM2Comp.from_pretrained(DIR)."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -87,6 +88,9 @@ def test_layout_is_self_contained(trained):
     backbone = json.loads((out / "backbone/config.json").read_text())
     assert "lora" not in json.dumps(backbone).lower()
     assert not list(out.parent.glob(".exported.tmp-*"))  # no staging leftovers
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # readable like any folder, not mkdtemp's owner-only 0700
 
 
 def test_sentence_transformers_round_trip(trained):
@@ -149,7 +153,8 @@ def test_model_card(trained):
     assert "| 1 | pretrain |" in card and "| 2 | simcse |" in card
     assert "| STSBenchmark | 0.6123 |" in card and "| MyTask | 0.5000 |" in card and "| SciFact | – |" in card
     assert 'SentenceTransformer("path/to/exported", trust_remote_code=True)' in card
-    assert "pip install llm2comp" in card and "load_exported" in card
+    assert "pip install llm2comp " not in card  # not on PyPI: the card must not send users there
+    assert "llm2comp is not on PyPI" in card and "pip install sentence-transformers" in card and "load_exported" in card
     assert "license" in card.lower() and "base model apply" in card
 
 

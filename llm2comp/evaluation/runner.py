@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json_atomic, write_text_atomic
 from .tasks import DEFAULT_SEED, DEFAULT_TASKS, load_task, resolve_data_dir
 
 logger = logging.getLogger(__name__)
@@ -412,8 +413,8 @@ def evaluate_model(
 
     def save(report: EvaluationReport) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / FULL_RESULTS_NAME, report.to_json())
-        _write_text(out / "results.txt", report.table() + "\n")
+        write_json_atomic(out / FULL_RESULTS_NAME, report.to_json())
+        write_text_atomic(out / "results.txt", report.table() + "\n")
 
     threads_before = torch.get_num_threads()
     if num_threads:
@@ -437,18 +438,8 @@ def evaluate_model(
     main = report.scores[specs[0].label]
     if out is not None:
         save(report)
-        _write_json(out / RESULTS_NAME, main)
+        write_json_atomic(out / RESULTS_NAME, main)
     return report if return_report else main
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, payload) -> None:
-    _write_text(path, json.dumps(payload, indent=2))
 
 
 def _print_table(table: str) -> None:

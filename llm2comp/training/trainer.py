@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from ..atomic import write_json_atomic, write_text_atomic
 from ..model import CONFIG_NAME, MEMORY_NAME, LLM2Comp
 
 COMPLETE_MARKER = "checkpoint-complete.json"
@@ -72,12 +72,6 @@ def last_complete_checkpoint(folder: str | Path) -> Path | None:
             if _CHECKPOINT.match(path.name) and path not in complete:
                 shutil.rmtree(path, ignore_errors=True)
     return complete[-1] if complete else None
-
-
-def _write_json_atomic(path: Path, payload) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
 
 
 def load_training_state(encoder: LLM2Comp, checkpoint: str | Path) -> None:
@@ -139,7 +133,7 @@ class LLM2CompTrainer(Trainer):
             self.args.save_total_limit = limit
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            _write_json_atomic(folder / COMPLETE_MARKER, {"step": self.state.global_step})
+            write_json_atomic(folder / COMPLETE_MARKER, {"step": self.state.global_step})
             complete = complete_checkpoints(folder.parent)
             if self.save_limit:
                 for old in complete[: -self.save_limit]:
@@ -164,9 +158,7 @@ def truncate_log(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def plot_losses(log_path: Path, png_path: Path, title: str = "training loss") -> Path | None:
