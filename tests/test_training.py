@@ -138,6 +138,26 @@ def _tokenizer(path):
     return AutoTokenizer.from_pretrained(path)
 
 
+def test_a_checkpoint_loads_like_the_final_model(tiny_dir, corpus, tmp_path):
+    output = train(_config(tiny_dir, corpus, tmp_path / "run", max_steps=2, save_steps=2, max_length=40))
+    checkpoint = LLM2Comp.from_pretrained(output / "checkpoints" / "checkpoint-2")
+    final = LLM2Comp.from_pretrained(output)
+    assert checkpoint.config.max_length == final.config.max_length == 512  # not the training length (40)
+    long_text = " ".join(SAMPLE_TEXT)
+    np.testing.assert_allclose(checkpoint.encode([long_text]), final.encode([long_text]), atol=1e-5)
+
+
+def test_resume_without_a_complete_checkpoint_restarts_the_logs(tiny_dir, corpus, tmp_path):
+    output = train(_config(tiny_dir, corpus, tmp_path / "run", max_steps=2, save_steps=2))
+    # as if killed while the first checkpoint was half written: logs of steps 1-2, no complete checkpoint
+    (output / "checkpoints" / "checkpoint-2" / COMPLETE_MARKER).unlink()
+    (output / "llm2comp_config.json").unlink()
+    train(_config(tiny_dir, corpus, output, max_steps=2, save_steps=2, resume=True))
+    losses = [json.loads(line) for line in (output / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in losses if "loss" in r] == [1, 2]
+    assert [json.loads(line)["step"] for line in (output / "data_order.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_refuses_to_overwrite_a_run(tiny_dir, corpus, tmp_path):
     train(_config(tiny_dir, corpus, tmp_path / "run", max_steps=2))
     with pytest.raises(FileExistsError):

@@ -128,11 +128,11 @@ def train(cfg: TrainConfig) -> Path:
     ]
     output.mkdir(parents=True, exist_ok=True)
     (output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    step = 0
-    if resume_from is not None:
-        step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
-        truncate_log(loss_log, step)
-        truncate_log(order_log, step)
+    # logs keep the steps of the checkpoint training continues from (none: a fresh start, e.g. killed before the
+    # first complete checkpoint), so that redone steps are not logged twice
+    step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
+    truncate_log(loss_log, step)
+    truncate_log(order_log, step)
 
     trainer = LLM2CompTrainer(
         model=TrainingModule(model, objective),

@@ -120,7 +120,14 @@ class LLM2CompTrainer(Trainer):
         if self.args.should_save:
             if state_dict:  # gathered by the Trainer under ZeRO-3 / FSDP; keys of TrainingModule
                 state_dict = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
-            self.encoder.save(output_dir or self.args.output_dir, state_dict=state_dict or None)
+            # a checkpoint is a model like the final one: saved with its encoding length, not the training length
+            encoder = self.encoder
+            training_length = encoder.config.max_length
+            encoder.config.max_length = getattr(encoder, "encode_max_length", training_length)
+            try:
+                encoder.save(output_dir or self.args.output_dir, state_dict=state_dict or None)
+            finally:
+                encoder.config.max_length = training_length
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_training_state(self.encoder, resume_from_checkpoint)
