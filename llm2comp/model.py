@@ -405,6 +405,10 @@ class LLM2Comp(nn.Module):
         ``devices`` (opt-in, e.g. ``["cuda:0", "cuda:1"]``) spreads the batches over model replicas on those
         devices, one thread each; without it, nothing runs anywhere but on the model's own device.
         """
+        if isinstance(texts, torch.utils.data.DataLoader):  # called by mteb (EncoderProtocol): batches of {"text": ...}
+            from .evaluation.mteb_adapter import MTEBEncoder
+
+            return MTEBEncoder(self, batch_size=batch_size).encode(texts, **_ignored)
         single = isinstance(texts, str)
         if single:
             texts = [texts]
@@ -491,6 +495,21 @@ class LLM2Comp(nn.Module):
 
     def clear_replicas(self) -> None:
         self.__dict__["_replica_cache"] = {}
+
+    @staticmethod
+    def similarity_pairwise(a, b) -> torch.Tensor:
+        """Cosine similarity of row i of `a` with row i of `b`."""
+        a = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a, dtype=torch.float32)
+        b = torch.as_tensor(np.asarray(b) if not isinstance(b, torch.Tensor) else b, dtype=torch.float32)
+        return torch.nn.functional.cosine_similarity(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]), dim=-1)
+
+    # mteb recognises an encoder by this attribute: `mteb.evaluate(model, tasks)` works on an LLM2Comp directly, as on
+    # a SentenceTransformer (`MTEBEncoder` adds instructions and a display name)
+    @property
+    def mteb_model_meta(self):
+        from .evaluation.mteb_adapter import MTEBEncoder
+
+        return MTEBEncoder(self).mteb_model_meta
 
     @staticmethod
     def similarity(a, b) -> torch.Tensor:

@@ -229,6 +229,16 @@ def test_evaluate_model_equals_direct_mteb(tiny_model, data_dir):
     assert ours["STSBenchmark"] == pytest.approx(spearmanr(cos, [r["score"] for r in rows])[0], abs=1e-4)
 
 
+def test_mteb_evaluate_takes_an_llm2comp_model_directly(tiny_model, data_dir):
+    # as with a SentenceTransformer: no wrapper needed; same scores as through MTEBEncoder
+    assert isinstance(tiny_model, EncoderProtocol)
+    direct = mteb.evaluate(tiny_model, [load_task(t, data_dir) for t in TASKS], cache=None, show_progress_bar=False)
+    wrapped = mteb.evaluate(MTEBEncoder(tiny_model), [load_task(t, data_dir) for t in TASKS], cache=None, show_progress_bar=False)
+    scores = {r.task_name: r.get_score() for r in wrapped.task_results}
+    assert {r.task_name: pytest.approx(r.get_score(), abs=1e-6) for r in direct.task_results} == scores
+    assert direct.model_name == MTEBEncoder(tiny_model).name
+
+
 def test_no_stale_results_after_weights_change(tiny_dir, data_dir):
     model = LLM2Comp.from_pretrained(str(tiny_dir), num_memory_tokens=4, max_length=64)
     first = evaluate_model(model, ["STSBenchmark"], data_dir=data_dir, print_table=False, show_progress=False)
