@@ -88,3 +88,8 @@ def test_two_processes_train_stages_that_never_read_the_memory(setup, stage_args
     _run(setup, output, 2, *stage_args)
     losses = _losses(output)
     assert len(losses) == 3 and all(loss == loss and abs(loss) < 1e4 for loss in losses)
+    if stage_args[1] == "mntp":  # deterministic (masks tied to example indices): equal to one process, exactly
+        single = setup / "unused-mntp-single"
+        _run(setup, single, 1, *stage_args)
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(_losses(single)), atol=1e-7, rtol=1e-4)
+        _assert_same_weights(_weights(output), _weights(single))

@@ -158,6 +158,21 @@ def test_resume_without_a_complete_checkpoint_restarts_the_logs(tiny_dir, corpus
     assert [json.loads(line)["step"] for line in (output / "data_order.jsonl").read_text().splitlines()] == [1, 2]
 
 
+@pytest.mark.parametrize("objective", ["kl", "nll", "rc", "mntp"])
+def test_gradient_accumulation_equals_one_large_batch(tiny_dir, corpus, tmp_path, objective):
+    # 2 micro-batches of 2 with accumulation == 1 batch of 4: same loss and the same gradient (grad_norm before
+    # clipping; Adam's first step is scale-free, so the weights alone would not show a wrong gradient scale)
+    def run(name, batch_size, accumulation):
+        output = train(_config(tiny_dir, corpus, tmp_path / name, objective=objective, max_steps=2, save_steps=2,
+                               batch_size=batch_size, gradient_accumulation_steps=accumulation, lora_dropout=0.0))
+        return [json.loads(line) for line in (output / "loss.jsonl").read_text().splitlines() if '"loss"' in line]
+
+    large, accumulated = run("large", 4, 1), run("accumulated", 2, 2)
+    for a, b in zip(large, accumulated, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a, b)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3), (a, b)
+
+
 def test_refuses_to_overwrite_a_run(tiny_dir, corpus, tmp_path):
     train(_config(tiny_dir, corpus, tmp_path / "run", max_steps=2))
     with pytest.raises(FileExistsError):

@@ -22,6 +22,9 @@ from torch.utils.checkpoint import checkpoint
 from ..model import LLM2Comp
 
 PRETEXT_OBJECTIVES = ("kl", "nll", "rc", "mntp")
+# the number of terms a batch's loss averages over (target tokens); the trainer weights micro-batches by it, so that
+# gradient accumulation gives exactly the gradient of one large batch
+LOSS_ITEMS = "loss_items"
 
 
 # ---------------------------------------------------------------------------------------------- LM head, chunked
@@ -156,6 +159,7 @@ class CompressionObjective:
             teacher_rows.append(decoder_bos(tok) + text)
         batch = {f"encoder_{k}": v for k, v in self.model.collate(encoder_rows).items()}
         batch["continuation_ids"], batch["continuation_mask"] = _pad(continuation_rows, tok.pad_token_id)
+        batch[LOSS_ITEMS] = batch["continuation_mask"].sum()
         if self.kind == "kl":
             batch["teacher_ids"], batch["teacher_mask"] = _pad(teacher_rows, tok.pad_token_id)
             batch["prefix_lengths"] = torch.tensor([len(r) - len(head) for r in encoder_rows])
@@ -250,6 +254,7 @@ class MNTPObjective:
         batch = self.model.collate(rows)
         batch["labels"], _ = _pad(labels, -100)
         batch["labels"][batch["attention_mask"] == 0] = -100
+        batch[LOSS_ITEMS] = (batch["labels"][:, 1:] != -100).sum()
         if "index" in examples[0]:
             batch["index"] = torch.tensor([e["index"] for e in examples])
         return batch

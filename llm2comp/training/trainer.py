@@ -20,8 +20,10 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..atomic import write_json_atomic, write_text_atomic
 from ..model import CONFIG_NAME, MEMORY_NAME, LLM2Comp
+from ..objectives.pretext import LOSS_ITEMS
 
 COMPLETE_MARKER = "checkpoint-complete.json"
+LOSS_WEIGHT = "loss_weight"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -32,6 +34,9 @@ class NonFiniteLossError(RuntimeError):
 class TrainingModule(nn.Module):
     """What the Trainer (and DDP/DeepSpeed) wraps: the encoder plus the objective, so every pass goes
     through ``forward`` and distributed gradient hooks see it."""
+
+    # the objectives normalise their own losses; the trainer's label counting and loss rescaling stay off
+    accepts_loss_kwargs = False
 
     def __init__(self, encoder: LLM2Comp, objective):
         super().__init__()
@@ -99,10 +104,26 @@ class LLM2CompTrainer(Trainer):
     def encoder(self) -> LLM2Comp:
         return self.model.encoder
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The micro-batches of one optimizer step. Where the objective counts its loss terms (pretext: target tokens),
+        each micro-batch gets the weight that turns the trainer's mean over micro-batches into the mean over every
+        term of the step, on every rank: accumulation then equals one large batch."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if batches and all(LOSS_ITEMS in b for b in batches):
+            counts = torch.stack([torch.as_tensor(b[LOSS_ITEMS], dtype=torch.float32) for b in batches]).to(device)
+            if self.accelerator.num_processes > 1:  # the objective's own token mean is global per micro-batch
+                counts = self.accelerator.reduce(counts, reduction="sum")
+            weights = counts * len(batches) / counts.sum().clamp(min=1)
+            for batch, weight in zip(batches, weights):
+                batch[LOSS_WEIGHT] = weight
+        return batches, num_items
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         index = inputs.pop("index", None)
+        inputs.pop(LOSS_ITEMS, None)
+        weight = inputs.pop(LOSS_WEIGHT, None)
         outputs = model(**inputs)
-        loss = outputs["loss"]
+        loss = outputs["loss"] if weight is None else outputs["loss"] * weight.to(outputs["loss"].device)
         if not torch.isfinite(loss.detach()).all():
             last = last_complete_checkpoint(self.args.output_dir)
             raise NonFiniteLossError(
