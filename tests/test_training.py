@@ -259,3 +259,16 @@ def test_no_library_noise_and_no_network_lookup_when_training_and_saving(tiny_di
         model.save(tmp_path / "merged")
     assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
     assert lookups == []  # peft's "did the vocabulary change?" hub lookup: we never resize the vocabulary
+
+
+def test_a_bf16_run_loads_the_frozen_backbone_in_bf16(tiny_dir, corpus, tmp_path, monkeypatch):
+    import llm2comp.training.run as run
+
+    monkeypatch.setattr(run, "_use_bf16", lambda setting: True)  # as on a bf16-capable GPU
+    model = run.build_model(_config(tiny_dir, corpus, tmp_path / "run"))
+    trainable = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16}
+    assert trainable and set(trainable.values()) == {torch.float32}  # LoRA and memory tokens train in fp32
+    assert any("lora" in name for name in trainable) and any("memory" in name for name in trainable)
+    assert np.isfinite(model.encode(["a short text", "another one"])).all()  # mixed dtypes run

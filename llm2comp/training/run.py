@@ -29,7 +29,10 @@ def _use_bf16(setting) -> bool:
 def build_model(cfg: TrainConfig) -> LLM2Comp:
     """The encoder with a fresh LoRA attached. From a saved llm2comp directory, its adapter is merged first."""
     saved = (Path(cfg.model).expanduser() / CONFIG_NAME).is_file()
-    kwargs = {"dtype": cfg.dtype, "trust_remote_code": cfg.trust_remote_code}
+    # frozen weights in the training precision (a 7B backbone in fp32 doubles its memory for nothing); peft keeps
+    # the LoRA weights in fp32, and so are the memory tokens
+    dtype = cfg.dtype or ("bfloat16" if _use_bf16(cfg.bf16) else None)
+    kwargs = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.pooling is not None:
