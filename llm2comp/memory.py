@@ -23,10 +23,11 @@ class MemoryTokens(nn.Module):
         else:
             weight.copy_(init.detach().float())
         self.weight = nn.Parameter(weight)
+        self._num_tokens = num_tokens  # not the weight's shape: a ZeRO-3 partitioned weight is empty outside forward
 
     @property
     def num_tokens(self) -> int:
-        return self.weight.shape[0]
+        return self._num_tokens
 
     @classmethod
     def from_embeddings(cls, num_tokens: int, embedding: nn.Module, vocab_size: int, seed: int = 0) -> MemoryTokens:
@@ -58,8 +59,11 @@ class MemoryTokens(nn.Module):
             pick = torch.linspace(0, n - 1, num_tokens).round().long() if n >= num_tokens else torch.arange(num_tokens) % n
             return cls(num_tokens, rows.shape[1], init=rows[pick])
 
-    def splice(self, inputs_embeds: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
-        """Return ``inputs_embeds`` with the k memory embeddings written at the positions of ``memory_mask``."""
+    def forward(self, inputs_embeds: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """Return ``inputs_embeds`` with the k memory embeddings written at the positions of ``memory_mask``.
+
+        The weight is read only here, inside the module's own forward: ZeRO-3 gathers a partitioned parameter
+        for the forward of the module that owns it, and only then."""
         batch = inputs_embeds.shape[0]
         memory = self.weight.to(inputs_embeds.dtype).unsqueeze(0).expand(batch, -1, -1).reshape(-1, inputs_embeds.shape[-1])
         out = inputs_embeds.clone()

@@ -195,7 +195,10 @@ class LLM2Comp(nn.Module):
 
     @property
     def vocab_size(self) -> int:
-        return self.hf_model.get_input_embeddings().weight.shape[0]
+        # the module's attribute, not its weight's shape (a ZeRO-3 partitioned weight is empty outside forward)
+        embedding = self.hf_model.get_input_embeddings()
+        rows = getattr(embedding, "num_embeddings", None)
+        return int(rows if rows is not None else self.hf_model.config.get_text_config().vocab_size)
 
     @property
     def peft_model(self):
@@ -344,7 +347,7 @@ class LLM2Comp(nn.Module):
     def embed_inputs(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         embeds = self.hf_model.get_input_embeddings()(features["input_ids"])
         if "memory_mask" in features:
-            embeds = self.memory.splice(embeds, features["memory_mask"])
+            embeds = self.memory(embeds, features["memory_mask"])
         return embeds
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -243,3 +243,16 @@ def test_encode_says_how_many_texts_it_truncated(tiny_dir, caplog, pooling):
     with caplog.at_level("WARNING", logger="llm2comp.model"):
         model.encode(["short", "two words"])
     assert "truncated" not in caplog.text
+
+
+def test_partitioned_parameters_are_read_only_inside_their_modules_forward(tiny_dir):
+    # a stand-in for ZeRO-3: a weight is empty except during its own module's forward (gathered by a pre-hook)
+    model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3)
+    expected, vocab = model.encode(SAMPLE_TEXT[:2]), model.vocab_size
+    for module in (model.memory, model.hf_model.get_input_embeddings()):
+        full = module.weight.data
+        module.weight.data = torch.empty(0, dtype=full.dtype)
+        module.register_forward_pre_hook(lambda m, args, full=full: setattr(m.weight, "data", full))
+        module.register_forward_hook(lambda m, args, out: setattr(m.weight, "data", torch.empty(0, dtype=m.weight.dtype)))
+    assert model.vocab_size == vocab and model.memory.num_tokens == 3
+    np.testing.assert_allclose(model.encode(SAMPLE_TEXT[:2]), expected, atol=1e-6)

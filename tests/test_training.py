@@ -272,3 +272,30 @@ def test_a_bf16_run_loads_the_frozen_backbone_in_bf16(tiny_dir, corpus, tmp_path
     assert trainable and set(trainable.values()) == {torch.float32}  # LoRA and memory tokens train in fp32
     assert any("lora" in name for name in trainable) and any("memory" in name for name in trainable)
     assert np.isfinite(model.encode(["a short text", "another one"])).all()  # mixed dtypes run
+
+
+def test_the_final_model_is_written_from_the_trainers_gathered_weights(tiny_dir, corpus, tmp_path, monkeypatch):
+    # a stand-in for ZeRO-3 / FSDP: at the final save the live trainable tensors are empty shards, and only the
+    # state dict the Trainer gathers holds the trained values; the saved model must be made from the latter
+    from llm2comp.training.trainer import LLM2CompTrainer
+
+    gathered = {}
+
+    def sharded_save_model(self, output_dir=None, _internal_call=False):
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if not _internal_call:
+            gathered.update(state)
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    if p.requires_grad:
+                        p.zero_()
+        self._save(output_dir, state_dict=state)
+
+    monkeypatch.setattr(LLM2CompTrainer, "save_model", sharded_save_model)
+    output = train(_config(tiny_dir, corpus, tmp_path / "run", max_steps=1, save_steps=5))
+    assert gathered, "the final save did not go through Trainer.save_model"
+    adapter = load_file(output / "adapters" / "0" / "adapter_model.safetensors")
+    lora_b = [k for k in adapter if "lora_B" in k]
+    assert lora_b and all(adapter[k].abs().sum() > 0 for k in lora_b)  # trained values, not the zeroed shards
+    memory = load_file(output / "memory_tokens.safetensors")["weight"]
+    torch.testing.assert_close(memory, gathered["encoder.memory.weight"].float())

@@ -149,15 +149,16 @@ def train(cfg: TrainConfig) -> Path:
     if hasattr(objective, "bind_trainer"):
         objective.bind_trainer(trainer)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if trainer.args.should_save:
-        model.config.max_length = model.encode_max_length
-        if cfg.fit_normalizer:
-            from ..data.pairs import stage_texts
+    model.config.max_length = model.encode_max_length
+    if trainer.args.should_save and cfg.fit_normalizer:
+        from ..data.pairs import stage_texts
 
-            texts = stage_texts(dataset, cfg.fit_normalizer, seed=cfg.seed)
-            model.fit_normalizer(texts, source=f"{len(texts)} training texts of {cfg.data}")
-            logger.info("normalizer fitted on %d training texts", len(texts))
-        model.save(output)
+        texts = stage_texts(dataset, cfg.fit_normalizer, seed=cfg.seed)
+        model.fit_normalizer(texts, source=f"{len(texts)} training texts of {cfg.data}")
+        logger.info("normalizer fitted on %d training texts", len(texts))
+    # on every rank: under ZeRO-3 / FSDP the Trainer gathers the sharded weights; the main process writes them
+    trainer.save_model(str(output))
+    if trainer.args.should_save:
         plot_losses(loss_log, output / "loss.png", title=f"{cfg.stage} ({cfg.objective if cfg.stage == 'pretrain' else cfg.stage})")
     _close_process_group(trainer)
     return output
