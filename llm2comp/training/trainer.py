@@ -198,10 +198,12 @@ def plot_losses(log_path: Path, png_path: Path, title: str = "training loss") ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(*zip(*points), linewidth=1)
-    ax.set_xlabel("step")
+    ax.set_xlabel("optimizer step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
