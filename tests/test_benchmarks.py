@@ -1,5 +1,8 @@
-"""Smoke runs of the benchmark scripts on tiny models (their numbers come from real runs, see docs/RESULTS.md)."""
+"""The benchmark scripts on tiny models: they run, and print numbers that are measurements (positive, finite,
+consistent with each other), not only labels. Their real figures come from real runs, see docs/RESULTS.md."""
 
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +16,32 @@ def _run(*args):
     return subprocess.run([sys.executable, *map(str, args)], check=True, capture_output=True, text=True, timeout=600).stdout
 
 
-def test_encode_throughput_smoke():
+def _number(out: str, pattern: str) -> float:
+    match = re.search(pattern, out)
+    assert match, f"no match for {pattern!r} in:\n{out}"
+    value = float(match.group(1))
+    assert math.isfinite(value), value
+    return value
+
+
+def test_encode_throughput_prints_consistent_measurements():
     out = _run(BENCHMARKS / "encode_throughput.py", "--model", "tiny", "--n", "16", "--batch-size", "4", "--rounds", "1")
-    assert "encode overhead over bare forward" in out and "length-sorted speed-up" in out
+    bare = _number(out, r"bare AutoModel forward \(same token batches\)\s+([\d.]+)")
+    encode = _number(out, r"LLM2Comp.encode \(length-sorted\)\s+([\d.]+)")
+    unsorted = _number(out, r"unsorted batching \(input order\)\s+([\d.]+)")
+    assert min(bare, encode, unsorted) > 0
+    overhead = _number(out, r"encode overhead over bare forward: ([+-][\d.]+)%")
+    assert overhead == pytest.approx(100 * (bare / encode - 1), abs=0.2)  # the ratio of the printed rates
+    assert _number(out, r"length-sorted speed-up over unsorted: ([\d.]+)x") == pytest.approx(encode / unsorted, abs=0.01)
 
 
 def test_one_copy_memory_smoke():
     out = _run(BENCHMARKS / "one_copy_memory.py", "--model", "tiny", "--steps", "1", "--rounds", "1", "--length", "32")
-    assert "ratio one/two" in out
+    memory_one = _number(out, r"one copy \(adapter off = teacher\)\s+([\d.]+)")
+    memory_two = _number(out, r"two copies \(frozen second model\)\s+([\d.]+)")
+    assert 0 < memory_one <= memory_two  # the second copy can only add memory
+    ratio = _number(out, r"ratio one/two: memory ([\d.]+)x")
+    assert ratio == pytest.approx(memory_one / memory_two, abs=0.01 + 1 / memory_two)  # MB are printed rounded
     assert "|diff| = 0.00e+00" in out
     out = _run(BENCHMARKS / "one_copy_memory.py", "--model", "random:tiny", "--steps", "1", "--rounds", "1", "--length", "32",
                "--gradient-checkpointing")
@@ -40,4 +61,7 @@ def test_gpu_throughput_smoke_on_cpu():
     out = _run(BENCHMARKS / "gpu_throughput.py", "--shape", "tiny", "--device", "cpu", "--dtype", "float32",
                "--batch-size", "2", "--length", "32", "--steps", "1")
     for label in ("stage-1 KL step", "SimCSE step", "encode (forward)"):
-        assert label in out
+        seconds = _number(out, re.escape(label) + r"\s+([\d.]+)")
+        tokens_per_s = _number(out, re.escape(label) + r"\s+[\d.]+\s+([\d.]+)")
+        tokens_per_step = tokens_per_s * seconds  # the tokens that path processes for a batch of 2 x 32
+        assert seconds > 0 and 32 <= tokens_per_step <= 6 * 2 * 32 + 64, (label, tokens_per_step)

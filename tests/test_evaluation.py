@@ -23,7 +23,6 @@ from llm2comp.evaluation import (  # noqa: E402
     add_evaluate_arguments,
     evaluate_model,
     load_task,
-    model_fingerprint,
     resolve_data_dir,
     run_evaluate_cli,
 )
@@ -65,7 +64,15 @@ def test_adapter_is_an_mteb_encoder_with_metadata(tiny_model):
     assert "/" in meta.name and meta.name.endswith("-memory")
     assert meta.embed_dim == tiny_model.get_sentence_embedding_dimension()
     assert meta.similarity_fn_name.value == "cosine"
-    assert meta.revision == model_fingerprint(tiny_model, tiny_model.config)
+    # the revision identifies the weights and settings: stable, equal for an identical model, different otherwise
+    assert meta.revision == encoder.mteb_model_meta.revision
+    twin = LLM2Comp.from_pretrained(str(tiny_model.config.base_model), num_memory_tokens=tiny_model.config.num_memory_tokens,
+                                    max_length=tiny_model.config.max_length)
+    with torch.no_grad():
+        twin.memory.weight.copy_(tiny_model.memory.weight)
+    assert MTEBEncoder(twin).mteb_model_meta.revision == meta.revision
+    twin.config.pooling = "mean"
+    assert MTEBEncoder(twin).mteb_model_meta.revision != meta.revision
 
 
 def test_mteb_evaluate_runs_on_mock_tasks(tiny_model):
