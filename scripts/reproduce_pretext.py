@@ -5,6 +5,10 @@ diagnostics for each, written to docs/RESULTS.md.
 
     python scripts/reproduce_pretext.py train --steps 80           # ~1.5 h on a 2-core CPU; resumable
     python scripts/reproduce_pretext.py evaluate                    # after training
+
+The comparison with a supervised stage after each objective (docs/RESULTS.md, section 3.4): `train` with
+`--attention causal --memory-init ...`, then `supervise` (the shipped default's recipe from each stage-1 model and
+from the bare backbone), `llm2comp evaluate` of each, and `compare-report` for the table and plot.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def supervise_all(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=["train", "supervise", "evaluate", "report", "all"])
+    parser.add_argument("phase", choices=["train", "supervise", "evaluate", "report", "compare-report", "all"])
     parser.add_argument("--runs", default="runs/pretext")
     parser.add_argument("--objectives", default=",".join(OBJECTIVES))
     parser.add_argument("--steps", type=int, default=80)
@@ -97,6 +101,8 @@ def main() -> None:
         evaluate_all(args)
     if args.phase in ("report", "all"):
         report(args)
+    if args.phase == "compare-report":
+        compare_report(args)
 
 
 def evaluate_all(args) -> None:
@@ -209,6 +215,93 @@ def report(args) -> None:
         text += "\n" + BEGIN + END + "\n"
     head, rest = text.split(BEGIN, 1)
     results.write_text(head + section + rest.split(END, 1)[1])
+    print(section)
+
+
+COMPARISON_BEGIN, COMPARISON_END = "<!-- comparison:begin -->", "<!-- comparison:end -->"
+DEV_SUITE = ("STSBenchmark", "STS13", "STS14", "STS15", "SICK-R")
+
+
+def _scores(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _tail_loss(run: Path, last: int = 20) -> float | None:
+    log = run / "loss.jsonl"
+    if not log.is_file():
+        return None
+    losses = [r["loss"] for r in map(json.loads, log.read_text().splitlines()) if "loss" in r]
+    return sum(losses[-last:]) / len(losses[-last:]) if losses else None
+
+
+def compare_report(args) -> None:
+    """The pretext comparison (stage 1, then the same supervised stage) as a table and a plot in RESULTS."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs, evals = Path(args.runs), Path(args.runs) / "eval"
+    rows = {}
+    for objective in ["none"] + args.objectives.split(","):
+        stage1 = None if objective == "none" else runs / objective
+        pretext = _scores(evals / objective / "results.json")  # none: the untrained (zero-shot) memory tokens
+        final = _scores(evals / f"{objective}-sup" / "results.json")
+        if stage1 is not None and not (stage1 / "llm2comp_config.json").is_file():
+            continue
+        timing = _scores(stage1 / "train_time.json") if stage1 else None
+        rows[objective] = {"stage1_min": timing["seconds"] / 60 if timing else None, "stage1_loss": _tail_loss(stage1) if stage1 else None,
+                           "pretext": pretext, "final": final}
+
+    def cell(value, scale=100.0, fmt="{:.2f}"):
+        return fmt.format(scale * value) if value is not None else "–"
+
+    lines = [COMPARISON_BEGIN, "",
+             "| stage 1 | stage-1 time | stage-1 loss (last 20 steps) | stage 1 only: STS-B / SICK-R (1,000 pairs) | "
+             "then supervised: " + " | ".join(DEV_SUITE) + " | STS avg | Banking77 |",
+             "|---" * (6 + len(DEV_SUITE)) + "|"]
+    averages = {}
+    for objective, r in rows.items():
+        pretext, final = r["pretext"] or {}, r["final"] or {}
+        sts = [final.get(t) for t in DEV_SUITE]
+        average = sum(sts) / len(sts) if final and None not in sts else None
+        averages[objective] = (average, final.get("Banking77Classification"), pretext.get("STSBenchmark"), pretext.get("SICK-R"))
+        lines.append(f"| {objective.upper() if objective != 'none' else 'none (supervised only)'} | "
+                     f"{cell(r['stage1_min'], 1, '{:.0f} min')} | {cell(r['stage1_loss'], 1, '{:.3f}')} | "
+                     f"{cell(pretext.get('STSBenchmark'))} / {cell(pretext.get('SICK-R'))} | "
+                     + " | ".join(cell(v) for v in sts) + f" | **{cell(average)}** | {cell(final.get('Banking77Classification'))} |")
+    lines += ["", "![pretext comparison](figures/pretext-comparison.png)", "", COMPARISON_END]
+
+    figures = Path(args.results).parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    names = list(averages)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for offset, (index, label) in zip((-0.2, 0.2), ((2, "STS-B"), (3, "SICK-R"))):
+        values = [100 * (averages[n][index] or 0) for n in names]
+        left.bar([i + offset for i in range(len(names))], values, width=0.4, label=label)
+    left.set_title("after stage 1 only (1,000 test pairs each)")
+    for offset, (index, label) in zip((-0.2, 0.2), ((0, "STS average (5 tasks)"), (1, "Banking77"))):
+        values = [100 * (averages[n][index] or 0) for n in names]
+        right.bar([i + offset for i in range(len(names))], values, width=0.4, label=label)
+    right.set_title("after the same supervised stage (full test sets)")
+    for ax in (left, right):
+        ax.set_xticks(range(len(names)), [n.upper() if n != "none" else "none" for n in names])
+        ax.set_xlabel("stage-1 pretext objective")
+        ax.set_ylabel("Spearman x 100 / accuracy x 100")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("SmolLM2-135M, causal encoder: 6,400 texts of stage 1, then 5,120 supervised pairs (train splits)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(figures / "pretext-comparison.png", dpi=110)
+    plt.close(fig)
+
+    section = "\n".join(lines)
+    results = Path(args.results)
+    text = results.read_text()
+    if COMPARISON_BEGIN not in text:
+        raise SystemExit(f"{results}: no {COMPARISON_BEGIN} marker to write the table to")
+    head, rest = text.split(COMPARISON_BEGIN, 1)
+    results.write_text(head + section + rest.split(COMPARISON_END, 1)[1])
     print(section)
 
 
