@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -72,6 +73,15 @@ def _train(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"model saved to {output} (loss log {output / 'loss.jsonl'}, plot {output / 'loss.png'})")
+    return 0
+
+
+def _serve(args) -> int:
+    from .serving import serve
+
+    serve(args.model, args.host, args.port, device=args.device, name=args.name, max_batch_size=args.max_batch_size,
+          max_wait_ms=args.max_wait_ms, api_key=args.api_key, max_items=args.max_items,
+          max_body_bytes=int(args.max_body_mb * 2**20))
     return 0
 
 
@@ -173,6 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device")
     p.set_defaults(func=_fit_normalizer)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible embeddings server (POST /v1/embeddings) with dynamic batching")
+    p.add_argument("model", nargs="?", default=DEFAULT_ENCODER, help=f"what to serve (default: {DEFAULT_ENCODER})")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", help="the model id clients send and /v1/models lists (default: MODEL as given)")
+    p.add_argument("--max-batch-size", type=int, default=64, help="texts per model batch (default 64)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests (default 5)")
+    p.add_argument("--api-key", default=os.environ.get("LLM2COMP_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $LLM2COMP_API_KEY; none: open)")
+    p.add_argument("--max-items", type=int, default=2048, help="texts per request (default 2048, as OpenAI)")
+    p.add_argument("--max-body-mb", type=float, default=8.0, help="request body limit in MiB (default 8)")
+    p.add_argument("--device")
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("quickstart", help="the main job on the embedded default: zero-shot poolings -> the default recipe -> evaluation before/after")
     _common(p)

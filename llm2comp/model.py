@@ -306,22 +306,25 @@ class LLM2Comp(nn.Module):
             ids = [row if row else [filler] for row in ids]  # an empty text still needs one token to pool
         return ids
 
-    def _report_truncation(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]], prompt: str | None) -> int:
-        """Log how many texts `token_ids` cut to fit max_length (only rows at the full length are re-checked)."""
+    def count_truncated(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]], prompt: str | None = None) -> tuple[int, int]:
+        """(how many of `texts` `token_ids` cut to fit max_length, the longest one's token count); only rows at the
+        full length are tokenized again."""
         budget = self._text_budget()
         candidates = [(prompt or "") + texts[i] for i, row in enumerate(token_ids) if len(row) >= budget]
         if not candidates:
-            return 0
+            return 0, 0
         if self.config.pooling == "prompteol":  # the text's room inside the template
             head, tail = self.config.prompteol_template.split("{text}")
             budget -= len(self.tokenizer(head)["input_ids"]) + len(self.tokenizer(tail, add_special_tokens=False)["input_ids"])
         lengths = [len(ids) for ids in self.tokenizer(candidates, add_special_tokens=self.config.pooling != "prompteol")["input_ids"]]
         longer = [n for n in lengths if n > budget]
-        if longer:
+        return len(longer), max(longer, default=0)
+
+    def _report_truncation(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]], prompt: str | None) -> None:
+        count, longest = self.count_truncated(texts, token_ids, prompt)
+        if count:
             logger.warning("%d of %d texts are longer than max_length=%d and were truncated (the longest has %d tokens); "
-                           "pass a larger max_length or split long texts", len(longer), len(texts), self.config.max_length,
-                           max(longer))
-        return len(longer)
+                           "pass a larger max_length or split long texts", count, len(texts), self.config.max_length, longest)
 
     def collate(self, token_ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Right-pad token rows into tensors; with memory pooling, k memory slots follow each text."""

@@ -65,3 +65,17 @@ def test_gpu_throughput_smoke_on_cpu():
         tokens_per_s = _number(out, re.escape(label) + r"\s+[\d.]+\s+([\d.]+)")
         tokens_per_step = tokens_per_s * seconds  # the tokens that path processes for a batch of 2 x 32
         assert seconds > 0 and 32 <= tokens_per_step <= 6 * 2 * 32 + 64, (label, tokens_per_step)
+
+
+def test_serve_load_test_reports_matched_responses_and_rates():
+    pytest.importorskip("uvicorn")
+    out = _run(BENCHMARKS / "serve_load.py", "--model", "tiny", "--clients", "8", "--requests", "2", "--single-requests", "4",
+               "--threads", "1")
+    single = re.search(r"1 client\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/(\d+)", out)
+    many = re.search(r"8 clients\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/(\d+)", out)
+    assert single and many, out
+    for match, requests in ((single, 4), (many, 16)):
+        count, rate, texts_rate, p50, p99, batches, matched, total = (float(g) for g in match.groups())
+        assert count == total == matched == requests  # every response matched its own input
+        assert rate > 0 and texts_rate == pytest.approx(4 * rate, rel=0.02) and 0 < p50 <= p99
+        assert 1 <= batches <= requests

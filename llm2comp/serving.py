@@ -1,0 +1,292 @@
+"""`llm2comp serve`: an OpenAI-compatible embeddings server with dynamic batching.
+
+Endpoints: ``POST /v1/embeddings`` (OpenAI's request and response, ``encoding_format`` float or base64),
+``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text format).
+
+Requests are queued; one worker merges what is waiting into a batch (up to ``max_batch_size`` texts, or whatever
+arrived within ``max_wait_ms`` of the first), runs `LLM2Comp.encode` on it in a thread (the event loop keeps
+serving), and hands every request exactly its own rows. `encode` sorts the merged texts by length and embeds a
+text that occurs in several requests once. Responses equal ``encode(texts, normalize_embeddings=True)``.
+"""
+
+# no `from __future__ import annotations` here: FastAPI reads the handlers' annotations (Request) at definition time
+import asyncio
+import base64
+import dataclasses
+import hmac
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+MAX_ITEMS = 2048  # OpenAI's limit on inputs per request
+MAX_BODY_BYTES = 8 * 2**20
+TRUNCATED_HEADER = "X-Llm2comp-Truncated"
+
+
+class APIError(Exception):
+    """An error answered as OpenAI does: ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclasses.dataclass
+class Metrics:
+    requests: dict[int, int] = dataclasses.field(default_factory=dict)  # by HTTP status
+    texts: int = 0
+    tokens: int = 0
+    batches: int = 0
+    batch_texts: int = 0
+    request_seconds: float = 0.0
+    encode_seconds: float = 0.0
+    queued: int = 0
+
+    def prometheus(self) -> str:
+        lines = ["# HELP llm2comp_requests_total Embedding requests answered, by HTTP status.",
+                 "# TYPE llm2comp_requests_total counter"]
+        lines += [f'llm2comp_requests_total{{status="{status}"}} {count}' for status, count in sorted(self.requests.items())]
+        for name, kind, value, help_text in (
+            ("texts_total", "counter", self.texts, "Texts embedded."),
+            ("tokens_total", "counter", self.tokens, "Input tokens embedded (after truncation)."),
+            ("batches_total", "counter", self.batches, "Model batches run (several requests may share one)."),
+            ("batch_texts_total", "counter", self.batch_texts, "Texts over all model batches (divide by batches_total for the mean batch)."),
+            ("request_seconds_total", "counter", self.request_seconds, "Wall time of answered embedding requests."),
+            ("encode_seconds_total", "counter", self.encode_seconds, "Time spent in the model."),
+            ("queued_texts", "gauge", self.queued, "Texts waiting for the model."),
+        ):
+            lines += [f"# HELP llm2comp_{name} {help_text}", f"# TYPE llm2comp_{name} {kind}", f"llm2comp_{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass
+class _Job:
+    texts: list[str]
+    future: asyncio.Future
+
+
+class DynamicBatcher:
+    """Merges concurrent requests into model batches; the model runs in one worker thread, off the event loop."""
+
+    def __init__(self, model, max_batch_size: int = 64, max_wait_ms: float = 5.0, metrics: Metrics | None = None):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model, self.max_batch_size, self.max_wait = model, max_batch_size, max_wait_ms / 1000
+        self.metrics = metrics or Metrics()
+        self.queue: asyncio.Queue[_Job] | None = None
+        self.worker: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+            try:
+                await self.worker
+            except asyncio.CancelledError:
+                pass
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        self.metrics.queued += len(texts)
+        await self.queue.put(_Job(texts, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            size, deadline = len(jobs[0].texts), loop.time() + self.max_wait
+            while size < self.max_batch_size:
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), timeout=max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    break
+                jobs.append(job)
+                size += len(job.texts)
+            self.metrics.queued -= size
+            live = [job for job in jobs if not job.future.done()]  # a client that went away is not waited for
+            if not live:
+                continue
+            texts = [t for job in live for t in job.texts]
+            start = time.perf_counter()
+            try:
+                embeddings = await loop.run_in_executor(None, self._encode, texts)
+            except Exception as error:  # noqa: BLE001 - reported to every request of the batch
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+                continue
+            self.metrics.encode_seconds += time.perf_counter() - start
+            self.metrics.batches += 1
+            self.metrics.batch_texts += len(texts)
+            offset = 0
+            for job in live:
+                rows = embeddings[offset : offset + len(job.texts)]
+                offset += len(job.texts)
+                if not job.future.done():
+                    job.future.set_result(rows)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(texts, batch_size=self.max_batch_size, normalize_embeddings=True, show_progress_bar=False)
+
+
+def _parse_request(payload: Any, model_name: str, dimension: int, max_items: int) -> tuple[list[str], str, int | None]:
+    if not isinstance(payload, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    if "input" not in payload:
+        raise APIError(400, "'input' is required", param="input")
+    items = payload["input"]
+    texts = [items] if isinstance(items, str) else items
+    if not isinstance(texts, list):
+        raise APIError(400, "'input' must be a string or a list of strings", param="input")
+    if not texts:
+        raise APIError(400, "'input' is an empty list: send at least one text", param="input")
+    if len(texts) > max_items:
+        raise APIError(400, f"'input' has {len(texts)} items; at most {max_items} per request", param="input")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise APIError(400, f"'input[{index}]' is {type(text).__name__}: this server embeds strings (token-id input "
+                           "is not supported)", param="input")
+    requested = payload.get("model")
+    if requested not in (None, "", model_name):
+        raise APIError(404, f"model '{requested}' is not served here (serving '{model_name}')", code="model_not_found",
+                       param="model")
+    encoding = payload.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise APIError(400, f"'encoding_format' must be 'float' or 'base64', got {encoding!r}", param="encoding_format")
+    dimensions = payload.get("dimensions")
+    if dimensions is not None and dimensions != dimension:
+        raise APIError(400, f"this model gives {dimension}-dimensional embeddings and was not trained for shorter ones; "
+                       f"'dimensions' must be omitted or {dimension}", param="dimensions")
+    return texts, encoding, dimensions
+
+
+def _encode_row(row: np.ndarray, encoding: str):
+    if encoding == "base64":
+        return base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode("ascii")
+    return row.astype(np.float32).tolist()
+
+
+def token_report(model, texts: Sequence[str]) -> tuple[int, int]:
+    """(input tokens after truncation, number of texts truncated), as `encode` will see them."""
+    rows = model.token_ids(list(texts))
+    return sum(len(row) for row in rows), model.count_truncated(texts, rows)[0]
+
+
+def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0, api_key: str | None = None,
+               max_items: int = MAX_ITEMS, max_body_bytes: int = MAX_BODY_BYTES):
+    """The ASGI app (FastAPI) serving `model` under `model_name`."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    metrics = Metrics()
+    batcher = DynamicBatcher(model, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, metrics=metrics)
+    dimension = model.get_sentence_embedding_dimension()
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="llm2comp embeddings", lifespan=lifespan)
+    app.state.batcher, app.state.metrics = batcher, metrics
+
+    def error_response(error: APIError) -> JSONResponse:
+        metrics.requests[error.status] = metrics.requests.get(error.status, 0) + 1
+        return JSONResponse(error.body(), status_code=error.status)
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), api_key.encode()):
+            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')", code="invalid_api_key")
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            raise APIError(413, f"request body of {int(declared)} bytes is over the limit of {max_body_bytes}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body_bytes:
+                raise APIError(413, f"request body is over the limit of {max_body_bytes} bytes")
+        return bytes(body)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        start = time.perf_counter()
+        try:
+            check_key(request)
+            import json
+
+            try:
+                payload = json.loads(await read_body(request))
+            except (ValueError, UnicodeDecodeError):
+                raise APIError(400, "the request body is not valid JSON") from None
+            texts, encoding, _ = _parse_request(payload, model_name, dimension, max_items)
+            tokens, truncated = await asyncio.get_running_loop().run_in_executor(None, token_report, model, texts)
+            rows = await batcher.embed(texts)
+        except APIError as error:
+            return error_response(error)
+        data = [{"object": "embedding", "index": i, "embedding": _encode_row(row, encoding)} for i, row in enumerate(rows)]
+        metrics.requests[200] = metrics.requests.get(200, 0) + 1
+        metrics.texts += len(texts)
+        metrics.tokens += tokens
+        metrics.request_seconds += time.perf_counter() - start
+        body = {"object": "list", "data": data, "model": model_name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "truncated_inputs": truncated}
+        return JSONResponse(body, headers={TRUNCATED_HEADER: str(truncated)})
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        try:
+            check_key(request)
+        except APIError as error:
+            return error_response(error)
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "llm2comp"}]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.prometheus(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, *, device: str | None = None, name: str | None = None,
+          max_batch_size: int = 64, max_wait_ms: float = 5.0, api_key: str | None = None, max_items: int = MAX_ITEMS,
+          max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    """Load the model and run the server until SIGINT/SIGTERM (in-flight requests are finished first)."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise ValueError("llm2comp serve needs fastapi and uvicorn: pip install fastapi uvicorn "
+                         "(the `serve` extra of llm2comp)") from None
+
+    from .model import LLM2Comp
+
+    model = LLM2Comp.from_pretrained(model_path, device=device)
+    model.merge_and_unload()
+    model.eval()
+    app = create_app(model, name or str(model_path), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                     api_key=api_key, max_items=max_items, max_body_bytes=max_body_bytes)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)

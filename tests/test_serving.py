@@ -1,0 +1,190 @@
+"""`llm2comp serve`: OpenAI-compatible responses equal to encode, request isolation under dynamic batching, every
+bad input answered with OpenAI's error shape (and the server keeps serving), a dropped client, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+
+from llm2comp import LLM2Comp  # noqa: E402
+from llm2comp.serving import TRUNCATED_HEADER, create_app  # noqa: E402
+from llm2comp.testing import SAMPLE_TEXT  # noqa: E402
+
+KEY = "secret-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir):
+    return LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, max_length=48)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    port = _free_port()
+    app = create_app(model, "tiny", max_batch_size=16, max_wait_ms=30, api_key=KEY, max_items=8, max_body_bytes=4096)
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not instance.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert instance.started
+    yield {"url": f"http://127.0.0.1:{port}", "app": app}
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def _post(url, payload, key=KEY, raw: bytes | None = None):
+    body = raw if raw is not None else json.dumps(payload).encode()
+    request = urllib.request.Request(url + "/v1/embeddings", data=body, method="POST",
+                                     headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), error.headers
+
+
+def _rows(body) -> np.ndarray:
+    return np.array([item["embedding"] for item in sorted(body["data"], key=lambda d: d["index"])], dtype=np.float32)
+
+
+def test_responses_equal_encode_in_both_formats(server, model):
+    texts = SAMPLE_TEXT[:5]
+    expected = model.encode(texts, normalize_embeddings=True)
+    status, body, _ = _post(server["url"], {"input": texts, "model": "tiny"})
+    assert status == 200 and body["object"] == "list" and body["model"] == "tiny"
+    np.testing.assert_allclose(_rows(body), expected, atol=1e-5)
+    assert body["usage"]["prompt_tokens"] == sum(len(r) for r in model.token_ids(texts)) == body["usage"]["total_tokens"]
+    status, body, _ = _post(server["url"], {"input": texts, "encoding_format": "base64"})
+    decoded = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in body["data"]])
+    np.testing.assert_allclose(decoded, expected, atol=1e-5)
+    status, body, _ = _post(server["url"], {"input": texts[0]})  # a single string
+    np.testing.assert_allclose(_rows(body)[0], expected[0], atol=1e-5)
+
+
+def test_the_official_openai_client_works_unchanged(server, model):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server["url"] + "/v1", api_key=KEY)
+    texts = SAMPLE_TEXT[:3]
+    response = client.embeddings.create(input=texts, model="tiny")  # the client asks for base64 by default
+    np.testing.assert_allclose(np.array([d.embedding for d in response.data]), model.encode(texts, normalize_embeddings=True), atol=1e-5)
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server["url"] + "/v1", api_key="wrong").embeddings.create(input="x", model="tiny")
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, model):
+    metrics = server["app"].state.metrics
+    batches_before, requests_before = metrics.batches, metrics.requests.get(200, 0)
+    requests = [[f"{SAMPLE_TEXT[i % len(SAMPLE_TEXT)]} number {i} {j}" for j in range(1 + i % 3)] for i in range(32)]
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(lambda texts: _post(server["url"], {"input": texts}), requests))
+    for texts, (status, body, _) in zip(requests, answers):
+        assert status == 200
+        np.testing.assert_allclose(_rows(body), model.encode(texts, normalize_embeddings=True), atol=1e-5)
+    assert metrics.requests[200] - requests_before == 32
+    assert metrics.batches - batches_before < 32  # requests shared model batches
+    with urllib.request.urlopen(server["url"] + "/metrics") as response:
+        text = response.read().decode()
+    assert 'llm2comp_requests_total{status="200"}' in text and "llm2comp_batches_total" in text
+
+
+@pytest.mark.parametrize("payload, status, code_or_param", [
+    ({"input": []}, 400, "input"),
+    ({"input": ["ok", 3]}, 400, "input"),
+    ({"input": [[1, 2, 3]]}, 400, "input"),
+    ({"input": ["x"] * 9}, 400, "input"),  # max_items=8
+    ({"texts": ["x"]}, 400, "input"),
+    ({"input": ["x"], "model": "other"}, 404, "model_not_found"),
+    ({"input": ["x"], "dimensions": 7}, 400, "dimensions"),
+    ({"input": ["x"], "encoding_format": "int8"}, 400, "encoding_format"),
+])
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, payload, status, code_or_param):
+    got, body, _ = _post(server["url"], payload)
+    assert got == status
+    error = body["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert code_or_param in (error["code"], error["param"])
+    assert _post(server["url"], {"input": ["still serving"]})[0] == 200
+
+
+def test_key_body_size_json_and_truncation(server, model):
+    assert _post(server["url"], {"input": ["x"]}, key=None)[:1] == (401,)
+    status, body, _ = _post(server["url"], {"input": ["x"]}, key="wrong")
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    assert _post(server["url"], {"input": ["word " * 2000]})[0] == 413  # 10 kB body, limit 4096 bytes
+    assert _post(server["url"], None, raw=b"{not json")[0] == 400
+    long_text = " ".join(SAMPLE_TEXT)  # over max_length=48 tokens: truncated as encode does, and said so
+    status, body, headers = _post(server["url"], {"input": [long_text, "short"]})
+    assert status == 200 and headers[TRUNCATED_HEADER] == "1" and body["truncated_inputs"] == 1
+    np.testing.assert_allclose(_rows(body), model.encode([long_text, "short"], normalize_embeddings=True), atol=1e-5)
+    assert _post(server["url"], {"input": ["still serving"]})[0] == 200
+
+
+def test_a_client_that_disconnects_mid_request_does_not_hurt_the_server(server):
+    host, port = server["url"][7:].split(":")
+    body = json.dumps({"input": SAMPLE_TEXT[:4]}).encode()
+    for partial in (False, True):
+        with socket.create_connection((host, int(port))) as raw:
+            head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+            raw.sendall(head + (body[: len(body) // 2] if partial else body))
+        # closed right away: mid-body, or before the answer
+    time.sleep(0.2)
+    status, body, _ = _post(server["url"], {"input": ["after the dropped clients"]})
+    assert status == 200 and len(body["data"]) == 1
+    with urllib.request.urlopen(server["url"] + "/health") as response:
+        assert json.loads(response.read())["status"] == "ok"
+
+
+def test_sigterm_finishes_in_flight_requests(tiny_dir, tmp_path):
+    saved = tmp_path / "model"
+    LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3).save(saved)
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "llm2comp", "serve", str(saved), "--port", str(port), "--name", "m",
+                                "--max-wait-ms", "1500"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(_post, url, {"input": ["in flight"]}, None)
+            time.sleep(0.5)  # the request waits in the batcher (max wait 1.5 s) when the signal arrives
+            process.send_signal(signal.SIGTERM)
+            status, body, _ = pending.result(timeout=60)
+        assert status == 200 and len(body["data"]) == 1
+        # uvicorn re-raises the signal once it has shut down cleanly, so that supervisors see a SIGTERM exit
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert "Finished server process" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
