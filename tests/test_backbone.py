@@ -10,7 +10,7 @@ from llm2comp import LLM2Comp
 from llm2comp.backbone import BackboneError, load_backbone, resolve
 
 
-def test_unknown_names_and_missing_files(tmp_path):
+def test_unknown_names_and_missing_files(tmp_path, monkeypatch):
     with pytest.raises(BackboneError, match="unknown model"):
         resolve("./no/such/model")
     with pytest.raises(BackboneError, match="GGUF file not found"):
@@ -18,6 +18,12 @@ def test_unknown_names_and_missing_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BackboneError, match="no config.json"):
         resolve(str(tmp_path / "empty"))
+    with pytest.raises(BackboneError, match="not in the local cache, and HF_HUB_OFFLINE is set"):
+        resolve("org/some-model")  # offline and not cached: refused at once
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda *a, **k: object())  # the hub knows it
     assert resolve("org/some-model") == ("org/some-model", {})  # a hub id is passed through
 
 
