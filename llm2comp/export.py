@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from . import __version__
 from .atomic import staging_dir
 from .model import CONFIG_NAME, MEMORY_NAME, LLM2Comp
+from .version import __version__
 
 BACKBONE_DIR = "backbone"
 MODULE_FILE = "modeling_llm2comp.py"

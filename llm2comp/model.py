@@ -24,12 +24,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
 from .atomic import staging_dir
 from .attention import bidirectional
 from .backbone import DEFAULT_MODEL, TRAINED_ALIAS_NAMES, load_backbone
 from .memory import MemoryTokens
 from .pooling import PROMPTEOL_TEMPLATE, Normalizer, check_pooling, pool
+from .version import __version__
 
 CONFIG_NAME = "llm2comp_config.json"
 MEMORY_NAME = "memory_tokens.safetensors"
@@ -58,14 +58,6 @@ def _quiet_peft():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclasses.dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_LORA_TARGETS
 
 
 @dataclasses.dataclass

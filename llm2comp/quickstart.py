@@ -87,7 +87,7 @@ def bbc_news_pairs(path: Path, seed: int = 0, per_topic: int = 200) -> Path:
 
 def _evaluate(model, data_dir, label: str, plots: Path | None, title: str = "") -> tuple[dict, dict | None]:
     from .evaluation import diagnostics, evaluate_model
-    from .evaluation.tasks import read_jsonl
+    from .data.corpus import read_jsonl
 
     if data_dir is not None:
         scores = evaluate_model(model, tasks=list(MTEB_TASKS), data_dir=data_dir, limit=MTEB_LIMITS, batch_size=32,

@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 
 from llm2comp import LLM2Comp
 from llm2comp.data.pairs import data_dir
-from llm2comp.evaluation.tasks import read_jsonl
+from llm2comp.data.corpus import read_jsonl
 
 
 def _load(spec: str) -> LLM2Comp:

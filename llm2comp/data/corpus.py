@@ -18,7 +18,7 @@ import json
 import re
 import sys
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -61,8 +61,12 @@ def _read_txt(path: Path, unit: str) -> list[str]:
     return [" ".join(p.split()) for p in re.split(r"\n\s*\n", content) if p.strip()]
 
 
-def _read_jsonl(path: Path, field: str) -> list[str]:
-    texts = []
+def iter_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """(``"file:line"``, record) for every non-empty line of a JSON Lines file; a DataError names the file and line
+    of invalid JSON or of a line that is not a JSON object."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing data file {path}")
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -71,9 +75,22 @@ def _read_jsonl(path: Path, field: str) -> list[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-            if field not in record:
-                raise DataError(f"{path}:{number}: no '{field}' field")
-            texts.append(str(record[field]))
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{number}: a JSON object is expected")
+            yield f"{path}:{number}", record
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON Lines file (see `iter_jsonl`)."""
+    return [record for _, record in iter_jsonl(path)]
+
+
+def _read_jsonl(path: Path, field: str) -> list[str]:
+    texts = []
+    for where, record in iter_jsonl(path):
+        if field not in record:
+            raise DataError(f"{where}: no '{field}' field")
+        texts.append(str(record[field]))
     return texts
 
 

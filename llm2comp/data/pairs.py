@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .benchmark_dir import resolve_data_dir
-from .corpus import DataError, load_texts
+from .corpus import DataError, iter_jsonl, load_texts, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -149,17 +149,8 @@ def load_pair_jsonl(path: str | Path, source: str | None = None) -> list[dict]:
     records carry none."""
     path = Path(path)
     pairs = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: a JSON object is expected")
-            pairs.append(_pair(record, f"{path}:{number}", source, len(pairs)))
+    for where, record in iter_jsonl(path):
+        pairs.append(_pair(record, where, source, len(pairs)))
     if not pairs:
         raise DataError(f"{path}: no pairs")
     return pairs
@@ -195,18 +186,11 @@ def data_dir(folder: str | Path | None = None) -> Path:
     return path
 
 
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise DataError(f"missing data file {path}")
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def stsb_pairs(root: Path, rng: random.Random, min_score: float = 4.0, max_negative_score: float = 2.0) -> list[dict]:
     """STSBenchmark *train*: pairs scored >= ``min_score`` are positives (direction drawn at random); a sentence
     that some train pair scores <= ``max_negative_score`` against the query (or the positive) is its hard
     negative, where one exists. Keys: paraphrase clusters (connected components of the positive pairs)."""
-    rows = _jsonl(root / "mteb" / "STSBenchmark" / "train.jsonl")
+    rows = read_jsonl(root / "mteb" / "STSBenchmark" / "train.jsonl")
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -243,7 +227,7 @@ def stsb_pairs(root: Path, rng: random.Random, min_score: float = 4.0, max_negat
 def banking77_pairs(root: Path, rng: random.Random) -> list[dict]:
     """Banking77 *train*: each text with another text of the same intent (positive) and a text of another
     intent (hard negative). Key: the intent (same-intent texts in a batch are not negatives)."""
-    rows = _jsonl(root / "mteb" / "Banking77Classification" / "train.jsonl")
+    rows = read_jsonl(root / "mteb" / "Banking77Classification" / "train.jsonl")
     by_label: dict[str, list[str]] = defaultdict(list)
     for row in rows:
         by_label[str(row["label"])].append(row["text"])
@@ -272,7 +256,7 @@ def scifact_pairs(root: Path, rng: random.Random) -> list[dict]:
         raise DataError(f"missing data file {qrels_path}")
     with qrels_path.open(encoding="utf-8") as handle:
         qrels = [(r["query-id"], r["corpus-id"]) for r in csv.DictReader(handle, delimiter="\t") if float(r.get("score", 1)) > 0]
-    all_queries = {str(r["_id"]): r["text"] for r in _jsonl(base / "queries.jsonl")}
+    all_queries = {str(r["_id"]): r["text"] for r in read_jsonl(base / "queries.jsonl")}
     # decontamination: a few claims occur in both splits under different ids; their train copies are left out
     # (the test qrels are read for their query ids only, never as training pairs)
     test_path = base / "qrels" / "test.tsv"
@@ -282,7 +266,7 @@ def scifact_pairs(root: Path, rng: random.Random) -> list[dict]:
             test_texts = {all_queries.get(r["query-id"]) for r in csv.DictReader(handle, delimiter="\t")}
     wanted = {q for q, _ in qrels}
     queries = {q: text for q, text in all_queries.items() if q in wanted and text not in test_texts}
-    corpus = {str(r["_id"]): f"{r.get('title', '')} {r['text']}".strip() for r in _jsonl(base / "corpus.jsonl")}
+    corpus = {str(r["_id"]): f"{r.get('title', '')} {r['text']}".strip() for r in read_jsonl(base / "corpus.jsonl")}
     doc_ids = sorted(corpus)
     relevant: dict[str, set[str]] = defaultdict(set)
     for q, d in qrels:

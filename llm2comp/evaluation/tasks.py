@@ -24,7 +24,6 @@ relevant to a kept query. Classification train splits are not cut (mteb draws on
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from collections.abc import Iterable
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..data.benchmark_dir import ENV_DATA_DIR, resolve_data_dir  # noqa: F401 - re-exported
+from ..data.corpus import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +61,6 @@ def task_data_folder(data_dir: Path | None, task_name: str) -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------------- readers
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({error.msg})") from None
-    return rows
-
-
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8", newline="") as handle:

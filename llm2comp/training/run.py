@@ -146,8 +146,6 @@ def train(cfg: TrainConfig) -> Path:
         save_limit=cfg.save_total_limit,
         record_path=order_log,
     )
-    if hasattr(objective, "bind_trainer"):
-        objective.bind_trainer(trainer)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     model.config.max_length = model.encode_max_length
     if trainer.args.should_save and cfg.fit_normalizer:

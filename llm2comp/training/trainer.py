@@ -44,8 +44,6 @@ class TrainingModule(nn.Module):
         self.objective = objective
 
     def forward(self, **batch):
-        if "encode_features" in batch:  # used by objectives that encode in chunks (GradCache)
-            return self.encoder(batch["encode_features"])
         return self.objective(self.encoder, batch)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
