@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.utils.checkpoint import get_device_states, set_device_states
 
 from ..model import LLM2Comp
 
@@ -151,21 +152,17 @@ def split_features(features: dict[str, torch.Tensor], chunk: int) -> list[dict[s
     return [_rows(features, start, min(n, start + chunk)) for start in range(0, n, chunk)]
 
 
-def _rng_devices(device: torch.device) -> list[int]:
-    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-
-
 def _get_rng(device: torch.device):
-    cpu = torch.get_rng_state()
-    accel = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return cpu, accel
+    """The CPU generator and the model device's generator (any accelerator: CUDA, XPU, MPS, ...), as
+    activation checkpointing captures them."""
+    return torch.get_rng_state(), get_device_states(torch.empty(0, device=device))
 
 
 def _set_rng(device: torch.device, state) -> None:
-    cpu, accel = state
+    cpu, (device_ids, device_states) = state
     torch.set_rng_state(cpu)
-    if accel is not None:
-        torch.cuda.set_rng_state(accel, device)
+    if device_ids:
+        set_device_states(device_ids, device_states, device_type=device.type)
 
 
 def _autocast_state(device_type: str) -> dict:
@@ -195,7 +192,7 @@ class _CachedEncode(torch.autograd.Function):
         params = ctx.params
         totals: list[torch.Tensor | None] = [None] * len(params)
         offset = 0
-        with torch.random.fork_rng(devices=_rng_devices(ctx.device)):
+        with torch.random.fork_rng(devices=ctx.rng[0][1][0] if ctx.rng else [], device_type=ctx.device.type):
             for features, state in zip(ctx.chunks, ctx.rng):
                 _set_rng(ctx.device, state)
                 with torch.enable_grad(), torch.autocast(**ctx.autocast):
