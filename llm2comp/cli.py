@@ -72,7 +72,8 @@ def _train(args) -> int:
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"model saved to {output} (loss log {output / 'loss.jsonl'}, plot {output / 'loss.png'})")
+    if int(os.environ.get("RANK", "0")) == 0:  # once, not per process under torchrun / accelerate
+        print(f"model saved to {output} (loss log {output / 'loss.jsonl'}, plot {output / 'loss.png'})")
     return 0
 
 
