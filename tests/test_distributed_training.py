@@ -37,6 +37,7 @@ def _run(root, output, processes, *extra):
                    "-m", "llm2comp", "train", *args]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("model saved to") == 1  # one process reports, not every rank
 
 
 def _losses(output):
