@@ -108,14 +108,17 @@ def _quickstart(args) -> int:
 
 def _defaults(name: str) -> str:
     """'default: X' for a TrainConfig setting, with the stages whose recipe differs (train --help)."""
-    from .training.config import STAGE_DEFAULTS, TrainConfig
+    from .objectives.registry import stage_defaults
+    from .training.config import TrainConfig
 
     default = TrainConfig.__dataclass_fields__[name].default
-    return f"default: {default}" + "".join(f", {stage}: {values[name]}" for stage, values in STAGE_DEFAULTS.items()
+    return f"default: {default}" + "".join(f", {stage}: {values[name]}" for stage, values in stage_defaults().items()
                                           if values.get(name, default) != default)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .objectives.registry import pretext_objectives, stages
+
     parser = argparse.ArgumentParser(prog="llm2comp", description="Turn a decoder-only LLM into a text-embedding model (LLM2Comp).")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one stage: pretrain (kl|nll|rc|mntp), simcse, supervised")
     _common(p, model_default=None)
-    p.add_argument("--stage", choices=["pretrain", "simcse", "supervised"])
-    p.add_argument("--objective", choices=["kl", "nll", "rc", "mntp"])
+    p.add_argument("--stage", choices=stages())
+    p.add_argument("--objective", choices=pretext_objectives(), help="the pretrain stage's pretext objective; " + _defaults("objective"))
     p.add_argument("--data", help="file (.txt/.jsonl/.parquet), directory, builtin:news, builtin:news-sentences, builtin:shared-pairs[:DATA_DIR], hf:NAME[:CONFIG[:SPLIT]]")
     p.add_argument("--max-steps", type=int, help=_defaults("max_steps"))
     p.add_argument("--batch-size", type=int, help="per device; " + _defaults("batch_size"))

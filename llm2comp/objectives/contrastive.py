@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import get_device_states, set_device_states
 
 from ..model import LLM2Comp
+from .registry import ObjectiveSpec, register
 
 CONTRASTIVE_STAGES = ("simcse", "supervised")
 
@@ -364,3 +365,16 @@ def build_contrastive_objective(cfg, model: LLM2Comp):
     if cfg.stage == "supervised":
         return SupervisedObjective(model, temperature=cfg.temperature, gradcache_chunk=cfg.gradcache_chunk)
     raise ValueError(f"no contrastive objective for stage '{cfg.stage}'; choose one of {', '.join(CONTRASTIVE_STAGES)}")
+
+
+def _contrastive_dataset(cfg, model):
+    from ..data.pairs import build_contrastive_dataset
+
+    return build_contrastive_dataset(cfg, model)
+
+
+# recipe defaults of the stages (RECIPE.md): SimCSE on sentences, supervised on pairs
+register(ObjectiveSpec("simcse", "simcse", build=build_contrastive_objective, dataset=_contrastive_dataset, defaults={
+    "learning_rate": 3e-5, "batch_size": 128, "data": "builtin:news-sentences", "output": "runs/simcse"}))
+register(ObjectiveSpec("supervised", "supervised", build=build_contrastive_objective, dataset=_contrastive_dataset, defaults={
+    "learning_rate": 1e-4, "batch_size": 64, "warmup_steps": 200, "data": "builtin:shared-pairs", "output": "runs/supervised"}))

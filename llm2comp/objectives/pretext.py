@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..model import LLM2Comp
+from .registry import ObjectiveSpec, register
 
 PRETEXT_OBJECTIVES = ("kl", "nll", "rc", "mntp")
 # the number of terms a batch's loss averages over (target tokens); the trainer weights micro-batches by it, so that
@@ -270,8 +271,43 @@ class MNTPObjective:
 
 
 def build_pretext_objective(name: str, model: LLM2Comp, **kwargs):
+    """A pretext objective by name, with explicit options (the training run builds them from its config)."""
     if name == "mntp":
         return MNTPObjective(model, **kwargs)
     if name in ("kl", "nll", "rc"):
         return CompressionObjective(model, kind=name, **kwargs)
     raise ValueError(f"unknown pretext objective '{name}'; choose one of {', '.join(PRETEXT_OBJECTIVES)}")
+
+
+def pretext_dataset(cfg, model: LLM2Comp):
+    """Texts of a pretrain stage, tokenized once: truncated (or dropped) to fit the encoder input with its memory
+    slots and the tokenizer's BOS; what was kept is printed."""
+    import os
+    import sys
+
+    from ..data.corpus import TokenizedTexts, load_texts
+
+    reserved = model.config.num_memory_tokens if model.config.pooling == "memory" else 0
+    dataset = TokenizedTexts(
+        load_texts(cfg.data, unit="paragraph", field=cfg.data_field), model.tokenizer, min_chars=cfg.min_chars,
+        max_tokens=cfg.max_length - reserved - 1, drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"data {cfg.data}: {dataset.describe()}", file=sys.stderr)
+    return dataset
+
+
+def _compression_builder(kind: str):
+    def build(cfg, model):
+        return CompressionObjective(model, kind=kind, split_margin=cfg.split_margin, loss_budget=cfg.loss_chunk_elements,
+                                    seed=cfg.seed)
+
+    return build
+
+
+for _kind in ("kl", "nll", "rc"):
+    register(ObjectiveSpec(_kind, "pretrain", build=_compression_builder(_kind), dataset=pretext_dataset, pooling="memory"))
+register(ObjectiveSpec(
+    "mntp", "pretrain", pooling="mean", bidirectional=True, dataset=pretext_dataset,
+    build=lambda cfg, model: MNTPObjective(model, loss_budget=cfg.loss_chunk_elements, seed=cfg.seed),
+))

@@ -8,16 +8,6 @@ from pathlib import Path
 
 import yaml
 
-STAGES = ("pretrain", "simcse", "supervised")
-
-# Recipe defaults that differ per stage (applied under whatever the user sets).
-STAGE_DEFAULTS = {
-    "pretrain": {},
-    "simcse": {"learning_rate": 3e-5, "batch_size": 128, "data": "builtin:news-sentences", "output": "runs/simcse"},
-    "supervised": {"learning_rate": 1e-4, "batch_size": 64, "warmup_steps": 200, "data": "builtin:shared-pairs", "output": "runs/supervised"},
-}
-
-
 @dataclasses.dataclass
 class TrainConfig:
     # what to train
@@ -78,18 +68,17 @@ class TrainConfig:
     loss_chunk_elements: int = 1 << 24
 
     def __post_init__(self):
-        if self.stage not in STAGES:
-            raise ValueError(f"unknown stage '{self.stage}'; choose one of {', '.join(STAGES)}")
-        if self.stage == "pretrain" and self.objective not in ("kl", "nll", "rc", "mntp"):
-            raise ValueError(f"unknown pretrain objective '{self.objective}'; choose kl, nll, rc or mntp")
+        from ..objectives.registry import objective_spec
+
+        spec = objective_spec(self.stage, self.objective)  # unknown stage or objective: ValueError naming the choices
         if self.pooling is not None:
             from ..pooling import check_pooling
 
             check_pooling(self.pooling)
             if self.stage == "pretrain":
                 raise ValueError("pooling is a setting of the contrastive stages (pre-training trains the memory tokens)")
-        if self.objective == "mntp" and self.stage == "pretrain" and self.bidirectional is False:
-            raise ValueError("mntp needs bidirectional attention; drop bidirectional: false")
+        if spec.bidirectional and self.bidirectional is False:
+            raise ValueError(f"{spec.name} needs bidirectional attention; drop bidirectional: false")
         if self.fit_normalizer and self.stage == "pretrain":
             raise ValueError("fit_normalizer fits on a contrastive stage's texts; fit a pre-trained model with LLM2Comp.fit_normalizer")
         if self.fit_normalizer < 0:
@@ -116,7 +105,9 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        return cls(**{**STAGE_DEFAULTS.get(data.get("stage", "pretrain"), {}), **data})
+        from ..objectives.registry import stage_defaults
+
+        return cls(**{**stage_defaults().get(data.get("stage", "pretrain"), {}), **data})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
 
 from ..model import CONFIG_NAME, LLM2Comp
+from ..objectives.registry import objective_spec
 from .config import TrainConfig
 from .trainer import LLM2CompTrainer, LossLog, TrainingModule, last_complete_checkpoint, plot_losses, truncate_log
 
@@ -41,40 +41,22 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
         kwargs["bidirectional"] = cfg.bidirectional
     if not saved:  # a fresh model gets its memory tokens, also when this stage does not train them
         kwargs.update(num_memory_tokens=cfg.num_memory_tokens, memory_init=cfg.memory_init)
-    mntp = cfg.stage == "pretrain" and cfg.objective == "mntp"
-    if mntp:  # LLM2Vec's MNTP: mean pooling over a bidirectional encoder
-        kwargs.update(pooling="mean", bidirectional=True)
+    spec = objective_spec(cfg.stage, cfg.objective)
+    if spec.pooling is not None:  # what the objective trains (MNTP: mean pooling; compression: memory tokens)
+        kwargs["pooling"] = spec.pooling
+    if spec.bidirectional is not None:  # MNTP: a bidirectional encoder
+        kwargs["bidirectional"] = spec.bidirectional
     model = LLM2Comp.from_pretrained(cfg.model, **kwargs)
     # cfg.max_length bounds the training inputs; the saved model keeps its own encoding length (default 512)
     model.encode_max_length, model.config.max_length = model.config.max_length, cfg.max_length
-    reads_memory = not mntp if cfg.stage == "pretrain" else model.config.pooling == "memory"
     model.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
-                   train_memory=reads_memory)
+                   train_memory=spec.reads_memory(model.config.pooling))
     return model
 
 
 def build_objective_and_data(cfg: TrainConfig, model: LLM2Comp):
-    if cfg.stage == "pretrain":
-        from ..data.corpus import TokenizedTexts, load_texts
-        from ..objectives.pretext import build_pretext_objective
-
-        options = {"loss_budget": cfg.loss_chunk_elements, "seed": cfg.seed}
-        if cfg.objective != "mntp":
-            options["split_margin"] = cfg.split_margin
-        objective = build_pretext_objective(cfg.objective, model, **options)
-        reserved = 0 if cfg.objective == "mntp" else model.config.num_memory_tokens
-        texts = load_texts(cfg.data, unit="paragraph", field=cfg.data_field)
-        dataset = TokenizedTexts(
-            texts, model.tokenizer, min_chars=cfg.min_chars, max_tokens=cfg.max_length - reserved - 1,
-            drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
-        )
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(f"data {cfg.data}: {dataset.describe()}", file=sys.stderr)
-        return objective, dataset
-    from ..data.pairs import build_contrastive_dataset
-    from ..objectives.contrastive import build_contrastive_objective
-
-    return build_contrastive_objective(cfg, model), build_contrastive_dataset(cfg, model)
+    spec = objective_spec(cfg.stage, cfg.objective)
+    return spec.build(cfg, model), spec.dataset(cfg, model)
 
 
 def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, sequential: bool) -> TrainingArguments:
