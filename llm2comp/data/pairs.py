@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import random
 import re
 from collections import defaultdict
@@ -32,6 +31,7 @@ import torch
 
 from .benchmark_dir import resolve_data_dir
 from .corpus import DataError, iter_jsonl, load_texts, read_jsonl
+from ..runtime import world_size
 
 logger = logging.getLogger(__name__)
 
@@ -435,12 +435,6 @@ def stage_texts(dataset, limit: int, seed: int = 0) -> list[str]:
     texts = sorted(set(texts))
     random.Random(f"{seed}:normalizer").shuffle(texts)
     return texts[:limit]
-
-
-def world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def global_batch_size(cfg) -> int:

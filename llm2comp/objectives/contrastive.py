@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import get_device_states, set_device_states
 
 from ..model import LLM2Comp
+from ..runtime import is_distributed as _distributed
 from .registry import ObjectiveSpec, register
 
 CONTRASTIVE_STAGES = ("simcse", "supervised")
@@ -66,10 +67,6 @@ def info_nce(
 
 
 # ---------------------------------------------------------------------------------------------- distributed
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def _gather_sizes(n: int, device: torch.device) -> list[int]:
     size = torch.tensor([n], dtype=torch.long, device=device)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..model import LLM2Comp
+from ..runtime import is_distributed, is_main_process
 from .registry import ObjectiveSpec, register
 
 PRETEXT_OBJECTIVES = ("kl", "nll", "rc", "mntp")
@@ -49,7 +50,7 @@ def token_mean(total: torch.Tensor, count: int) -> torch.Tensor:
     global per-token mean, whatever the token counts of each rank's shard."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         counts = torch.tensor([float(count)], device=total.device)
         dist.all_reduce(counts)
         return total * dist.get_world_size() / counts.clamp(min=1)[0]
@@ -282,7 +283,6 @@ def build_pretext_objective(name: str, model: LLM2Comp, **kwargs):
 def pretext_dataset(cfg, model: LLM2Comp):
     """Texts of a pretrain stage, tokenized once: truncated (or dropped) to fit the encoder input with its memory
     slots and the tokenizer's BOS; what was kept is printed."""
-    import os
     import sys
 
     from ..data.corpus import TokenizedTexts, load_texts
@@ -292,7 +292,7 @@ def pretext_dataset(cfg, model: LLM2Comp):
         load_texts(cfg.data, unit="paragraph", field=cfg.data_field), model.tokenizer, min_chars=cfg.min_chars,
         max_tokens=cfg.max_length - reserved - 1, drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
     )
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(f"data {cfg.data}: {dataset.describe()}", file=sys.stderr)
     return dataset
 
