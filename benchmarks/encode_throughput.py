@@ -2,9 +2,10 @@
 
 1. `LLM2Comp.encode` against a bare `AutoModel` forward over the very same token batches (the overhead of
    tokenisation, memory-token splicing, pooling and bookkeeping; target <= 10%);
-2. length-sorted against unsorted batching on mixed-length texts.
+2. length-sorted against unsorted batching on mixed-length texts;
+3. for a model with a fitted normalizer (the shipped default), encode with and without it (target: no cost).
 
-    python benchmarks/encode_throughput.py                        # embedded default
+    python benchmarks/encode_throughput.py                        # the shipped default (smollm2-135m-sup), merged
     python benchmarks/encode_throughput.py --model tiny --n 64    # smoke run
 """
 
@@ -53,7 +54,7 @@ def main() -> None:
     from llm2comp.testing import make_tiny_model_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m", help="alias/path, or 'tiny'")
+    parser.add_argument("--model", default="smollm2-135m-sup", help="alias/path, or 'tiny'")
     parser.add_argument("--n", type=int, default=256, help="number of texts")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
@@ -61,6 +62,7 @@ def main() -> None:
 
     name = str(make_tiny_model_dir(tempfile.mkdtemp() + "/tiny")) if args.model == "tiny" else args.model
     model = LLM2Comp.from_pretrained(name).eval()
+    model.merge_and_unload()  # as `llm2comp encode` and `serve` run it: LoRA folded into the weights
     texts = mixed_texts(args.n)
 
     # the exact batches encode() runs: token rows sorted by length, collated the same way
@@ -73,10 +75,17 @@ def main() -> None:
 
     model.encode(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
     runs = {"encode": [], "bare": [], "unsorted": []}
+    normalizer = model.normalizer
+    if normalizer is not None:
+        runs["no normalizer"] = []
     for _ in range(args.rounds):
         runs["encode"].append(timed(lambda: model.encode(texts, batch_size=args.batch_size, show_progress_bar=False)))
         runs["bare"].append(timed(lambda: bare_forward(model, batches)))
         runs["unsorted"].append(timed(lambda: unsorted_encode(model, texts, args.batch_size)))
+        if normalizer is not None:
+            model.normalizer = None
+            runs["no normalizer"].append(timed(lambda: model.encode(texts, batch_size=args.batch_size, show_progress_bar=False)))
+            model.normalizer = normalizer
     median = {k: statistics.median(v) for k, v in runs.items()}
     print(f"model={args.model}, {args.n} mixed-length texts, batch {args.batch_size}, {args.rounds} interleaved rounds (median)")
     print(f"{'path':<44}{'texts/s':>10}")
@@ -85,6 +94,8 @@ def main() -> None:
     print(f"{'unsorted batching (input order)':<44}{args.n / median['unsorted']:>10.1f}")
     print(f"encode overhead over bare forward: {100 * (median['encode'] / median['bare'] - 1):+.1f}% (target <= +10%)")
     print(f"length-sorted speed-up over unsorted: {median['unsorted'] / median['encode']:.2f}x")
+    if normalizer is not None:
+        print(f"fitted normalizer: encode with / without it: {median['encode'] / median['no normalizer']:.3f}x time (target ~1.00)")
 
 
 if __name__ == "__main__":

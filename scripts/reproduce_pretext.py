@@ -242,7 +242,9 @@ def compare_report(args) -> None:
     import matplotlib.pyplot as plt
 
     runs, evals = Path(args.runs), Path(args.runs) / "eval"
-    rows = {}
+    # rows measured in earlier sessions persist here (runs/ is not committed); this session's runs update them
+    store = Path(args.results).parent / "comparison.json"
+    rows = json.loads(store.read_text()) if store.is_file() else {}
     for objective in ["none"] + args.objectives.split(","):
         stage1 = None if objective == "none" else runs / objective
         pretext = _scores(evals / objective / "results.json")  # none: the untrained (zero-shot) memory tokens
@@ -250,8 +252,12 @@ def compare_report(args) -> None:
         if stage1 is not None and not (stage1 / "llm2comp_config.json").is_file():
             continue
         timing = _scores(stage1 / "train_time.json") if stage1 else None
-        rows[objective] = {"stage1_min": timing["seconds"] / 60 if timing else None, "stage1_loss": _tail_loss(stage1) if stage1 else None,
-                           "pretext": pretext, "final": final}
+        row = {"stage1_min": timing["seconds"] / 60 if timing else None, "stage1_loss": _tail_loss(stage1) if stage1 else None,
+               "pretext": pretext, "final": final}
+        old = rows.get(objective, {})
+        rows[objective] = {k: row[k] if row[k] is not None else old.get(k) for k in row}
+    rows = {k: rows[k] for k in ["none"] + args.objectives.split(",") if k in rows}
+    store.write_text(json.dumps(rows, indent=2) + "\n")
 
     def cell(value, scale=100.0, fmt="{:.2f}"):
         return fmt.format(scale * value) if value is not None else "–"
