@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .backbone import DEFAULT_ENCODER, DEFAULT_MODEL
-from .pooling import POOLING_MODES
+from .pooling import pooling_modes
 
 
 def _common(parser: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL) -> None:
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="?", help="text file, one text per line ('-' or nothing: stdin)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int)
-    p.add_argument("--pooling", choices=POOLING_MODES)
+    p.add_argument("--pooling", choices=pooling_modes())
     p.add_argument("--prompt", help="text put before every input (an instruction)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
     p.add_argument("--skip-empty", action="store_true", help="drop empty lines (by default each line, empty too, gets a row)")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-long", action="store_true",
                    help="drop texts over --max-length instead of truncating them (the paper's filter)")
     p.add_argument("--gradcache-chunk", type=int, help="supervised: encode in chunks of this size (default: whole batch)")
-    p.add_argument("--pooling", choices=POOLING_MODES,
+    p.add_argument("--pooling", choices=pooling_modes(),
                    help="contrastive stages: the pooling to train (default: the loaded model's, memory for a backbone)")
     p.add_argument("--attention", choices=["bidirectional", "causal"],
                    help="encoder attention (default: as loaded; bidirectional for a backbone, as in the recipe)")
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="training text: pairs (builtin:shared-pairs[:DIR], .jsonl with query/positive) or sentences (.txt/.jsonl)")
     p.add_argument("--output", required=True, help="directory for the model with its normalizer")
     p.add_argument("--samples", type=int, default=4000, help="distinct texts to fit on (default 4000)")
-    p.add_argument("--pooling", choices=POOLING_MODES, help="pooling of a backbone (default: memory, or the saved model's)")
+    p.add_argument("--pooling", choices=pooling_modes(), help="pooling of a backbone (default: memory, or the saved model's)")
     p.add_argument("--max-pairs-per-source", type=int, help="pairs: at most this many per source (as in training)")
     p.add_argument("--no-instructions", action="store_true", help="pairs: bare queries, without their task instruction")
     p.add_argument("--seed", type=int, default=42)

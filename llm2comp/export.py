@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 
 from .atomic import staging_dir
 from .model import CONFIG_NAME, MEMORY_NAME, LLM2Comp
+from .pooling import get_pooling
 from .version import __version__
 
 BACKBONE_DIR = "backbone"
@@ -49,12 +50,6 @@ ALIAS_HUB_IDS = {
     "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
 
-POOLING_DESCRIPTIONS = {
-    "memory": "mean of the final hidden states of the {k} memory tokens appended after the text",
-    "mean": "mean of the final hidden states of all tokens (zero-shot baseline pooling)",
-    "last": "final hidden state of the last token (zero-shot baseline pooling)",
-    "prompteol": "final hidden state of the last token of the PromptEOL template (zero-shot baseline pooling)",
-}
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -330,7 +325,7 @@ def model_card(config: dict[str, Any], dimension: int, scores=({}, None), name: 
         front.append(f"base_model: {hub_id}")
     front.append("---")
 
-    described = POOLING_DESCRIPTIONS.get(pooling, pooling).format(k=k)
+    described = get_pooling(pooling).description.format(k=k)
     base_text = f"[{base}](https://huggingface.co/{hub_id})" if hub_id and hub_id == base else f"`{base}`"
     if hub_id and hub_id != base:
         base_text += f" ([{hub_id}](https://huggingface.co/{hub_id}))"
@@ -339,7 +334,7 @@ def model_card(config: dict[str, Any], dimension: int, scores=({}, None), name: 
         f"# {name}",
         "",
         f"A text-embedding model made from the decoder-only LLM {base_text} with "
-        "[llm2comp](https://pypi.org/project/llm2comp/) (LLM2Comp: context-compression pre-training through "
+        "llm2comp (LLM2Comp: context-compression pre-training through "
         "memory tokens, then contrastive learning). It maps a text to one "
         f"{dimension}-dimensional vector; compare vectors with cosine similarity.",
         "",

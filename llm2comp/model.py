@@ -28,7 +28,7 @@ from .atomic import staging_dir
 from .attention import bidirectional
 from .backbone import DEFAULT_MODEL, TRAINED_ALIAS_NAMES, load_backbone
 from .memory import MemoryTokens
-from .pooling import PROMPTEOL_TEMPLATE, Normalizer, check_pooling, pool
+from .pooling import PROMPTEOL_TEMPLATE, Normalizer, Pooling, get_pooling
 from .version import __version__
 
 CONFIG_NAME = "llm2comp_config.json"
@@ -76,12 +76,12 @@ class LLM2CompConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self):
-        check_pooling(self.pooling)
+        mode = get_pooling(self.pooling)
         if self.bidirectional is None:
-            self.bidirectional = self.pooling == "memory"
+            self.bidirectional = mode.bidirectional_default
         if self.num_memory_tokens < 1:
             raise ValueError(f"num_memory_tokens must be >= 1, got {self.num_memory_tokens}")
-        reserved = self.num_memory_tokens if self.pooling == "memory" else 0
+        reserved = mode.memory_slots(self)
         if self.max_length <= reserved:
             raise ValueError(f"max_length ({self.max_length}) must exceed the {reserved} memory tokens")
 
@@ -274,42 +274,28 @@ class LLM2Comp(nn.Module):
                 module._gradient_checkpointing_func = func
 
     # ------------------------------------------------------------------ tokenisation
+    @property
+    def pooling(self) -> Pooling:
+        """The pooling mode object (`pooling.py`): input slots, template, truncation and the pooled vector."""
+        return get_pooling(self.config.pooling)
+
     def _text_budget(self) -> int:
-        return self.config.max_length - (self.config.num_memory_tokens if self.config.pooling == "memory" else 0)
+        return self.pooling.text_budget(self.config)
 
     def token_ids(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
         """Per-text token ids, truncated so that the whole input (template, memory slots) fits max_length."""
-        tok = self.tokenizer
         if prompt:
             texts = [prompt + t for t in texts]
-        budget = self._text_budget()
-        if self.config.pooling == "prompteol":
-            head, tail = self.config.prompteol_template.split("{text}")
-            head_ids = tok(head, add_special_tokens=True)["input_ids"]
-            tail_ids = tok(tail, add_special_tokens=False)["input_ids"]
-            room = budget - len(head_ids) - len(tail_ids)
-            if room < 1:
-                raise ValueError(f"max_length {self.config.max_length} leaves no room for text in the PromptEOL template")
-            bodies = tok(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-            return [head_ids + ids[:room] + tail_ids for ids in bodies]
-        ids = tok(list(texts), add_special_tokens=True, truncation=True, max_length=budget)["input_ids"] if texts else []
-        if self.config.pooling != "memory":
-            filler = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
-            ids = [row if row else [filler] for row in ids]  # an empty text still needs one token to pool
-        return ids
+        return self.pooling.token_ids(self.tokenizer, texts, self.config)
 
     def count_truncated(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]], prompt: str | None = None) -> tuple[int, int]:
         """(how many of `texts` `token_ids` cut to fit max_length, the longest one's token count); only rows at the
         full length are tokenized again."""
-        budget = self._text_budget()
-        candidates = [(prompt or "") + texts[i] for i, row in enumerate(token_ids) if len(row) >= budget]
+        candidates = [(prompt or "") + texts[i] for i, row in enumerate(token_ids) if len(row) >= self._text_budget()]
         if not candidates:
             return 0, 0
-        if self.config.pooling == "prompteol":  # the text's room inside the template
-            head, tail = self.config.prompteol_template.split("{text}")
-            budget -= len(self.tokenizer(head)["input_ids"]) + len(self.tokenizer(tail, add_special_tokens=False)["input_ids"])
-        lengths = [len(ids) for ids in self.tokenizer(candidates, add_special_tokens=self.config.pooling != "prompteol")["input_ids"]]
-        longer = [n for n in lengths if n > budget]
+        room = self.pooling.text_room(self.tokenizer, self.config)
+        longer = [n for n in self.pooling.text_lengths(self.tokenizer, candidates) if n > room]
         return len(longer), max(longer, default=0)
 
     def _report_truncation(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]], prompt: str | None) -> None:
@@ -320,7 +306,7 @@ class LLM2Comp(nn.Module):
 
     def collate(self, token_ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Right-pad token rows into tensors; with memory pooling, k memory slots follow each text."""
-        k = self.config.num_memory_tokens if self.config.pooling == "memory" else 0
+        k = self.pooling.memory_slots(self.config)
         lengths = [len(row) + k for row in token_ids]
         width = max(lengths)
         input_ids = torch.full((len(token_ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -352,7 +338,7 @@ class LLM2Comp(nn.Module):
         with bidirectional(self.hf_model, self.config.bidirectional) as attention_kwargs:
             output = self.body(inputs_embeds=embeds, attention_mask=features["attention_mask"], use_cache=False, **attention_kwargs)
         features["token_embeddings"] = output.last_hidden_state
-        embedding = pool(features, self.config.pooling, self.config.num_memory_tokens)
+        embedding = self.pooling.pool(features, self.config)
         features["sentence_embedding"] = self.normalizer(embedding) if self.normalizer is not None else embedding
         return features
 

@@ -153,7 +153,7 @@ def test_model_card(trained):
     assert "| 1 | pretrain |" in card and "| 2 | simcse |" in card
     assert "| STSBenchmark | 0.6123 |" in card and "| MyTask | 0.5000 |" in card and "| SciFact | – |" in card
     assert 'SentenceTransformer("path/to/exported", trust_remote_code=True)' in card
-    assert "pip install llm2comp " not in card  # not on PyPI: the card must not send users there
+    assert "pip install llm2comp " not in card and "pypi.org" not in card  # not on PyPI: the card must not send users there
     assert "llm2comp is not on PyPI" in card and "pip install sentence-transformers" in card and "load_exported" in card
     assert "license" in card.lower() and "base model apply" in card
 

@@ -256,3 +256,25 @@ def test_partitioned_parameters_are_read_only_inside_their_modules_forward(tiny_
         module.register_forward_hook(lambda m, args, out: setattr(m.weight, "data", torch.empty(0, dtype=m.weight.dtype)))
     assert model.vocab_size == vocab and model.memory.num_tokens == 3
     np.testing.assert_allclose(model.encode(SAMPLE_TEXT[:2]), expected, atol=1e-6)
+
+
+def test_a_new_pooling_is_one_class(tiny_dir, monkeypatch):
+    import llm2comp.pooling as pooling
+
+    class MaxPooling(pooling.Pooling):
+        name = "max"
+        description = "element-wise maximum over the final token states"
+
+        def pool(self, features, config):
+            hidden = features["token_embeddings"].masked_fill(features["attention_mask"][..., None] == 0, float("-inf"))
+            return hidden.max(1).values
+
+    monkeypatch.setitem(pooling.POOLINGS, "max", MaxPooling())
+    model = LLM2Comp.from_pretrained(tiny_dir, pooling="max")
+    texts = ["short", "a somewhat longer text here"]
+    features = model.tokenize(texts)
+    with torch.no_grad():
+        hidden = model.forward(features)["token_embeddings"]
+    expected = torch.stack([hidden[i, : int(features["attention_mask"][i].sum())].max(0).values for i in range(2)])
+    np.testing.assert_allclose(model.encode(texts), expected.numpy(), atol=1e-5)
+    assert model.config.bidirectional is False and "memory_mask" not in features

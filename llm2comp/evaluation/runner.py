@@ -157,10 +157,10 @@ def baseline_spec(
     """`mean`/`last`/`prompteol`/`memory`: that pooling on the main model's backbone, zero-shot (no adapters);
     `minilm` (or `all-MiniLM-L6-v2`): the packaged sentence-transformers model; `st:<path>` or a
     sentence-transformers folder: that model; anything else: `LLM2Comp.from_pretrained(baseline)`."""
-    from ..pooling import POOLING_MODES
+    from ..pooling import pooling_modes
 
     key = baseline.strip()
-    if key in POOLING_MODES:
+    if key in pooling_modes():
         if model_or_path is None:
             raise ValueError(f"baseline '{key}' needs a main model (its backbone is pooled)")
         base, settings = _base_of(model_or_path)
@@ -460,9 +460,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--limit", type=int, default=None, help="deterministic subsample per task (rows / queries)")
     parser.add_argument("--corpus-limit", type=int, default=None, help="retrieval corpus size under --limit (default 10*limit)")
     parser.add_argument("--output", default=None, help="output dir for results.json")
-    from ..pooling import POOLING_MODES
+    from ..pooling import pooling_modes
 
-    parser.add_argument("--pooling", default=None, choices=POOLING_MODES, help="pooling of the main model (default: as saved)")
+    parser.add_argument("--pooling", default=None, choices=pooling_modes(), help="pooling of the main model (default: as saved)")
     parser.add_argument("--baselines", default="", help="comma-separated: mean,last,prompteol,minilm,<st dir>")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--instructions", default=None, help="JSON file or string: {task or task type or 'query': instruction}")
