@@ -34,7 +34,8 @@ import torch
 from safetensors.torch import save_file
 
 from .atomic import staging_dir
-from .model import CONFIG_NAME, MEMORY_NAME, LLM2Comp
+from .model import LLM2Comp
+from .persistence import CONFIG_NAME, MEMORY_NAME
 from .pooling import get_pooling
 from .version import __version__
 

@@ -10,53 +10,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import os
-import shutil
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .atomic import staging_dir
 from .attention import bidirectional
-from .backbone import DEFAULT_MODEL, TRAINED_ALIAS_NAMES, load_backbone
+from .backbone import DEFAULT_MODEL, load_backbone
 from .memory import MemoryTokens
+from .persistence import CONFIG_NAME, NORMALIZER_NAME, TRAINED_ALIASES, quiet_peft, load_saved, save_model
 from .pooling import PROMPTEOL_TEMPLATE, Normalizer, Pooling, get_pooling
-from .version import __version__
+from .replicas import model_replicas
 
-CONFIG_NAME = "llm2comp_config.json"
-MEMORY_NAME = "memory_tokens.safetensors"
-NORMALIZER_NAME = "normalizer.safetensors"
-def _shipped(name: str):
-    def locate() -> Path:
-        from importlib import resources
-
-        return Path(str(resources.files("llm2comp") / "resources" / name))
-
-    return locate
-
-
-# Trained models shipped inside the package (small: adapter + memory tokens; the backbone comes from its alias).
-# smollm2-135m-sup: the default recipe (llm2comp/resources/recipes/smollm2-135m-default.yaml), the default of
-# `llm2comp encode`; smollm2-135m-kl: 80 steps of KL pre-training only, kept for the diagnosis in docs/RESULTS.md.
-TRAINED_ALIASES = {name: _shipped(name) for name in TRAINED_ALIAS_NAMES}
 logger = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def _quiet_peft():
-    """peft reads `model.is_gradient_checkpointing`, which transformers 5 deprecates with a FutureWarning on every
-    load: noise that suggests something is wrong. Only that warning is silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -87,6 +61,8 @@ class LLM2CompConfig:
 
 
 class LLM2Comp(nn.Module):
+    config_class = LLM2CompConfig
+
     def __init__(self, hf_model: nn.Module, tokenizer, config: LLM2CompConfig, memory: MemoryTokens | None = None):
         super().__init__()
         self.config = config
@@ -123,7 +99,7 @@ class LLM2Comp(nn.Module):
             name_or_path = TRAINED_ALIASES[str(name_or_path)]()
         saved = Path(str(name_or_path)).expanduser() / CONFIG_NAME
         if saved.is_file():
-            return cls._load_saved(saved.parent, overrides, device=device, dtype=dtype, **hf_kwargs)
+            return load_saved(cls, saved.parent, overrides, device=device, dtype=dtype, **hf_kwargs)
         if "bidirectional" not in overrides and overrides.get("pooling", "memory") != "memory":
             overrides["bidirectional"] = None
         config = LLM2CompConfig(base_model=str(name_or_path), trust_remote_code=trust_remote_code, **overrides)
@@ -131,43 +107,6 @@ class LLM2Comp(nn.Module):
             config.base_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **hf_kwargs
         )
         return cls(hf_model, tokenizer, config)
-
-    @classmethod
-    def _load_saved(cls, path: Path, overrides: dict, device=None, dtype=None, **hf_kwargs) -> LLM2Comp:
-        from peft import PeftModel
-        from transformers import AutoTokenizer
-
-        data = json.loads((path / CONFIG_NAME).read_text())
-        known = {f.name for f in dataclasses.fields(LLM2CompConfig)}
-        config = LLM2CompConfig(**{k: v for k, v in data.items() if k in known})
-        if "pooling" in overrides and "bidirectional" not in overrides:
-            overrides["bidirectional"] = config.bidirectional
-        config = dataclasses.replace(config, **overrides)
-        base = Path(config.base_model).expanduser()
-        if not base.is_absolute() and (path / base / "config.json").is_file():  # a bundled backbone (export)
-            config = dataclasses.replace(config, base_model=str((path / base).resolve()))
-        hf_model, tokenizer = load_backbone(
-            config.base_model, dtype=dtype, device=device, trust_remote_code=config.trust_remote_code, **hf_kwargs
-        )
-        if (path / "tokenizer_config.json").is_file():  # else (a shipped adapter) the backbone's own tokenizer
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        memory_weight = load_file(path / MEMORY_NAME)["weight"]
-        memory = MemoryTokens(memory_weight.shape[0], memory_weight.shape[1], init=memory_weight)
-        if memory.num_tokens != config.num_memory_tokens:
-            raise ValueError(f"{path}: saved with {memory.num_tokens} memory tokens, asked for {config.num_memory_tokens}")
-        model = cls(hf_model, tokenizer, config, memory=memory.to(hf_model.device))
-        if config.normalizer is not None:
-            if not (path / NORMALIZER_NAME).is_file():
-                raise FileNotFoundError(f"{path}: the config names a fitted normalizer but {NORMALIZER_NAME} is missing")
-            stats = load_file(path / NORMALIZER_NAME)
-            model.normalizer = Normalizer(stats["mean"], stats["scale"]).to(hf_model.device)
-        for index, adapter in enumerate(config.adapters):
-            with _quiet_peft():
-                peft_model = PeftModel.from_pretrained(model.hf_model, path / adapter, is_trainable=True)
-            model.__dict__["_peft"] = peft_model
-            if index < config.merged_adapters:
-                model.merge_and_unload()
-        return model
 
     def _initial_memory(self) -> MemoryTokens:
         embedding, k = self.hf_model.get_input_embeddings(), self.config.num_memory_tokens
@@ -223,7 +162,7 @@ class LLM2Comp(nn.Module):
         self.clear_replicas()
         self.drop_normalizer()
         lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
-        with _quiet_peft():
+        with quiet_peft():
             self.__dict__["_peft"] = get_peft_model(self.hf_model, lora)
         self.memory.weight.requires_grad_(train_memory)
         return self
@@ -441,13 +380,13 @@ class LLM2Comp(nn.Module):
             if devices and len(devices) > 1:
                 from concurrent.futures import ThreadPoolExecutor
 
-                replicas = self._replicas(devices)
+                replicas = model_replicas(self, devices)
                 with ThreadPoolExecutor(len(replicas)) as pool:
                     jobs = [pool.submit(run, r, batches[i :: len(replicas)]) for i, r in enumerate(replicas)]
                     for job in jobs:
                         job.result()
             else:
-                run(self if not devices else self._replicas(devices)[0], batches)
+                run(self if not devices else model_replicas(self, devices)[0], batches)
         finally:
             progress.close()
             self.train(was_training)
@@ -457,27 +396,8 @@ class LLM2Comp(nn.Module):
             return result
         return result.numpy()
 
-    def _replicas(self, devices: Sequence[str | torch.device]) -> list[LLM2Comp]:
-        """Inference copies of this model on ``devices`` (this model itself for its own device), cached until
-        the weights change (a new adapter, a merge); call ``clear_replicas()`` after training further."""
-        import copy
-
-        key = tuple(str(torch.device(d)) for d in devices)
-        cache = self.__dict__.setdefault("_replica_cache", {})
-        if key not in cache:
-            cache.clear()
-            replicas = []
-            for device in key:
-                if torch.device(device) == self.device and not any(r is self for r in replicas):
-                    replicas.append(self)
-                else:
-                    clone = copy.deepcopy(self).to(device).eval()
-                    clone.__dict__["_replica_cache"] = {}
-                    replicas.append(clone)
-            cache[key] = replicas
-        return cache[key]
-
     def clear_replicas(self) -> None:
+        """Forget the inference copies `encode(devices=...)` made (called when the weights change)."""
         self.__dict__["_replica_cache"] = {}
 
     @staticmethod
@@ -502,58 +422,11 @@ class LLM2Comp(nn.Module):
         b = torch.as_tensor(np.asarray(b) if not isinstance(b, torch.Tensor) else b, dtype=torch.float32)
         a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
         return torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T
-
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-        """Write config JSON, memory tokens, every LoRA adapter (safetensors) and the tokenizer.
-
-        Files are written to a staging directory first and moved in, the config last: a kill never leaves
-        a half-written file, and other content of ``path`` (checkpoints, logs) is kept.
-
-        ``state_dict`` (keys as in ``self.state_dict()``), when given, supplies the trainable tensors instead
-        of the live parameters: under ZeRO-3/FSDP those are shards, and the trainer passes the gathered ones.
-        """
-        from peft import get_peft_model_state_dict
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = staging_dir(path)
-        try:
-            adapters = list(self._merged)
-            if self.peft_model is not None:
-                active = self.peft_model.peft_config["default"].to_dict()
-                gathered = None
-                if state_dict is not None:
-                    gathered = {"base_model.model." + k[len("hf_model."):]: v for k, v in state_dict.items() if k.startswith("hf_model.")}
-                peft_state = get_peft_model_state_dict(self.peft_model, state_dict=gathered, save_embedding_layers=False)
-                state = {k: v.detach().cpu().contiguous() for k, v in peft_state.items()}
-                adapters.append((active, state))
-            names = []
-            for index, (adapter_config, state) in enumerate(adapters):
-                name = f"adapters/{index}"
-                (staging / name).mkdir(parents=True)
-                adapter_config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in adapter_config.items()}
-                adapter_config["base_model_name_or_path"] = self.config.base_model
-                (staging / name / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2, default=str))
-                save_file({k: v.contiguous() for k, v in state.items()}, staging / name / "adapter_model.safetensors")
-                names.append(name)
-            config = dataclasses.replace(
-                self.config,
-                adapters=names,
-                merged_adapters=len(self._merged),
-            )
-            memory = state_dict.get("memory.weight", self.memory.weight) if state_dict is not None else self.memory.weight
-            save_file({"weight": memory.detach().float().cpu().contiguous()}, staging / MEMORY_NAME)
-            self.save_normalizer(staging)
-            self.tokenizer.save_pretrained(staging)
-            payload = dataclasses.asdict(config) | {"llm2comp_version": __version__}
-            (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
-            replace_dir(staging, path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        self.config = config
-        return path
+        """Write config JSON, memory tokens, every LoRA adapter (safetensors) and the tokenizer, atomically
+        (`persistence.save_model`); `state_dict` supplies gathered tensors under ZeRO-3/FSDP."""
+        return save_model(self, path, state_dict)
 
 
 def _non_reentrant(func) -> bool:
@@ -563,20 +436,3 @@ def _non_reentrant(func) -> bool:
     keywords = getattr(func, "keywords", None)
     return (getattr(func, "func", None) is checkpoint and keywords.get("use_reentrant") is False
             and "context_fn" not in keywords)
-
-
-def replace_dir(staging: Path, target: Path) -> None:
-    """Move every entry of a fully written staging directory into ``target``; other entries of ``target``
-    (checkpoints, logs) stay. The config file moves last, so a directory with a config is complete."""
-    target.mkdir(parents=True, exist_ok=True)
-    entries = sorted(staging.iterdir(), key=lambda p: p.name == CONFIG_NAME)
-    for entry in entries:
-        destination = target / entry.name
-        if destination.is_dir() and not destination.is_symlink():
-            trash = target / f".{entry.name}.old-{os.getpid()}"
-            os.replace(destination, trash)
-            os.replace(entry, destination)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(entry, destination)
-    staging.rmdir()

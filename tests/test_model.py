@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from llm2comp import LLM2Comp
+from llm2comp.replicas import model_replicas
 from llm2comp.testing import SAMPLE_TEXT
 
 
@@ -183,7 +184,7 @@ def test_multi_device_encoding_is_opt_in_and_identical(tiny_dir):
     assert "_replica_cache" not in model.__dict__ or not model.__dict__["_replica_cache"]  # nothing started silently
     multi = model.encode(texts, batch_size=4, devices=["cpu", "cpu"])
     np.testing.assert_allclose(multi, single, atol=1e-5)
-    replicas = model._replicas(["cpu", "cpu"])
+    replicas = model_replicas(model, ["cpu", "cpu"])
     assert len(replicas) == 2 and replicas[0] is model and replicas[1] is not model
     model.add_lora()
     assert not model.__dict__["_replica_cache"]  # weights changed: stale replicas dropped

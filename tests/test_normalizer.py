@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llm2comp import LLM2Comp
-from llm2comp.model import NORMALIZER_NAME
+from llm2comp.persistence import NORMALIZER_NAME
 from llm2comp.pooling import Normalizer
 from llm2comp.testing import SAMPLE_TEXT
 

@@ -23,7 +23,7 @@ def test_default_recipe_is_the_shipped_models_recipe():
     cfg = TrainConfig.from_yaml(default_recipe())
     assert (cfg.stage, cfg.bidirectional, cfg.query_instructions) == ("supervised", False, False)
     assert cfg.memory_init and cfg.data == "builtin:shared-pairs"
-    from llm2comp.model import TRAINED_ALIASES
+    from llm2comp.persistence import TRAINED_ALIASES
 
     # the shipped default records the recipe it was trained with
     config = json.loads((TRAINED_ALIASES["smollm2-135m-sup"]() / "llm2comp_config.json").read_text())

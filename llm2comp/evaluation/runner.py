@@ -140,7 +140,8 @@ def _sentence_transformers_spec(model_or_path, label: str | None, device: str | 
 
 def _base_of(model_or_path) -> tuple[str, dict]:
     """Backbone name and load settings behind a model, for the zero-shot pooling baselines."""
-    from ..model import CONFIG_NAME, LLM2Comp
+    from ..model import LLM2Comp
+    from ..persistence import CONFIG_NAME
 
     if isinstance(model_or_path, LLM2Comp):
         return model_or_path.config.base_model, {"max_length": model_or_path.config.max_length}

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-from ..model import CONFIG_NAME, LLM2Comp
+from ..model import LLM2Comp
+from ..persistence import CONFIG_NAME
 from ..objectives.registry import objective_spec
 from .config import TrainConfig
 from .trainer import LLM2CompTrainer, LossLog, TrainingModule, last_complete_checkpoint, plot_losses, truncate_log

@@ -19,7 +19,8 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..atomic import write_json_atomic, write_text_atomic
-from ..model import CONFIG_NAME, MEMORY_NAME, LLM2Comp
+from ..model import LLM2Comp
+from ..persistence import CONFIG_NAME, MEMORY_NAME
 from ..objectives.pretext import LOSS_ITEMS
 
 COMPLETE_MARKER = "checkpoint-complete.json"
