@@ -243,20 +243,20 @@ class LLM2Comp(nn.Module):
             logger.warning("%d of %d texts are longer than max_length=%d and were truncated (the longest has %d tokens); "
                            "pass a larger max_length or split long texts", count, len(texts), self.config.max_length, longest)
 
+    def raw_text_budget(self) -> int:
+        """Text tokens (without the special prefix) that fit one encoder input with its memory slots: the one
+        truncation budget of the pretext objectives and of contrastive token rows."""
+        return self._text_budget() - len(special_prefix(self.tokenizer))
+
     def collate(self, token_ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Right-pad token rows into tensors; with memory pooling, k memory slots follow each text."""
         k = self.pooling.memory_slots(self.config)
-        lengths = [len(row) + k for row in token_ids]
-        width = max(lengths)
-        input_ids = torch.full((len(token_ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(token_ids), width), dtype=torch.long)
-        memory_mask = torch.zeros((len(token_ids), width), dtype=torch.bool)
-        for i, row in enumerate(token_ids):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            attention_mask[i, : lengths[i]] = 1
-            memory_mask[i, len(row) : lengths[i]] = True
+        input_ids, attention_mask = right_pad(token_ids, self.tokenizer.pad_token_id, trailing=k)
         features = {"input_ids": input_ids, "attention_mask": attention_mask}
         if k:
+            memory_mask = torch.zeros_like(attention_mask, dtype=torch.bool)
+            for i, row in enumerate(token_ids):
+                memory_mask[i, len(row) : len(row) + k] = True
             features["memory_mask"] = memory_mask
         return features
 
@@ -427,6 +427,23 @@ class LLM2Comp(nn.Module):
         """Write config JSON, memory tokens, every LoRA adapter (safetensors) and the tokenizer, atomically
         (`persistence.save_model`); `state_dict` supplies gathered tensors under ZeRO-3/FSDP."""
         return save_model(self, path, state_dict)
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """What the tokenizer puts before a text (e.g. BOS for Llama; nothing for GPT-2-style tokenizers)."""
+    return tokenizer("", add_special_tokens=True)["input_ids"]
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int, trailing: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token rows padded on the right; `trailing` extra attended positions after each row
+    (the memory slots, filled with `pad_id` ids and replaced by the memory embeddings)."""
+    width = max(1, max((len(r) for r in rows), default=0) + trailing)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, : len(row) + trailing] = 1
+    return ids, mask
 
 
 def _non_reentrant(func) -> bool:

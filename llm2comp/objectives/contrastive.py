@@ -254,13 +254,13 @@ def _unprefixed(batch: dict, prefix: str) -> dict[str, torch.Tensor]:
 
 def _text_token_ids(model: LLM2Comp, examples: list[dict], field: str = "text") -> list[list[int]]:
     """Token rows for examples holding either raw text or ``input_ids`` (text tokens, no special tokens)."""
-    from .pretext import special_prefix
+    from ..model import special_prefix
 
     if all(field in e for e in examples):
         return model.token_ids([str(e[field]) for e in examples])
     if all("input_ids" in e for e in examples):
         head = special_prefix(model.tokenizer)
-        budget = model._text_budget() - len(head)
+        budget = model.raw_text_budget()
         return [head + list(e["input_ids"])[:budget] for e in examples]
     raise ValueError(f"contrastive examples need a '{field}' or an 'input_ids' entry")
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..model import LLM2Comp
+from ..model import LLM2Comp, right_pad, special_prefix
 from ..runtime import is_distributed, is_main_process
 from .registry import ObjectiveSpec, register
 
@@ -93,21 +93,6 @@ def chunked_kl(model: LLM2Comp, student: torch.Tensor, teacher: torch.Tensor, bu
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
-def special_prefix(tokenizer) -> list[int]:
-    """What the tokenizer puts before a text (e.g. BOS for Llama; nothing for GPT-2-style tokenizers)."""
-    return tokenizer("", add_special_tokens=True)["input_ids"]
-
-
 def decoder_bos(tokenizer) -> list[int]:
     return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
 
@@ -146,9 +131,8 @@ class CompressionObjective:
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         tok = self.model.tokenizer
-        k = self.model.config.num_memory_tokens
         head = special_prefix(tok)
-        budget = self.model.config.max_length - k - len(head)
+        budget = self.model.raw_text_budget()
         encoder_rows, continuation_rows, teacher_rows = [], [], []
         for example in examples:
             text = list(example["input_ids"])[:budget]
@@ -160,10 +144,10 @@ class CompressionObjective:
             continuation_rows.append(text if self.kind == "rc" else text[a:])
             teacher_rows.append(decoder_bos(tok) + text)
         batch = {f"encoder_{k}": v for k, v in self.model.collate(encoder_rows).items()}
-        batch["continuation_ids"], batch["continuation_mask"] = _pad(continuation_rows, tok.pad_token_id)
+        batch["continuation_ids"], batch["continuation_mask"] = right_pad(continuation_rows, tok.pad_token_id)
         batch[LOSS_ITEMS] = batch["continuation_mask"].sum()
         if self.kind == "kl":
-            batch["teacher_ids"], batch["teacher_mask"] = _pad(teacher_rows, tok.pad_token_id)
+            batch["teacher_ids"], batch["teacher_mask"] = right_pad(teacher_rows, tok.pad_token_id)
             batch["prefix_lengths"] = torch.tensor([len(r) - len(head) for r in encoder_rows])
         if "index" in examples[0]:
             batch["index"] = torch.tensor([e["index"] for e in examples])
@@ -235,7 +219,7 @@ class MNTPObjective:
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         tok = self.model.tokenizer
         head = special_prefix(tok)
-        budget = self.model.config.max_length - len(head)
+        budget = self.model.raw_text_budget()
         rows, labels = [], []
         for example in examples:
             text = list(example["input_ids"])[:budget]
@@ -254,7 +238,7 @@ class MNTPObjective:
             rows.append(row)
             labels.append(label)
         batch = self.model.collate(rows)
-        batch["labels"], _ = _pad(labels, -100)
+        batch["labels"], _ = right_pad(labels, -100)
         batch["labels"][batch["attention_mask"] == 0] = -100
         batch[LOSS_ITEMS] = (batch["labels"][:, 1:] != -100).sum()
         if "index" in examples[0]:
@@ -287,10 +271,11 @@ def pretext_dataset(cfg, model: LLM2Comp):
 
     from ..data.corpus import TokenizedTexts, load_texts
 
-    reserved = model.config.num_memory_tokens if model.config.pooling == "memory" else 0
     dataset = TokenizedTexts(
         load_texts(cfg.data, unit="paragraph", field=cfg.data_field), model.tokenizer, min_chars=cfg.min_chars,
-        max_tokens=cfg.max_length - reserved - 1, drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
+        # one token less than the input holds: kept from the first release (a special prefix of up to one
+        # token), so that every stage-1 run, comparisons included, cuts its texts the same way
+        max_tokens=model._text_budget() - 1, drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
     )
     if is_main_process():
         print(f"data {cfg.data}: {dataset.describe()}", file=sys.stderr)
