@@ -60,6 +60,7 @@ def _timed_train(cfg, output: Path) -> None:
 def supervise_all(args) -> None:
     """The same supervised stage (the shipped default's recipe, without its normalizer) after each pretext
     model, and from the bare backbone ("none"): runs/<objective>-sup."""
+    from llm2comp.quickstart import default_recipe
     from llm2comp.training.config import TrainConfig
 
     for objective in args.objectives.split(",") + ["none"]:
@@ -71,7 +72,7 @@ def supervise_all(args) -> None:
         if objective != "none" and not (Path(start_from) / "llm2comp_config.json").is_file():
             print(f"[{objective}-sup] stage 1 not trained yet: {start_from}")
             continue
-        cfg = TrainConfig.from_yaml(ROOT / "llm2comp" / "resources" / "recipes" / "smollm2-135m-default.yaml",
+        cfg = TrainConfig.from_yaml(default_recipe(),
                                     model=start_from, output=str(output), fit_normalizer=0,
                                     pooling="memory")
         _timed_train(cfg, output)

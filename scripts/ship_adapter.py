@@ -1,4 +1,4 @@
-"""Copy a trained run's adapter + memory tokens into the package (llm2comp/resources/<name>), in float16.
+"""Copy a trained run's adapter + memory tokens into the package (src/llm2comp/resources/<name>), in float16.
 
     python scripts/ship_adapter.py runs/default smollm2-135m-sup
 The backbone is not copied: the shipped config names it by alias, and its tokenizer is used. A fitted
@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 
 def main(run: str, name: str) -> None:
-    run, target = Path(run), Path(__file__).parent.parent / "llm2comp" / "resources" / name
+    run, target = Path(run), Path(__file__).parent.parent / "src" / "llm2comp" / "resources" / name
     config = json.loads((run / "llm2comp_config.json").read_text())
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)

@@ -6,7 +6,7 @@
       README.md                          model card: base model, memory tokens, pooling, stages, scores, usage
       modules.json                       one module: modeling_llm2comp.LLM2CompEncoder, saved in the root
       config_sentence_transformers.json  similarity cosine, the llm2comp requirement
-      modeling_llm2comp.py               the sentence-transformers module (a copy of llm2comp/resources/...)
+      modeling_llm2comp.py               the sentence-transformers module (a copy of src/llm2comp/resources/...)
       llm2comp_config.json               the LLM2Comp config; base_model = "backbone", no adapters
       memory_tokens.safetensors          the k memory-token embeddings
       tokenizer.json, tokenizer_config.json, ...

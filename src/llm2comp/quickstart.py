@@ -1,6 +1,6 @@
 """The main job, end to end on the embedded default: the backbone's zero-shot poolings, a short run of the default
 recipe (supervised contrastive learning of a causal memory-token encoder whose memory tokens start from a
-PromptEOL-style phrase; ``llm2comp/resources/recipes/smollm2-135m-default.yaml``), the trained model evaluated the
+PromptEOL-style phrase; ``src/llm2comp/resources/recipes/smollm2-135m-default.yaml``), the trained model evaluated the
 same way; a before/after table against the *best* zero-shot pooling, the loss curve, singular-value plots.
 With ``--pretrain`` the LLM2Comp chain runs: KL compression pre-training (stage 1) first, then the same stage.
 

@@ -10,7 +10,7 @@ configured baseline pooling: mean, last, prompteol). Load it with
 
     SentenceTransformer("path/to/this/folder", trust_remote_code=True)
 
-This file is a copy of ``llm2comp/resources/modeling_llm2comp.py``; it carries no model-specific values.
+This file is a copy of ``src/llm2comp/resources/modeling_llm2comp.py``; it carries no model-specific values.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from .atomic import staging_dir
 from .runtime import package_dir
 
 DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_ENCODER = "smollm2-135m-sup"  # the trained default of `llm2comp encode` (shipped in llm2comp/resources)
+DEFAULT_ENCODER = "smollm2-135m-sup"  # the trained default of `llm2comp encode` (shipped in src/llm2comp/resources)
 TRAINED_ALIAS_NAMES = (DEFAULT_ENCODER, "smollm2-135m-kl")  # trained models inside the package (model.TRAINED_ALIASES)
 
 # alias -> (PyPI package holding a GGUF file, file name)
