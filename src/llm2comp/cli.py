@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="MTEB evaluation (offline data dir or the hub), with baselines side by side")
-    from .evaluation.runner import add_evaluate_arguments
+    from .evaluation.cli import add_evaluate_arguments
 
     add_evaluate_arguments(p)
     p.set_defaults(func=_evaluate)

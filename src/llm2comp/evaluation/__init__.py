@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "evaluate_model": "runner",
     "run_suite": "runner",
-    "run_evaluate_cli": "runner",
-    "add_evaluate_arguments": "runner",
-    "EvaluationReport": "runner",
-    "format_table": "runner",
-    "minilm_path": "runner",
+    "run_evaluate_cli": "cli",
+    "add_evaluate_arguments": "cli",
+    "EvaluationReport": "report",
+    "format_table": "report",
+    "minilm_path": "specs",
     "MTEBEncoder": "mteb_adapter",
     "model_fingerprint": "mteb_adapter",
     "load_task": "tasks",
@@ -37,15 +37,10 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .diagnostics import diagnose, memory_correlation, singular_spectrum
     from .mteb_adapter import MTEBEncoder, model_fingerprint
-    from .runner import (
-        EvaluationReport,
-        add_evaluate_arguments,
-        evaluate_model,
-        format_table,
-        minilm_path,
-        run_evaluate_cli,
-        run_suite,
-    )
+    from .cli import add_evaluate_arguments, run_evaluate_cli
+    from .report import EvaluationReport, format_table
+    from .runner import evaluate_model, run_suite
+    from .specs import minilm_path
     from .tasks import DEFAULT_TASKS, inject_local_data, load_task, load_tasks, resolve_data_dir, subsample_task
 
 

@@ -1,0 +1,74 @@
+"""`llm2comp evaluate`: its arguments and the glue from them to `evaluate_model`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from .runner import evaluate_model
+from .tasks import DEFAULT_SEED, DEFAULT_TASKS
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register the `evaluate` options on a (sub)parser; pair with `run_evaluate_cli`."""
+    parser.add_argument("--model", default=None, help="LLM2Comp dir, backbone alias/dir, sentence-transformers dir or 'minilm'")
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated mteb task names")
+    parser.add_argument("--data-dir", default=None, help="local data dir (default $LLM2COMP_DATA_DIR or ../shared/data)")
+    parser.add_argument("--limit", type=int, default=None, help="deterministic subsample per task (rows / queries)")
+    parser.add_argument("--corpus-limit", type=int, default=None, help="retrieval corpus size under --limit (default 10*limit)")
+    parser.add_argument("--output", default=None, help="output dir for results.json")
+    from ..pooling import pooling_modes
+
+    parser.add_argument("--pooling", default=None, choices=pooling_modes(), help="pooling of the main model (default: as saved)")
+    parser.add_argument("--baselines", default="", help="comma-separated: mean,last,prompteol,minilm,<st dir>")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--instructions", default=None, help="JSON file or string: {task or task type or 'query': instruction}")
+    parser.add_argument("--task-instructions", action="store_true", help="use mteb's task instructions on the query side")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... for models loaded by name")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")
+    return parser
+
+
+def _load_instructions(value) -> dict | None:
+    if value is None or isinstance(value, Mapping):
+        return value
+    text = Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("--instructions must be a JSON object")
+    return data
+
+
+def run_evaluate_cli(args) -> int:
+    """Entry point for `llm2comp evaluate`: takes the argparse namespace of `add_evaluate_arguments`
+    (attributes: model, tasks, data_dir, limit, output, baselines, batch_size; optional: device, threads,
+    corpus_limit, instructions, task_instructions, seed). Returns a process exit code."""
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    if get("model") is None and not get("baselines"):
+        print("error: give --model and/or --baselines", file=sys.stderr)
+        return 2
+    try:
+        evaluate_model(
+            get("model"),
+            tasks=get("tasks") or None,
+            data_dir=get("data_dir"),
+            limit=get("limit"),
+            batch_size=get("batch_size") or 32,
+            output_dir=get("output"),
+            baselines=get("baselines") or (),
+            corpus_limit=get("corpus_limit"),
+            instructions=_load_instructions(get("instructions")),
+            use_task_instructions=bool(get("task_instructions", False)),
+            seed=get("seed") if get("seed") is not None else DEFAULT_SEED,
+            device=get("device"),
+            num_threads=get("threads"),
+            pooling=get("pooling"),
+        )
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
