@@ -28,14 +28,19 @@ def setup(tmp_path_factory, tiny_dir):
 
 
 def _run(root, output, processes, *extra):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # a run that hangs prints every thread's stack after 150 s, which the failure below shows
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", LLM2COMP_DUMP_STACKS_AFTER="150")
     args = ["--config", str(root / "config.yaml"), "--output", str(output), "--batch-size", str(4 // processes), *extra]
     if processes == 1:
         command = [sys.executable, "-m", "llm2comp", "train", *args]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--standalone",
                    "-m", "llm2comp", "train", *args]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as error:
+        stderr = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else (error.stderr or "")
+        pytest.fail(f"{' '.join(command[-8:])} timed out; stderr tail:\n{stderr[-6000:]}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("model saved to") == 1  # one process reports, not every rank
 

@@ -215,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    hang_report = os.environ.get("LLM2COMP_DUMP_STACKS_AFTER")  # diagnosing a stuck run: every thread's stack on stderr
+    if hang_report:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(hang_report), exit=False)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from .backbone import BackboneError
     from .data.corpus import DataError
