@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -149,6 +150,11 @@ def train(cfg: TrainConfig) -> Path:
 def _close_process_group(trainer) -> None:
     # A rank that exits while gloo still runs its threads aborts ("terminate called without an active exception")
     # and torchrun reports the whole run as failed: wait for rank 0 to finish saving, then tear the group down.
+    # Then give gloo's worker threads a moment, the GIL released, to drop the Python objects of that last collective:
+    # the DDP reducer still holds the group, and when it is freed (on return) the group's destructor joins those
+    # threads while holding the GIL; a worker still waiting for the GIL then deadlocks the rank (seen with py-spy:
+    # ~ProcessGroupGloo -> thread::join vs a worker in gil_scoped_acquire for a decref).
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         trainer.accelerator.wait_for_everyone()
         torch.distributed.destroy_process_group()
+        time.sleep(0.5)
