@@ -63,7 +63,6 @@ def _convert_gguf(gguf_path: Path, target: Path) -> Path:
     model.load_state_dict(gguf_model.state_dict(), strict=False)
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(target)
     try:
         model.save_pretrained(staging, safe_serialization=True)

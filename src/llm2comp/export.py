@@ -187,7 +187,6 @@ def export_sentence_transformers(
         model.hf_model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     table = collect_scores(local_dir if local_dir.is_dir() else None, scores)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(out)
     try:
         config = write_bundle(model, staging)

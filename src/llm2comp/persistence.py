@@ -102,7 +102,6 @@ def save_model(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor
     from peft import get_peft_model_state_dict
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(path)
     try:
         adapters = list(self._merged)

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import dataclasses
 import hmac
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -232,8 +233,6 @@ def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms:
         start = time.perf_counter()
         try:
             check_key(request)
-            import json
-
             try:
                 payload = json.loads(await read_body(request))
             except (ValueError, UnicodeDecodeError):
