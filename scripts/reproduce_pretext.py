@@ -235,6 +235,33 @@ def _tail_loss(run: Path, last: int = 20) -> float | None:
     return sum(losses[-last:]) / len(losses[-last:]) if losses else None
 
 
+def _prediction_dir(evals: Path, name: str) -> Path | None:
+    """The evaluation of `name` that kept per-pair predictions (`--predictions`), if any."""
+    from llm2comp.evaluation.significance import available_tasks
+
+    for folder in (evals / name, evals / f"{name}-pred"):
+        if set(DEV_SUITE) <= set(available_tasks(folder)):
+            return folder
+    return None
+
+
+def _vs_none(evals: Path, objective: str) -> dict | None:
+    """STS average of <objective>-sup minus none-sup, with a paired bootstrap over the test pairs of the 5 tasks."""
+    from llm2comp.evaluation import compare_evaluations
+
+    ours, none = _prediction_dir(evals, f"{objective}-sup"), _prediction_dir(evals, "none-sup")
+    if ours is None or none is None:
+        return None
+    average = compare_evaluations(none, ours, list(DEV_SUITE), resamples=2000)[-1]
+    return {"delta": average.delta, "low": average.low, "high": average.high, "p_not_better": average.p_not_better}
+
+
+def _interval(diff: dict | None) -> str:
+    if not diff:
+        return "–"
+    return f"{100 * diff['delta']:+.2f} [{100 * diff['low']:+.2f}, {100 * diff['high']:+.2f}]"
+
+
 def compare_report(args) -> None:
     """The pretext comparison (stage 1, then the same supervised stage) as a table and a plot in RESULTS."""
     import matplotlib
@@ -254,7 +281,7 @@ def compare_report(args) -> None:
             continue
         timing = _scores(stage1 / "train_time.json") if stage1 else None
         row = {"stage1_min": timing["seconds"] / 60 if timing else None, "stage1_loss": _tail_loss(stage1) if stage1 else None,
-               "pretext": pretext, "final": final}
+               "pretext": pretext, "final": final, "vs_none": None if objective == "none" else _vs_none(evals, objective)}
         old = rows.get(objective, {})
         rows[objective] = {k: row[k] if row[k] is not None else old.get(k) for k in row}
     rows = {k: rows[k] for k in ["none"] + args.objectives.split(",") if k in rows}
@@ -265,8 +292,8 @@ def compare_report(args) -> None:
 
     lines = [COMPARISON_BEGIN, "",
              "| stage 1 | stage-1 time | stage-1 loss (last 20 steps) | stage 1 only: STS-B / SICK-R (1,000 pairs) | "
-             "then supervised: " + " | ".join(DEV_SUITE) + " | STS avg | Banking77 |",
-             "|---" * (6 + len(DEV_SUITE)) + "|"]
+             "then supervised: " + " | ".join(DEV_SUITE) + " | STS avg | STS avg minus none [95% interval] | Banking77 |",
+             "|---" * (7 + len(DEV_SUITE)) + "|"]
     averages = {}
     for objective, r in rows.items():
         pretext, final = r["pretext"] or {}, r["final"] or {}
@@ -276,7 +303,8 @@ def compare_report(args) -> None:
         lines.append(f"| {objective.upper() if objective != 'none' else 'none (supervised only)'} | "
                      f"{cell(r['stage1_min'], 1, '{:.0f} min')} | {cell(r['stage1_loss'], 1, '{:.3f}')} | "
                      f"{cell(pretext.get('STSBenchmark'))} / {cell(pretext.get('SICK-R'))} | "
-                     + " | ".join(cell(v) for v in sts) + f" | **{cell(average)}** | {cell(final.get('Banking77Classification'))} |")
+                     + " | ".join(cell(v) for v in sts) + f" | **{cell(average)}** | {_interval(r.get('vs_none'))} | "
+                     f"{cell(final.get('Banking77Classification'))} |")
     lines += ["", "![pretext comparison](figures/pretext-comparison.png)", "", COMPARISON_END]
 
     figures = Path(args.results).parent / "figures"

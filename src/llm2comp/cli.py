@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_arguments(p)
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("compare", help="is B better than A? paired bootstrap over the STS pairs of two `evaluate --predictions` runs")
+    from .evaluation.cli import add_compare_arguments, run_compare_cli
+
+    add_compare_arguments(p)
+    p.set_defaults(func=run_compare_cli)
+
     p = sub.add_parser("export", help="write a sentence-transformers folder from a trained model directory")
     p.add_argument("model_dir")
     p.add_argument("out")

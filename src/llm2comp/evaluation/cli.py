@@ -30,7 +30,39 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... for models loaded by name")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")
+    parser.add_argument("--predictions", action="store_true",
+                        help="keep per-item predictions and STS gold scores under --output/predictions (for `llm2comp compare`)")
     return parser
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register the `compare` options; pair with `run_compare_cli`."""
+    parser.add_argument("eval_a", help="an `llm2comp evaluate --predictions --output` folder (the reference)")
+    parser.add_argument("eval_b", help="another one, evaluated on the same pairs")
+    parser.add_argument("--tasks", default=None, help="comma-separated STS tasks (default: all with predictions in both)")
+    parser.add_argument("--label-a", default=None, help="which model of A's table (default: its main model)")
+    parser.add_argument("--label-b", default=None, help="which model of B's table (default: its main model)")
+    parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def run_compare_cli(args) -> int:
+    """Entry point for `llm2comp compare`: a paired bootstrap of B minus A over the same STS pairs."""
+    from .significance import compare_evaluations, format_comparison
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    try:
+        rows = compare_evaluations(args.eval_a, args.eval_b, tasks, label_a=args.label_a, label_b=args.label_b,
+                                   resamples=args.resamples, confidence=args.confidence, seed=args.seed)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"A = {args.eval_a}\nB = {args.eval_b}\nSpearman x 100 on the same pairs; paired bootstrap, {args.resamples} resamples "
+          "(test-set sampling noise only, not seed noise)\n")
+    print(format_comparison(rows, confidence=args.confidence))
+    return 0
 
 
 def _load_instructions(value) -> dict | None:
@@ -67,6 +99,7 @@ def run_evaluate_cli(args) -> int:
             device=get("device"),
             num_threads=get("threads"),
             pooling=get("pooling"),
+            save_predictions=bool(get("predictions", False)),
         )
     except (FileNotFoundError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)

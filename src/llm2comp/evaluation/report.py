@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+RESULTS_NAME = "results.json"  # {task: main score} of the main model
+FULL_RESULTS_NAME = "results_full.json"  # the whole EvaluationReport
+
 
 @dataclasses.dataclass
 class EvaluationReport:

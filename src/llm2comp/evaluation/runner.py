@@ -19,14 +19,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..atomic import write_json_atomic, write_text_atomic
-from .report import EvaluationReport, _fmt, _print_table, _subsample_note
+from .report import FULL_RESULTS_NAME, RESULTS_NAME, EvaluationReport, _fmt, _print_table, _subsample_note
+from .significance import PREDICTIONS_DIR, label_folder, write_gold
 from .specs import ModelSpec, baseline_spec, model_spec
 from .tasks import DEFAULT_SEED, DEFAULT_TASKS, load_task, resolve_data_dir
 
 logger = logging.getLogger(__name__)
 
-RESULTS_NAME = "results.json"
-FULL_RESULTS_NAME = "results_full.json"
 
 
 def _main_score(task_result) -> float:
@@ -46,9 +45,12 @@ def run_suite(
     raise_error: bool = True,
     log: Callable[[str], None] | None = None,
     on_task_done: Callable[[EvaluationReport], None] | None = None,
+    prediction_dir: str | os.PathLike | None = None,
 ) -> EvaluationReport:
     """Evaluate each model on each task (models loaded one at a time, freed after their tasks).
-    `on_task_done` receives the report so far after every (model, task) pair: long runs save as they go."""
+    `on_task_done` receives the report so far after every (model, task) pair: long runs save as they go.
+    `prediction_dir`: keep mteb's per-item predictions, one folder per model, and the STS gold scores
+    (see `significance`)."""
     import mteb
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -67,6 +69,10 @@ def run_suite(
         note = _subsample_note(name, task.llm2comp_subsample)
         if note:
             log(note)
+    prediction_dir = Path(prediction_dir) if prediction_dir is not None else None
+    if prediction_dir is not None:
+        for task in task_objects.values():
+            write_gold(task, prediction_dir)
 
     scores: dict[str, dict[str, float | None]] = {}
     seconds: dict[str, dict[str, float]] = {}
@@ -116,6 +122,7 @@ def run_suite(
                         encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress},
                         show_progress_bar=False,
                         raise_error=True,
+                        prediction_folder=prediction_dir / label_folder(spec.label) if prediction_dir is not None else None,
                     )
                     score = _main_score(result.task_results[0])
                 except Exception as error:  # noqa: BLE001 - reported in the table, re-raised on request
@@ -152,6 +159,7 @@ def evaluate_model(
     device: str | None = None,
     num_threads: int | None = None,
     pooling: str | None = None,
+    save_predictions: bool = False,
     show_progress: bool = True,
     print_table: bool = True,
     return_report: bool = False,
@@ -178,6 +186,8 @@ def evaluate_model(
         pooling: pooling of the main model when it is loaded by name (`mean`, `last`, `prompteol`, `memory`).
         num_threads: torch CPU threads during the run (restored after). On a shared CPU machine use 1: OpenMP
             threads oversubscribed by other processes make a 2-thread run up to 10x slower than a 1-thread one.
+        save_predictions: also keep each model's per-item predictions and the STS gold scores under
+            `output_dir/predictions`, for `llm2comp compare` (a paired bootstrap between two runs).
         return_report: return the full `EvaluationReport` instead of the dict.
     """
     if isinstance(tasks, str):
@@ -200,6 +210,8 @@ def evaluate_model(
     import torch
 
     out = Path(output_dir) if output_dir is not None else None
+    if save_predictions and out is None:
+        raise ValueError("save_predictions needs an output_dir (--predictions needs --output)")
 
     def save(report: EvaluationReport) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -220,6 +232,7 @@ def evaluate_model(
             seed=seed,
             show_progress=show_progress,
             on_task_done=save if out is not None else None,
+            prediction_dir=out / PREDICTIONS_DIR if save_predictions else None,
         )
     finally:
         torch.set_num_threads(threads_before)
