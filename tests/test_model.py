@@ -232,6 +232,31 @@ def test_repeated_texts_are_embedded_once(model, monkeypatch):
     assert sum(rows) == 3  # three distinct texts
     np.testing.assert_allclose(out, reference, atol=1e-5)
     assert isinstance(model.encode(texts, convert_to_tensor=True), torch.Tensor)
+    # the same through token rows made once (what `serve` does): identical rows embedded once, in input order
+    rows.clear()
+    by_rows = model.encode_token_ids(model.token_ids(texts), batch_size=2)
+    assert sum(rows) == 3 and isinstance(by_rows, torch.Tensor)
+    np.testing.assert_allclose(by_rows.numpy(), reference, atol=1e-5)
+    assert model.encode_token_ids([]).shape == (0, model.get_sentence_embedding_dimension())
+
+
+def test_tokenizing_from_several_threads_gives_the_sequential_rows(model):
+    # truncation is state on a fast tokenizer: a thread measuring full lengths (count_truncated) must not make
+    # another thread's rows skip truncation (seen in `serve`, where requests are tokenized in parallel)
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"{SAMPLE_TEXT[i % len(SAMPLE_TEXT)]} " * 60 + str(i) for i in range(24)]
+    expected = [model.token_ids([t]) for t in texts]
+    assert all(len(r[0]) < len(model.tokenizer(t)["input_ids"]) for r, t in zip(expected, texts))  # all are cut
+
+    def work(i):
+        rows = model.token_ids([texts[i]])
+        model.count_truncated([texts[i]], rows)
+        return rows
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(20):
+            assert list(pool.map(work, range(len(texts)))) == expected
 
 
 @pytest.mark.parametrize("pooling", ["memory", "mean", "prompteol"])

@@ -85,6 +85,17 @@ def test_responses_equal_encode_in_both_formats(server, model):
     np.testing.assert_allclose(_rows(body)[0], expected[0], atol=1e-5)
 
 
+def test_each_request_is_tokenized_once(server, model, monkeypatch):
+    # the token rows that give the usage count and the truncation report are the rows the model embeds
+    calls = []
+    token_ids = model.token_ids
+    monkeypatch.setattr(model, "token_ids", lambda texts, *a: calls.append(len(texts)) or token_ids(texts, *a))
+    status, body, _ = _post(server["url"], {"input": SAMPLE_TEXT[:3], "model": "tiny"})
+    assert status == 200 and calls == [3]
+    monkeypatch.undo()
+    np.testing.assert_allclose(_rows(body), model.encode(SAMPLE_TEXT[:3], normalize_embeddings=True), atol=1e-5)
+
+
 def test_the_official_openai_client_works_unchanged(server, model):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server["url"] + "/v1", api_key=KEY)

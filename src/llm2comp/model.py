@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -29,6 +30,12 @@ from .pooling import PROMPTEOL_TEMPLATE, Normalizer, Pooling, get_pooling
 from .replicas import model_replicas
 
 logger = logging.getLogger(__name__)
+
+# A fast tokenizer's truncation is state on the tokenizer (each call with truncation=True/False sets it, then
+# encodes), so two threads tokenizing at once, one truncating and one measuring full lengths, can each get the
+# other's setting: rows longer than max_length, or cut token counts. Every tokenizer call of the encode path takes
+# this lock (one for all models: a lock on the module would break deepcopy/pickle; tokenizing is the cheap part).
+_TOKENIZER_LOCK = threading.RLock()
 
 
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -222,10 +229,12 @@ class LLM2Comp(nn.Module):
         return self.pooling.text_budget(self.config)
 
     def token_ids(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
-        """Per-text token ids, truncated so that the whole input (template, memory slots) fits max_length."""
+        """Per-text token ids, truncated so that the whole input (template, memory slots) fits max_length.
+        Safe to call from several threads (see `_TOKENIZER_LOCK`)."""
         if prompt:
             texts = [prompt + t for t in texts]
-        return self.pooling.token_ids(self.tokenizer, texts, self.config)
+        with _TOKENIZER_LOCK:
+            return self.pooling.token_ids(self.tokenizer, texts, self.config)
 
     def count_truncated(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]], prompt: str | None = None) -> tuple[int, int]:
         """(how many of `texts` `token_ids` cut to fit max_length, the longest one's token count); only rows at the
@@ -233,8 +242,10 @@ class LLM2Comp(nn.Module):
         candidates = [(prompt or "") + texts[i] for i, row in enumerate(token_ids) if len(row) >= self._text_budget()]
         if not candidates:
             return 0, 0
-        room = self.pooling.text_room(self.tokenizer, self.config)
-        longer = [n for n in self.pooling.text_lengths(self.tokenizer, candidates) if n > room]
+        with _TOKENIZER_LOCK:
+            room = self.pooling.text_room(self.tokenizer, self.config)
+            lengths = self.pooling.text_lengths(self.tokenizer, candidates)
+        longer = [n for n in lengths if n > room]
         return len(longer), max(longer, default=0)
 
     def _report_truncation(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]], prompt: str | None) -> None:
@@ -347,28 +358,46 @@ class LLM2Comp(nn.Module):
         if not texts:
             empty = torch.empty(0, dim)
             return empty if convert_to_tensor or not convert_to_numpy else empty.numpy()
-        slot: dict[str, int] = {}
-        inverse = [slot.setdefault(text, len(slot)) for text in texts]
-        if len(slot) < len(texts):  # a repeated text is embedded once (STS sets repeat up to half their sentences)
-            unique = self.encode(list(slot), batch_size=batch_size, prompt=prompt, normalize_embeddings=normalize_embeddings,
-                                 convert_to_tensor=True, show_progress_bar=show_progress_bar, devices=devices)
-            result = unique[torch.tensor(inverse)]
-            result = result[0] if single else result
-            return result if convert_to_tensor or not convert_to_numpy else result.numpy()
-
         token_ids = self.token_ids(texts, prompt)
         self._report_truncation(texts, token_ids, prompt)
-        order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
+        result = self.encode_token_ids(token_ids, batch_size=batch_size, normalize_embeddings=normalize_embeddings,
+                                       show_progress_bar=show_progress_bar, devices=devices)
+        if single:
+            result = result[0]
+        if convert_to_tensor or not convert_to_numpy:
+            return result
+        return result.numpy()
+
+    def encode_token_ids(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        batch_size: int = 32,
+        normalize_embeddings: bool = False,
+        show_progress_bar: bool | None = None,
+        devices: Sequence[str | torch.device] | None = None,
+    ) -> torch.Tensor:
+        """`encode` for rows already made by `token_ids` (a server that tokenized once to count tokens reuses
+        them): a float32 CPU tensor (n, d) in input order. Identical rows are embedded once (STS sets repeat up to
+        half their sentences); rows are batched longest first."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        dim = self.get_sentence_embedding_dimension()
+        slot: dict[tuple[int, ...], int] = {}
+        inverse = [slot.setdefault(tuple(row), len(slot)) for row in token_ids]
+        unique = [list(row) for row in slot]
+        if not unique:
+            return torch.empty(0, dim)
+        order = sorted(range(len(unique)), key=lambda i: -len(unique[i]))
         if show_progress_bar is None:
-            show_progress_bar = len(texts) >= 8 * batch_size
+            show_progress_bar = len(unique) >= 8 * batch_size
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        result = torch.empty(len(texts), dim, dtype=torch.float32)
+        result = torch.empty(len(unique), dim, dtype=torch.float32)
         progress = tqdm(total=len(batches), desc="encode", disable=not show_progress_bar)
 
         def run(replica: LLM2Comp, assigned: list[list[int]]) -> None:
             with torch.inference_mode():
                 for index in assigned:
-                    embeddings = replica.forward(replica.collate([token_ids[i] for i in index]))["sentence_embedding"].float()
+                    embeddings = replica.forward(replica.collate([unique[i] for i in index]))["sentence_embedding"].float()
                     if normalize_embeddings:
                         embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
                     result[torch.tensor(index)] = embeddings.cpu()
@@ -390,11 +419,7 @@ class LLM2Comp(nn.Module):
         finally:
             progress.close()
             self.train(was_training)
-        if single:
-            result = result[0]
-        if convert_to_tensor or not convert_to_numpy:
-            return result
-        return result.numpy()
+        return result if len(unique) == len(inverse) else result[torch.tensor(inverse)]
 
     def clear_replicas(self) -> None:
         """Forget the inference copies `encode(devices=...)` made (called when the weights change)."""

@@ -3,10 +3,11 @@
 Endpoints: ``POST /v1/embeddings`` (OpenAI's request and response, ``encoding_format`` float or base64),
 ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text format).
 
-Requests are queued; one worker merges what is waiting into a batch (up to ``max_batch_size`` texts, or whatever
-arrived within ``max_wait_ms`` of the first), runs `LLM2Comp.encode` on it in a thread (the event loop keeps
-serving), and hands every request exactly its own rows. `encode` sorts the merged texts by length and embeds a
-text that occurs in several requests once. Responses equal ``encode(texts, normalize_embeddings=True)``.
+Each request is tokenized once (in a thread: the token rows give the usage count, the truncation report and the
+model input). Requests are queued; one worker merges what is waiting into a batch (up to ``max_batch_size`` texts,
+or whatever arrived within ``max_wait_ms`` of the first), runs `LLM2Comp.encode_token_ids` on it in a thread (the
+event loop keeps serving), and hands every request exactly its own rows; the merged rows are sorted by length and a
+text that occurs in several requests is embedded once. Responses equal ``encode(texts, normalize_embeddings=True)``.
 """
 
 # no `from __future__ import annotations` here: FastAPI reads the handlers' annotations (Request) at definition time
@@ -68,7 +69,7 @@ class Metrics:
 
 @dataclasses.dataclass
 class _Job:
-    texts: list[str]
+    token_ids: list[list[int]]  # the request's texts as `model.token_ids` made them (tokenized once per request)
     future: asyncio.Future
 
 
@@ -95,32 +96,33 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
+        """Normalised embeddings of token rows made by `model.token_ids`, once their batch has run."""
         future = asyncio.get_running_loop().create_future()
-        self.metrics.queued += len(texts)
-        await self.queue.put(_Job(texts, future))
+        self.metrics.queued += len(token_ids)
+        await self.queue.put(_Job(token_ids, future))
         return await future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             jobs = [await self.queue.get()]
-            size, deadline = len(jobs[0].texts), loop.time() + self.max_wait
+            size, deadline = len(jobs[0].token_ids), loop.time() + self.max_wait
             while size < self.max_batch_size:
                 try:
                     job = await asyncio.wait_for(self.queue.get(), timeout=max(0.0, deadline - loop.time()))
                 except asyncio.TimeoutError:
                     break
                 jobs.append(job)
-                size += len(job.texts)
+                size += len(job.token_ids)
             self.metrics.queued -= size
             live = [job for job in jobs if not job.future.done()]  # a client that went away is not waited for
             if not live:
                 continue
-            texts = [t for job in live for t in job.texts]
+            rows = [row for job in live for row in job.token_ids]
             start = time.perf_counter()
             try:
-                embeddings = await loop.run_in_executor(None, self._encode, texts)
+                embeddings = await loop.run_in_executor(None, self._encode, rows)
             except Exception as error:  # noqa: BLE001 - reported to every request of the batch
                 for job in live:
                     if not job.future.done():
@@ -128,16 +130,17 @@ class DynamicBatcher:
                 continue
             self.metrics.encode_seconds += time.perf_counter() - start
             self.metrics.batches += 1
-            self.metrics.batch_texts += len(texts)
+            self.metrics.batch_texts += len(rows)
             offset = 0
             for job in live:
-                rows = embeddings[offset : offset + len(job.texts)]
-                offset += len(job.texts)
+                mine = embeddings[offset : offset + len(job.token_ids)]
+                offset += len(job.token_ids)
                 if not job.future.done():
-                    job.future.set_result(rows)
+                    job.future.set_result(mine)
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, batch_size=self.max_batch_size, normalize_embeddings=True, show_progress_bar=False)
+    def _encode(self, token_ids: list[list[int]]) -> np.ndarray:
+        return self.model.encode_token_ids(token_ids, batch_size=self.max_batch_size, normalize_embeddings=True,
+                                           show_progress_bar=False).numpy()
 
 
 def _parse_request(payload: Any, model_name: str, dimension: int, max_items: int) -> tuple[list[str], str, int | None]:
@@ -177,10 +180,10 @@ def _encode_row(row: np.ndarray, encoding: str):
     return row.astype(np.float32).tolist()
 
 
-def token_report(model, texts: Sequence[str]) -> tuple[int, int]:
-    """(input tokens after truncation, number of texts truncated), as `encode` will see them."""
+def tokenize(model, texts: Sequence[str]) -> tuple[list[list[int]], int, int]:
+    """(token rows as `encode` makes them, input tokens after truncation, number of texts truncated)."""
     rows = model.token_ids(list(texts))
-    return sum(len(row) for row in rows), model.count_truncated(texts, rows)[0]
+    return rows, sum(len(row) for row in rows), model.count_truncated(texts, rows)[0]
 
 
 def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0, api_key: str | None = None,
@@ -238,8 +241,8 @@ def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms:
             except (ValueError, UnicodeDecodeError):
                 raise APIError(400, "the request body is not valid JSON") from None
             texts, encoding, _ = _parse_request(payload, model_name, dimension, max_items)
-            tokens, truncated = await asyncio.get_running_loop().run_in_executor(None, token_report, model, texts)
-            rows = await batcher.embed(texts)
+            token_ids, tokens, truncated = await asyncio.get_running_loop().run_in_executor(None, tokenize, model, texts)
+            rows = await batcher.embed(token_ids)
         except APIError as error:
             return error_response(error)
         data = [{"object": "embedding", "index": i, "embedding": _encode_row(row, encoding)} for i, row in enumerate(rows)]
