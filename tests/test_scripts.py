@@ -1,0 +1,69 @@
+"""The driver scripts' report phases on fabricated run folders (no model): the tables they write into RESULTS."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).parent.parent / "scripts"
+DEV_SUITE = ("STSBenchmark", "STS13", "STS14", "STS15", "SICK-R")
+
+
+def _evaluation(folder: Path, label: str, gold: dict, noise: float, seed: int) -> dict:
+    """An `llm2comp evaluate --predictions` folder whose cosines are the gold scores plus noise."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(seed)
+    scores = {}
+    for task, values in gold.items():
+        cosines = values + rng.normal(scale=noise, size=len(values))
+        scores[task] = float(spearmanr(values, cosines)[0])
+        (folder / "predictions/gold").mkdir(parents=True, exist_ok=True)
+        (folder / "predictions/gold" / f"{task}.json").write_text(json.dumps({"task": task, "split": "test", "scores": values.tolist()}))
+        (folder / "predictions" / label).mkdir(parents=True, exist_ok=True)
+        (folder / "predictions" / label / f"{task}_predictions.json").write_text(
+            json.dumps({"mteb_model_meta": {"model_name": label}, "default": {"test": {"cosine_scores": cosines.tolist()}}}))
+    scores["Banking77Classification"] = 0.8
+    (folder / "results.json").write_text(json.dumps(scores))
+    (folder / "results_full.json").write_text(json.dumps({"models": [label]}))
+    return scores
+
+
+def test_compare_report_writes_the_table_with_the_paired_interval(tmp_path):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(0)
+    gold = {task: rng.uniform(0, 5, size=300) for task in DEV_SUITE}
+    runs, evals = tmp_path / "runs", tmp_path / "runs/eval"
+    none = _evaluation(evals / "none-sup", "none-sup", gold, noise=1.5, seed=1)
+    kl = _evaluation(evals / "kl-sup", "kl-sup", gold, noise=0.5, seed=2)  # clearly better
+    for name, values in (("none", {"STSBenchmark": 0.5, "SICK-R": 0.55}), ("kl", {"STSBenchmark": 0.4, "SICK-R": 0.45})):
+        (evals / name).mkdir(parents=True)
+        (evals / name / "results.json").write_text(json.dumps(values))
+    (runs / "kl").mkdir()
+    (runs / "kl/llm2comp_config.json").write_text("{}")
+    (runs / "kl/train_time.json").write_text(json.dumps({"seconds": 600}))
+    (runs / "kl/loss.jsonl").write_text("\n".join(json.dumps({"step": i, "loss": 2.0}) for i in range(30)))
+    results = tmp_path / "docs/RESULTS.md"
+    results.parent.mkdir()
+    results.write_text("# R\n\nbefore\n<!-- comparison:begin -->\nold\n<!-- comparison:end -->\nafter\n")
+    subprocess.run([sys.executable, SCRIPTS / "reproduce_pretext.py", "compare-report", "--runs", runs,
+                    "--objectives", "kl,nll", "--results", results], check=True, capture_output=True, text=True, timeout=300)
+    text = results.read_text()
+    assert text.startswith("# R\n\nbefore\n<!-- comparison:begin -->") and text.endswith("<!-- comparison:end -->\nafter\n")
+    assert "old" not in text and "| NLL" not in text  # a stage 1 not trained yet gets no row
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
+            if line.startswith("| none") or line.startswith("| KL")}
+    none_avg, kl_avg = (100 * np.mean([s[t] for t in DEV_SUITE]) for s in (none, kl))
+    assert rows["none (supervised only)"][8] == f"**{none_avg:.2f}**" and rows["none (supervised only)"][9] == "–"
+    assert rows["KL"][:3] == ["10 min", "2.000", "40.00 / 45.00"]
+    assert rows["KL"][8] == f"**{kl_avg:.2f}**"
+    delta, interval = rows["KL"][9].split(" ", 1)
+    assert float(delta) == pytest.approx(kl_avg - none_avg, abs=0.01)
+    low, high = (float(x) for x in interval.strip("[]").split(","))
+    assert 0 < low < float(delta) < high  # a clearly better model: the interval excludes 0
+    assert (results.parent / "figures/pretext-comparison.png").stat().st_size > 1000
+    stored = json.loads((results.parent / "comparison.json").read_text())
+    assert set(stored) == {"none", "kl"} and stored["kl"]["vs_none"]["low"] > 0
