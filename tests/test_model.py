@@ -259,6 +259,27 @@ def test_tokenizing_from_several_threads_gives_the_sequential_rows(model):
             assert list(pool.map(work, range(len(texts)))) == expected
 
 
+def test_concurrent_encodes_stay_in_eval_mode_until_the_last_one_ends(tiny_dir):
+    # a model in training mode (dropout on) encoded from several threads: one thread finishing must not switch
+    # dropout back on under another one's forward
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=2, max_length=48)
+    model.add_lora(r=4, alpha=8, dropout=0.5)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)  # a trained adapter: its dropout changes the output
+    model.eval()
+    expected = model.encode(SAMPLE_TEXT[:4])
+    model.train()
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(lambda _: model.encode(SAMPLE_TEXT[:4], batch_size=1), range(16)))
+    for output in outputs:
+        np.testing.assert_allclose(output, expected, atol=1e-5)
+    assert model.training  # the caller's mode is back
+
+
 @pytest.mark.parametrize("pooling", ["memory", "mean", "prompteol"])
 def test_encode_says_how_many_texts_it_truncated(tiny_dir, caplog, pooling):
     model = LLM2Comp.from_pretrained(tiny_dir, max_length=48, num_memory_tokens=2, pooling=pooling)

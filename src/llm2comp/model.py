@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 # other's setting: rows longer than max_length, or cut token counts. Every tokenizer call of the encode path takes
 # this lock (one for all models: a lock on the module would break deepcopy/pickle; tokenizing is the cheap part).
 _TOKENIZER_LOCK = threading.RLock()
+_MODE_LOCK = threading.Lock()  # train/eval switches of `encode` (see `LLM2Comp._evaluating`)
 
 
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -403,23 +404,39 @@ class LLM2Comp(nn.Module):
                     result[torch.tensor(index)] = embeddings.cpu()
                     progress.update()
 
-        was_training = self.training
-        self.eval()
         try:
-            if devices and len(devices) > 1:
-                from concurrent.futures import ThreadPoolExecutor
+            with self._evaluating():
+                if devices and len(devices) > 1:
+                    from concurrent.futures import ThreadPoolExecutor
 
-                replicas = model_replicas(self, devices)
-                with ThreadPoolExecutor(len(replicas)) as pool:
-                    jobs = [pool.submit(run, r, batches[i :: len(replicas)]) for i, r in enumerate(replicas)]
-                    for job in jobs:
-                        job.result()
-            else:
-                run(self if not devices else model_replicas(self, devices)[0], batches)
+                    replicas = model_replicas(self, devices)
+                    with ThreadPoolExecutor(len(replicas)) as pool:
+                        jobs = [pool.submit(run, r, batches[i :: len(replicas)]) for i, r in enumerate(replicas)]
+                        for job in jobs:
+                            job.result()
+                else:
+                    run(self if not devices else model_replicas(self, devices)[0], batches)
         finally:
             progress.close()
-            self.train(was_training)
         return result if len(unique) == len(inverse) else result[torch.tensor(inverse)]
+
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        """Eval mode for the duration, the previous mode restored when the last of several concurrent callers
+        (threads encoding at once) leaves: one thread finishing must not switch dropout back on under another."""
+        with _MODE_LOCK:
+            depth = self.__dict__.get("_eval_depth", 0)
+            if depth == 0:
+                self.__dict__["_mode_before_eval"] = self.training
+                self.eval()
+            self.__dict__["_eval_depth"] = depth + 1
+        try:
+            yield
+        finally:
+            with _MODE_LOCK:
+                self.__dict__["_eval_depth"] -= 1
+                if self.__dict__["_eval_depth"] == 0:
+                    self.train(self.__dict__["_mode_before_eval"])
 
     def clear_replicas(self) -> None:
         """Forget the inference copies `encode(devices=...)` made (called when the weights change)."""
