@@ -236,7 +236,9 @@ def _tail_loss(run: Path, last: int = 20) -> float | None:
 
 
 def _prediction_dir(evals: Path, name: str) -> Path | None:
-    """The evaluation of `name` that kept per-pair predictions (`--predictions`), if any."""
+    """The evaluation of `name` that kept per-pair predictions (`--predictions`) of the five STS tasks, if any:
+    eval/<name>, or eval/<name>-pred (an STS-only re-evaluation with --predictions of a model whose full
+    evaluation ran without it)."""
     from llm2comp.evaluation.significance import available_tasks
 
     for folder in (evals / name, evals / f"{name}-pred"):
@@ -252,7 +254,11 @@ def _vs_none(evals: Path, objective: str) -> dict | None:
     ours, none = _prediction_dir(evals, f"{objective}-sup"), _prediction_dir(evals, "none-sup")
     if ours is None or none is None:
         return None
-    average = compare_evaluations(none, ours, list(DEV_SUITE), resamples=2000)[-1]
+    try:
+        average = compare_evaluations(none, ours, list(DEV_SUITE), resamples=2000)[-1]
+    except (FileNotFoundError, ValueError) as error:
+        print(f"[{objective}] no interval against none: {error}")
+        return None
     return {"delta": average.delta, "low": average.low, "high": average.high, "p_not_better": average.p_not_better}
 
 
@@ -284,6 +290,8 @@ def compare_report(args) -> None:
                "pretext": pretext, "final": final, "vs_none": None if objective == "none" else _vs_none(evals, objective)}
         old = rows.get(objective, {})
         rows[objective] = {k: row[k] if row[k] is not None else old.get(k) for k in row}
+        if final is not None:  # the interval belongs to these scores: never keep one computed on older ones
+            rows[objective]["vs_none"] = row["vs_none"]
     rows = {k: rows[k] for k in ["none"] + args.objectives.split(",") if k in rows}
     store.write_text(json.dumps(rows, indent=2) + "\n")
 

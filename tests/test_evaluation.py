@@ -406,6 +406,56 @@ def test_compare_two_evaluations_with_predictions(tiny_dir, data_dir, tmp_path, 
     assert "--predictions" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs an output_dir"):
         evaluate_model(str(tiny_dir), "STSBenchmark", data_dir=data_dir, save_predictions=True, print_table=False)
+    for bad in (["--confidence", "95"], ["--resamples", "0"]):
+        assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), *bad]) == 1
+    assert "confidence must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_compare_refuses_stale_or_partial_predictions(tiny_dir, data_dir, tmp_path, monkeypatch):
+    import mteb
+
+    from llm2comp.evaluation import compare_evaluations
+    from llm2comp.evaluation.significance import available_tasks
+
+    out, other = tmp_path / "run", tmp_path / "other"
+    kwargs = dict(data_dir=data_dir, print_table=False, show_progress=False)
+    evaluate_model(str(tiny_dir), "STSBenchmark,SICK-R", output_dir=other, save_predictions=True, pooling="mean", **kwargs)
+    # a run killed during its second task: only the finished task counts as compared
+    real_evaluate, calls = mteb.evaluate, []
+
+    def evaluate_then_die(model, task, **kw):
+        calls.append(task.metadata.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(model, task, **kw)
+
+    monkeypatch.setattr(mteb, "evaluate", evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(str(tiny_dir), "STSBenchmark,SICK-R", output_dir=out, save_predictions=True, **kwargs)
+    monkeypatch.setattr(mteb, "evaluate", real_evaluate)
+    assert available_tasks(out) == ["STSBenchmark"]
+    assert [r.task for r in compare_evaluations(other, out, resamples=50)] == ["STSBenchmark"]
+    # the same folder evaluated again without --predictions: the old predictions go, they would not match
+    evaluate_model(str(tiny_dir), "STSBenchmark", output_dir=out, pooling="last", **kwargs)
+    assert not (out / "predictions").exists() and available_tasks(out) == []
+    # predictions that do not give the reported score (edited, or another model's) are refused
+    evaluate_model(str(tiny_dir), "STSBenchmark", output_dir=out, save_predictions=True, **kwargs)
+    full = json.loads((out / "results_full.json").read_text())
+    full["scores"][full["models"][0]]["STSBenchmark"] += 0.01
+    (out / "results_full.json").write_text(json.dumps(full))
+    with pytest.raises(ValueError, match="stale or partial predictions"):
+        compare_evaluations(other, out, ["STSBenchmark"], resamples=50)
+
+
+def test_gold_is_written_for_single_subset_sts_tasks_only(data_dir, tmp_path):
+    from llm2comp.evaluation.significance import label_folder, write_gold
+
+    sts = load_task("STSBenchmark", data_dir)
+    assert write_gold(sts, tmp_path) and len(json.loads((tmp_path / "gold/STSBenchmark.json").read_text())["scores"]) == 24
+    assert not write_gold(load_task("Banking77Classification", data_dir), tmp_path)
+    multilingual = mteb.get_task("STS17")  # several language subsets: not compared (no gold file, no data loaded)
+    assert not write_gold(multilingual, tmp_path) and not (tmp_path / "gold/STS17.json").exists()
+    assert label_folder("..") == "model" and label_folder("runs/a b") == "runs_a_b"
 
 
 def test_minilm_through_wrapper_equals_direct(data_dir):

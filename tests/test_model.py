@@ -238,6 +238,8 @@ def test_repeated_texts_are_embedded_once(model, monkeypatch):
     assert sum(rows) == 3 and isinstance(by_rows, torch.Tensor)
     np.testing.assert_allclose(by_rows.numpy(), reference, atol=1e-5)
     assert model.encode_token_ids([]).shape == (0, model.get_sentence_embedding_dimension())
+    with pytest.raises(ValueError, match=r"token_ids\[1\] has .* tokens; at most"):
+        model.encode_token_ids([[5, 6], [7] * (model.config.max_length + 1)])
 
 
 def test_tokenizing_from_several_threads_gives_the_sequential_rows(model):

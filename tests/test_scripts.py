@@ -28,7 +28,7 @@ def _evaluation(folder: Path, label: str, gold: dict, noise: float, seed: int) -
             json.dumps({"mteb_model_meta": {"model_name": label}, "default": {"test": {"cosine_scores": cosines.tolist()}}}))
     scores["Banking77Classification"] = 0.8
     (folder / "results.json").write_text(json.dumps(scores))
-    (folder / "results_full.json").write_text(json.dumps({"models": [label]}))
+    (folder / "results_full.json").write_text(json.dumps({"models": [label], "scores": {label: scores}}))
     return scores
 
 

@@ -149,8 +149,10 @@ def test_key_body_size_json_and_truncation(server, model):
     assert _post(server["url"], {"input": ["word " * 2000]})[0] == 413  # 10 kB body, limit 4096 bytes
     assert _post(server["url"], None, raw=b"{not json")[0] == 400
     long_text = " ".join(SAMPLE_TEXT)  # over max_length=48 tokens: truncated as encode does, and said so
+    truncated_before = server["app"].state.metrics.truncated
     status, body, headers = _post(server["url"], {"input": [long_text, "short"]})
     assert status == 200 and headers[TRUNCATED_HEADER] == "1" and body["truncated_inputs"] == 1
+    assert server["app"].state.metrics.truncated - truncated_before == 1  # and counted in /metrics
     np.testing.assert_allclose(_rows(body), model.encode([long_text, "short"], normalize_embeddings=True), atol=1e-5)
     assert _post(server["url"], {"input": ["still serving"]})[0] == 200
 

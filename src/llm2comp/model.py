@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 # this lock (one for all models: a lock on the module would break deepcopy/pickle; tokenizing is the cheap part).
 _TOKENIZER_LOCK = threading.RLock()
 _MODE_LOCK = threading.Lock()  # train/eval switches of `encode` (see `LLM2Comp._evaluating`)
+# model -> [concurrent encodes, mode before the first]; kept off the module so that copies never inherit it
+_EVALUATING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -359,10 +362,15 @@ class LLM2Comp(nn.Module):
         if not texts:
             empty = torch.empty(0, dim)
             return empty if convert_to_tensor or not convert_to_numpy else empty.numpy()
-        token_ids = self.token_ids(texts, prompt)
-        self._report_truncation(texts, token_ids, prompt)
+        slot: dict[str, int] = {}
+        inverse = [slot.setdefault(text, len(slot)) for text in texts]
+        unique = list(slot)  # a repeated text is tokenized and embedded once (STS sets repeat up to half their sentences)
+        token_ids = self.token_ids(unique, prompt)
+        self._report_truncation(unique, token_ids, prompt)
         result = self.encode_token_ids(token_ids, batch_size=batch_size, normalize_embeddings=normalize_embeddings,
                                        show_progress_bar=show_progress_bar, devices=devices)
+        if len(unique) < len(texts):
+            result = result[torch.tensor(inverse)]
         if single:
             result = result[0]
         if convert_to_tensor or not convert_to_numpy:
@@ -382,6 +390,11 @@ class LLM2Comp(nn.Module):
         half their sentences); rows are batched longest first."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        budget = self._text_budget()
+        too_long = next((i for i, row in enumerate(token_ids) if len(row) > budget), None)
+        if too_long is not None:
+            raise ValueError(f"token_ids[{too_long}] has {len(token_ids[too_long])} tokens; at most {budget} fit max_length="
+                             f"{self.config.max_length} with this pooling (make rows with `token_ids`, which truncates)")
         dim = self.get_sentence_embedding_dimension()
         slot: dict[tuple[int, ...], int] = {}
         inverse = [slot.setdefault(tuple(row), len(slot)) for row in token_ids]
@@ -425,18 +438,19 @@ class LLM2Comp(nn.Module):
         """Eval mode for the duration, the previous mode restored when the last of several concurrent callers
         (threads encoding at once) leaves: one thread finishing must not switch dropout back on under another."""
         with _MODE_LOCK:
-            depth = self.__dict__.get("_eval_depth", 0)
-            if depth == 0:
-                self.__dict__["_mode_before_eval"] = self.training
+            state = _EVALUATING.get(self)
+            if state is None:
+                state = _EVALUATING[self] = [0, self.training]
                 self.eval()
-            self.__dict__["_eval_depth"] = depth + 1
+            state[0] += 1
         try:
             yield
         finally:
             with _MODE_LOCK:
-                self.__dict__["_eval_depth"] -= 1
-                if self.__dict__["_eval_depth"] == 0:
-                    self.train(self.__dict__["_mode_before_eval"])
+                state[0] -= 1
+                if state[0] == 0:
+                    del _EVALUATING[self]
+                    self.train(state[1])
 
     def clear_replicas(self) -> None:
         """Forget the inference copies `encode(devices=...)` made (called when the weights change)."""

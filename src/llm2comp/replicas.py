@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import torch
+
+_LOCK = threading.Lock()  # threads encoding at once must neither copy the model twice nor clear each other's cache
 
 
 def model_replicas(self, devices: Sequence[str | torch.device]) -> list:
@@ -14,16 +17,17 @@ def model_replicas(self, devices: Sequence[str | torch.device]) -> list:
     import copy
 
     key = tuple(str(torch.device(d)) for d in devices)
-    cache = self.__dict__.setdefault("_replica_cache", {})
-    if key not in cache:
-        cache.clear()
-        replicas = []
-        for device in key:
-            if torch.device(device) == self.device and not any(r is self for r in replicas):
-                replicas.append(self)
-            else:
-                clone = copy.deepcopy(self).to(device).eval()
-                clone.__dict__["_replica_cache"] = {}
-                replicas.append(clone)
-        cache[key] = replicas
-    return cache[key]
+    with _LOCK:
+        cache = self.__dict__.setdefault("_replica_cache", {})
+        if key not in cache:
+            cache.clear()
+            replicas = []
+            for device in key:
+                if torch.device(device) == self.device and not any(r is self for r in replicas):
+                    replicas.append(self)
+                else:
+                    clone = copy.deepcopy(self).to(device).eval()
+                    clone.__dict__["_replica_cache"] = {}
+                    replicas.append(clone)
+            cache[key] = replicas
+        return cache[key]

@@ -44,6 +44,7 @@ class Metrics:
     requests: dict[int, int] = dataclasses.field(default_factory=dict)  # by HTTP status
     texts: int = 0
     tokens: int = 0
+    truncated: int = 0
     batches: int = 0
     batch_texts: int = 0
     request_seconds: float = 0.0
@@ -57,6 +58,7 @@ class Metrics:
         for name, kind, value, help_text in (
             ("texts_total", "counter", self.texts, "Texts embedded."),
             ("tokens_total", "counter", self.tokens, "Input tokens embedded (after truncation)."),
+            ("truncated_texts_total", "counter", self.truncated, "Texts cut to the model's max_length."),
             ("batches_total", "counter", self.batches, "Model batches run (several requests may share one)."),
             ("batch_texts_total", "counter", self.batch_texts, "Texts over all model batches (divide by batches_total for the mean batch)."),
             ("request_seconds_total", "counter", self.request_seconds, "Wall time of answered embedding requests."),
@@ -249,6 +251,7 @@ def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms:
         metrics.requests[200] = metrics.requests.get(200, 0) + 1
         metrics.texts += len(texts)
         metrics.tokens += tokens
+        metrics.truncated += truncated
         metrics.request_seconds += time.perf_counter() - start
         body = {"object": "list", "data": data, "model": model_name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "truncated_inputs": truncated}

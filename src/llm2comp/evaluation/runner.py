@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -212,6 +213,8 @@ def evaluate_model(
     out = Path(output_dir) if output_dir is not None else None
     if save_predictions and out is None:
         raise ValueError("save_predictions needs an output_dir (--predictions needs --output)")
+    if out is not None and (out / PREDICTIONS_DIR).is_dir():
+        shutil.rmtree(out / PREDICTIONS_DIR)  # an earlier run's predictions would not match this run's scores
 
     def save(report: EvaluationReport) -> None:
         out.mkdir(parents=True, exist_ok=True)

@@ -26,16 +26,18 @@ GOLD_DIR = "gold"
 
 
 def label_folder(label: str) -> str:
-    """A model label as a folder name (labels may be paths)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "model"
+    """A model label as a folder name (labels may be paths; never "." or "..")."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_.") or "model"
 
 
 def write_gold(task, folder: Path) -> bool:
     """Write the gold scores of an STS task's evaluation split, in mteb's order, to `folder/gold/<task>.json`.
-    Returns False (and writes nothing) for other task types."""
+    Returns False (and writes nothing) for other task types and for STS tasks with several subsets or splits
+    (multilingual ones: not compared)."""
     from .tasks import _split_containers, task_kind
 
-    if task_kind(task) != "sts":
+    subsets = getattr(task, "hf_subsets", None) or ["default"]
+    if task_kind(task) != "sts" or len(subsets) > 1 or len(task.eval_splits) > 1:
         return False
     if not getattr(task, "data_loaded", True):
         task.load_data()
@@ -54,15 +56,22 @@ def _read_gold(folder: Path, task: str) -> np.ndarray:
     return np.asarray(json.loads(path.read_text(encoding="utf-8"))["scores"], dtype=np.float64)
 
 
+def _predictions_path(folder: Path, label: str, task: str) -> Path:
+    return folder / label_folder(label) / f"{task}_predictions.json"
+
+
 def _read_cosines(folder: Path, label: str, task: str, split: str) -> np.ndarray:
-    path = folder / label_folder(label) / f"{task}_predictions.json"
+    path = _predictions_path(folder, label, task)
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: evaluate with --predictions")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    subsets = [v for k, v in data.items() if k != "mteb_model_meta"]
-    if len(subsets) != 1:
-        raise ValueError(f"{path}: expected one subset, found {len(subsets)}")
-    return np.asarray(subsets[0][split]["cosine_scores"], dtype=np.float64)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        subsets = [v for k, v in data.items() if k != "mteb_model_meta"]
+        if len(subsets) != 1:
+            raise ValueError(f"expected one subset, found {len(subsets)}")
+        return np.asarray(subsets[0][split]["cosine_scores"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: not an mteb STS prediction file ({type(error).__name__}: {error})") from None
 
 
 def _spearman_rows(gold: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -104,16 +113,25 @@ class PairedDifference:
         return self.b - self.a
 
 
-def _main_label(folder: Path) -> str:
+def _report(folder: Path) -> dict:
     full = folder / FULL_RESULTS_NAME
     if not full.is_file():
         raise FileNotFoundError(f"{full} missing: not an `llm2comp evaluate --output` folder")
-    return json.loads(full.read_text(encoding="utf-8"))["models"][0]
+    return json.loads(full.read_text(encoding="utf-8"))
 
 
-def available_tasks(eval_dir: str | Path) -> list[str]:
-    gold = Path(eval_dir) / PREDICTIONS_DIR / GOLD_DIR
-    return sorted(p.stem for p in gold.glob("*.json")) if gold.is_dir() else []
+def available_tasks(eval_dir: str | Path, label: str | None = None) -> list[str]:
+    """STS tasks of an evaluation folder that have a score, gold scores and the model's predictions (a run
+    killed before a task has its gold file but no score or predictions for it)."""
+    folder = Path(eval_dir)
+    gold = folder / PREDICTIONS_DIR / GOLD_DIR
+    if not gold.is_dir() or not (folder / FULL_RESULTS_NAME).is_file():
+        return []
+    report = _report(folder)
+    label = label or report["models"][0]
+    scores = report.get("scores", {}).get(label, {})
+    return sorted(p.stem for p in gold.glob("*.json") if scores.get(p.stem) is not None
+                  and _predictions_path(folder / PREDICTIONS_DIR, label, p.stem).is_file())
 
 
 def compare_evaluations(
@@ -132,11 +150,16 @@ def compare_evaluations(
     Each folder is an `llm2comp evaluate --output` folder; the model compared is the run's main model unless a
     label (a column of its table) is given. Both runs must have evaluated the same pairs (same data, limit, seed):
     the gold scores are checked to match."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
     folder_a, folder_b = Path(eval_a) / PREDICTIONS_DIR, Path(eval_b) / PREDICTIONS_DIR
-    label_a = label_a or _main_label(Path(eval_a))
-    label_b = label_b or _main_label(Path(eval_b))
+    report_a, report_b = _report(Path(eval_a)), _report(Path(eval_b))
+    label_a = label_a or report_a["models"][0]
+    label_b = label_b or report_b["models"][0]
     if tasks is None:
-        tasks = [t for t in available_tasks(eval_a) if t in set(available_tasks(eval_b))]
+        tasks = [t for t in available_tasks(eval_a, label_a) if t in set(available_tasks(eval_b, label_b))]
     if not tasks:
         raise ValueError(f"no STS task with predictions in both {eval_a} and {eval_b} "
                          "(evaluate each with `llm2comp evaluate --output DIR --predictions`)")
@@ -152,6 +175,11 @@ def compare_evaluations(
         deltas = paired_bootstrap(gold, a, b, resamples=resamples, seed=seed + i)
         all_deltas.append(deltas)
         point_a, point_b = (float(_spearman_rows(gold, s)) for s in (a, b))
+        for point, report, label, folder in ((point_a, report_a, label_a, eval_a), (point_b, report_b, label_b, eval_b)):
+            stored = report.get("scores", {}).get(label, {}).get(task)
+            if stored is None or abs(stored - point) > 1e-6:
+                raise ValueError(f"{folder}: the predictions of {label} on {task} give {point:.6f}, the run reported "
+                                 f"{stored}: stale or partial predictions; evaluate again with --predictions")
         rows.append(_summarise(task, point_a, point_b, deltas, tail))
     if len(rows) > 1:
         mean_a = float(np.mean([r.a for r in rows]))
