@@ -318,20 +318,38 @@ def compare_report(args) -> None:
     figures = Path(args.results).parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     names = list(averages)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ticks = [n.upper() if n != "none" else "none" for n in names]
     for offset, (index, label) in zip((-0.2, 0.2), ((2, "STS-B"), (3, "SICK-R"))):
         values = [100 * (averages[n][index] or 0) for n in names]
         left.bar([i + offset for i in range(len(names))], values, width=0.4, label=label)
     left.set_title("after stage 1 only (1,000 test pairs each)")
-    for offset, (index, label) in zip((-0.2, 0.2), ((0, "STS average (5 tasks)"), (1, "Banking77"))):
-        values = [100 * (averages[n][index] or 0) for n in names]
-        right.bar([i + offset for i in range(len(names))], values, width=0.4, label=label)
-    right.set_title("after the same supervised stage (full test sets)")
+    left.set_ylabel("Spearman x 100")
+    left.set_xticks(range(len(names)), ticks)
+    left.set_ylim(0, 1.2 * max([100 * (averages[n][i] or 0) for n in names for i in (2, 3)] + [1]))
+    left.legend(fontsize=8, loc="upper right", ncol=2)
+    # what the supervised stage ends with, as the difference to no stage 1: the quantity the claim is about
+    base = averages.get("none", (None, None))
+    for i, name in enumerate(names):
+        sts, banking = averages[name][0], averages[name][1]
+        diff = rows[name].get("vs_none") if name != "none" else {"delta": 0.0, "low": 0.0, "high": 0.0}
+        if diff:
+            delta = 100 * diff["delta"]
+            right.errorbar(i - 0.1, delta, yerr=[[delta - 100 * diff["low"]], [100 * diff["high"] - delta]], fmt="o",
+                           color="C0", capsize=4, label="STS average (5 tasks), 95% paired-bootstrap interval" if i == 0 else None)
+        elif sts is not None and base[0] is not None:
+            right.plot(i - 0.1, 100 * (sts - base[0]), "o", color="C0")
+        if banking is not None and base[1] is not None:
+            right.plot(i + 0.1, 100 * (banking - base[1]), "s", color="C1", label="Banking77 accuracy" if i == 0 else None)
+    right.axhline(0, color="grey", lw=0.8)
+    right.set_title("then the same supervised stage: difference to 'none'")
+    right.set_ylabel("points x 100 (full test sets)")
+    right.set_xticks(range(len(names)), ticks)
+    low, high = right.get_ylim()
+    right.set_ylim(low, high + 0.35 * (high - low))  # room for the legend above the points
+    right.legend(fontsize=8, loc="upper left")
     for ax in (left, right):
-        ax.set_xticks(range(len(names)), [n.upper() if n != "none" else "none" for n in names])
         ax.set_xlabel("stage-1 pretext objective")
-        ax.set_ylabel("Spearman x 100 / accuracy x 100")
-        ax.legend(fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("SmolLM2-135M, causal encoder: 6,400 texts of stage 1, then 5,120 supervised pairs (train splits)", fontsize=10)
     fig.tight_layout()
