@@ -311,14 +311,9 @@ def test_pooling_override_equals_the_baseline_column(tiny_dir, data_dir, tmp_pat
         evaluate_model("minilm", "STSBenchmark", data_dir=data_dir, limit=8, pooling="mean", print_table=False)
 
 
-def test_results_are_saved_after_every_task(tiny_dir, data_dir, tmp_path, monkeypatch):
-    # a run killed during its second task keeps the first task's score on disk, marked incomplete
-    import mteb
-
-    from llm2comp.evaluation import runner
-
-    real_evaluate = mteb.evaluate
-    calls = []
+def _die_in_second_task(monkeypatch):
+    """Make mteb.evaluate raise KeyboardInterrupt (a kill) when the run reaches its second task; returns the real one."""
+    real_evaluate, calls = mteb.evaluate, []
 
     def evaluate_then_die(model, task, **kwargs):
         calls.append(task.metadata.name)
@@ -327,6 +322,14 @@ def test_results_are_saved_after_every_task(tiny_dir, data_dir, tmp_path, monkey
         return real_evaluate(model, task, **kwargs)
 
     monkeypatch.setattr(mteb, "evaluate", evaluate_then_die)
+    return real_evaluate
+
+
+def test_results_are_saved_after_every_task(tiny_dir, data_dir, tmp_path, monkeypatch):
+    # a run killed during its second task keeps the first task's score on disk, marked incomplete
+    from llm2comp.evaluation import runner
+
+    real_evaluate = _die_in_second_task(monkeypatch)
     out = tmp_path / "partial"
     with pytest.raises(KeyboardInterrupt):
         runner.evaluate_model(str(tiny_dir), "STSBenchmark,SciFact", data_dir=data_dir, limit=6, output_dir=out,
@@ -412,8 +415,6 @@ def test_compare_two_evaluations_with_predictions(tiny_dir, data_dir, tmp_path, 
 
 
 def test_compare_refuses_stale_or_partial_predictions(tiny_dir, data_dir, tmp_path, monkeypatch):
-    import mteb
-
     from llm2comp.evaluation import compare_evaluations
     from llm2comp.evaluation.significance import available_tasks
 
@@ -421,15 +422,7 @@ def test_compare_refuses_stale_or_partial_predictions(tiny_dir, data_dir, tmp_pa
     kwargs = dict(data_dir=data_dir, print_table=False, show_progress=False)
     evaluate_model(str(tiny_dir), "STSBenchmark,SICK-R", output_dir=other, save_predictions=True, pooling="mean", **kwargs)
     # a run killed during its second task: only the finished task counts as compared
-    real_evaluate, calls = mteb.evaluate, []
-
-    def evaluate_then_die(model, task, **kw):
-        calls.append(task.metadata.name)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(model, task, **kw)
-
-    monkeypatch.setattr(mteb, "evaluate", evaluate_then_die)
+    real_evaluate = _die_in_second_task(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         evaluate_model(str(tiny_dir), "STSBenchmark,SICK-R", output_dir=out, save_predictions=True, **kwargs)
     monkeypatch.setattr(mteb, "evaluate", real_evaluate)

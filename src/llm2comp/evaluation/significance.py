@@ -49,11 +49,13 @@ def write_gold(task, folder: Path) -> bool:
     return True
 
 
-def _read_gold(folder: Path, task: str) -> np.ndarray:
+def _read_gold(folder: Path, task: str) -> tuple[str, np.ndarray]:
+    """(evaluation split, gold scores in mteb's order) written by `write_gold`."""
     path = folder / GOLD_DIR / f"{task}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: evaluate with --predictions (STS tasks only)")
-    return np.asarray(json.loads(path.read_text(encoding="utf-8"))["scores"], dtype=np.float64)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data["split"], np.asarray(data["scores"], dtype=np.float64)
 
 
 def _predictions_path(folder: Path, label: str, task: str) -> Path:
@@ -124,11 +126,16 @@ def available_tasks(eval_dir: str | Path, label: str | None = None) -> list[str]
     """STS tasks of an evaluation folder that have a score, gold scores and the model's predictions (a run
     killed before a task has its gold file but no score or predictions for it)."""
     folder = Path(eval_dir)
-    gold = folder / PREDICTIONS_DIR / GOLD_DIR
-    if not gold.is_dir() or not (folder / FULL_RESULTS_NAME).is_file():
+    if not (folder / FULL_RESULTS_NAME).is_file():
         return []
     report = _report(folder)
-    label = label or report["models"][0]
+    return _finished_tasks(folder, report, label or report["models"][0])
+
+
+def _finished_tasks(folder: Path, report: dict, label: str) -> list[str]:
+    gold = folder / PREDICTIONS_DIR / GOLD_DIR
+    if not gold.is_dir():
+        return []
     scores = report.get("scores", {}).get(label, {})
     return sorted(p.stem for p in gold.glob("*.json") if scores.get(p.stem) is not None
                   and _predictions_path(folder / PREDICTIONS_DIR, label, p.stem).is_file())
@@ -159,17 +166,17 @@ def compare_evaluations(
     label_a = label_a or report_a["models"][0]
     label_b = label_b or report_b["models"][0]
     if tasks is None:
-        tasks = [t for t in available_tasks(eval_a, label_a) if t in set(available_tasks(eval_b, label_b))]
+        in_b = set(_finished_tasks(Path(eval_b), report_b, label_b))
+        tasks = [t for t in _finished_tasks(Path(eval_a), report_a, label_a) if t in in_b]
     if not tasks:
         raise ValueError(f"no STS task with predictions in both {eval_a} and {eval_b} "
                          "(evaluate each with `llm2comp evaluate --output DIR --predictions`)")
     tail = (1 - confidence) / 2
     rows, all_deltas = [], []
     for i, task in enumerate(tasks):
-        gold = _read_gold(folder_a, task)
-        if not np.array_equal(gold, _read_gold(folder_b, task)):
+        split, gold = _read_gold(folder_a, task)
+        if not np.array_equal(gold, _read_gold(folder_b, task)[1]):
             raise ValueError(f"{task}: the two runs evaluated different pairs (gold scores differ); use the same data, limit and seed")
-        split = json.loads((folder_a / GOLD_DIR / f"{task}.json").read_text(encoding="utf-8"))["split"]
         a = _read_cosines(folder_a, label_a, task, split)
         b = _read_cosines(folder_b, label_b, task, split)
         deltas = paired_bootstrap(gold, a, b, resamples=resamples, seed=seed + i)
