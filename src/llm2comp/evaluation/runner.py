@@ -33,6 +33,18 @@ def _main_score(task_result) -> float:
     return float(task_result.get_score())
 
 
+def _check_labels(labels: list[str], with_predictions: bool) -> None:
+    """Refuse, before anything runs, labels that would overwrite each other's scores or prediction folders."""
+    seen: dict[str, str] = {}
+    for label in labels:
+        key = label_folder(label) if with_predictions else label
+        if key in seen:
+            if seen[key] == label:
+                raise ValueError(f"two models share the label '{label}'")
+            raise ValueError(f"the labels '{seen[key]}' and '{label}' would share the predictions folder '{key}'")
+        seen[key] = label
+
+
 def run_suite(
     specs: Sequence[ModelSpec],
     tasks: Sequence[str],
@@ -55,6 +67,7 @@ def run_suite(
     import mteb
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    _check_labels([s.label for s in specs], prediction_dir is not None)
     tasks = list(tasks)
     resolved = resolve_data_dir(data_dir)
     log(f"data: {resolved or 'Hugging Face Hub (no local data dir)'}")
@@ -103,8 +116,6 @@ def run_suite(
         )
 
     for spec in specs:
-        if spec.label in scores:
-            raise ValueError(f"two models share the label '{spec.label}'")
         scores[spec.label], seconds[spec.label] = {}, {}
         t0 = time.monotonic()
         mteb_model, raw = spec.load()
