@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,6 +222,7 @@ def report(args) -> None:
 
 COMPARISON_BEGIN, COMPARISON_END = "<!-- comparison:begin -->", "<!-- comparison:end -->"
 DEV_SUITE = ("STSBenchmark", "STS13", "STS14", "STS15", "SICK-R")
+BANKING = "Banking77Classification"
 
 
 def _scores(path: Path) -> dict | None:
@@ -235,31 +237,31 @@ def _tail_loss(run: Path, last: int = 20) -> float | None:
     return sum(losses[-last:]) / len(losses[-last:]) if losses else None
 
 
-def _prediction_dir(evals: Path, name: str) -> Path | None:
-    """The evaluation of `name` that kept per-pair predictions (`--predictions`) of the five STS tasks, if any:
-    eval/<name>, or eval/<name>-pred (an STS-only re-evaluation with --predictions of a model whose full
-    evaluation ran without it)."""
+def _prediction_dir(evals: Path, name: str, tasks: Sequence[str]) -> Path | None:
+    """The evaluation of `name` that kept per-item predictions (`--predictions`) of `tasks`, if any: eval/<name>,
+    or eval/<name>-pred (a re-evaluation with --predictions of a model whose full evaluation ran without it)."""
     from llm2comp.evaluation.significance import available_tasks
 
     for folder in (evals / name, evals / f"{name}-pred"):
-        if set(DEV_SUITE) <= set(available_tasks(folder)):
+        if set(tasks) <= set(available_tasks(folder)):
             return folder
     return None
 
 
-def _vs_none(evals: Path, objective: str) -> dict | None:
-    """STS average of <objective>-sup minus none-sup, with a paired bootstrap over the test pairs of the 5 tasks."""
+def _vs_none(evals: Path, objective: str, tasks: Sequence[str]) -> dict | None:
+    """<objective>-sup minus none-sup with a paired bootstrap over the test items: the STS average of the five
+    STS tasks, or the accuracy of one classification task."""
     from llm2comp.evaluation import compare_evaluations
 
-    ours, none = _prediction_dir(evals, f"{objective}-sup"), _prediction_dir(evals, "none-sup")
+    ours, none = _prediction_dir(evals, f"{objective}-sup", tasks), _prediction_dir(evals, "none-sup", tasks)
     if ours is None or none is None:
         return None
     try:
-        average = compare_evaluations(none, ours, list(DEV_SUITE), resamples=2000)[-1]
+        last = compare_evaluations(none, ours, list(tasks), resamples=2000)[-1]  # the STS average, or the one task
     except (FileNotFoundError, ValueError) as error:
-        print(f"[{objective}] no interval against none: {error}")
+        print(f"[{objective}] no interval against none on {','.join(tasks)}: {error}")
         return None
-    return {"delta": average.delta, "low": average.low, "high": average.high, "p_not_better": average.p_not_better}
+    return {"delta": last.delta, "low": last.low, "high": last.high, "p_not_better": last.p_not_better}
 
 
 def _interval(diff: dict | None) -> str:
@@ -287,11 +289,14 @@ def compare_report(args) -> None:
             continue
         timing = _scores(stage1 / "train_time.json") if stage1 else None
         row = {"stage1_min": timing["seconds"] / 60 if timing else None, "stage1_loss": _tail_loss(stage1) if stage1 else None,
-               "pretext": pretext, "final": final, "vs_none": None if objective == "none" else _vs_none(evals, objective)}
+               "pretext": pretext, "final": final,
+               "vs_none": None if objective == "none" else _vs_none(evals, objective, DEV_SUITE),
+               "banking_vs_none": None if objective == "none" else _vs_none(evals, objective, [BANKING])}
         old = rows.get(objective, {})
         rows[objective] = {k: row[k] if row[k] is not None else old.get(k) for k in row}
-        if final is not None:  # the interval belongs to these scores: never keep one computed on older ones
+        if final is not None:  # the intervals belong to these scores: never keep ones computed on older ones
             rows[objective]["vs_none"] = row["vs_none"]
+            rows[objective]["banking_vs_none"] = row["banking_vs_none"]
     rows = {k: rows[k] for k in ["none"] + args.objectives.split(",") if k in rows}
     store.write_text(json.dumps(rows, indent=2) + "\n")
 
@@ -300,19 +305,20 @@ def compare_report(args) -> None:
 
     lines = [COMPARISON_BEGIN, "",
              "| stage 1 | stage-1 time | stage-1 loss (last 20 steps) | stage 1 only: STS-B / SICK-R (1,000 pairs) | "
-             "then supervised: " + " | ".join(DEV_SUITE) + " | STS avg | STS avg minus none [95% interval] | Banking77 |",
-             "|---" * (7 + len(DEV_SUITE)) + "|"]
+             "then supervised: " + " | ".join(DEV_SUITE) + " | STS avg | STS avg minus none [95% interval] | Banking77 | "
+             "Banking77 minus none [95% interval] |",
+             "|---" * (8 + len(DEV_SUITE)) + "|"]
     averages = {}
     for objective, r in rows.items():
         pretext, final = r["pretext"] or {}, r["final"] or {}
         sts = [final.get(t) for t in DEV_SUITE]
         average = sum(sts) / len(sts) if final and None not in sts else None
-        averages[objective] = (average, final.get("Banking77Classification"), pretext.get("STSBenchmark"), pretext.get("SICK-R"))
+        averages[objective] = (average, final.get(BANKING), pretext.get("STSBenchmark"), pretext.get("SICK-R"))
         lines.append(f"| {objective.upper() if objective != 'none' else 'none (supervised only)'} | "
                      f"{cell(r['stage1_min'], 1, '{:.0f} min')} | {cell(r['stage1_loss'], 1, '{:.3f}')} | "
                      f"{cell(pretext.get('STSBenchmark'))} / {cell(pretext.get('SICK-R'))} | "
                      + " | ".join(cell(v) for v in sts) + f" | **{cell(average)}** | {_interval(r.get('vs_none'))} | "
-                     f"{cell(final.get('Banking77Classification'))} |")
+                     f"{cell(final.get(BANKING))} | {_interval(r.get('banking_vs_none'))} |")
     lines += ["", "![pretext comparison](figures/pretext-comparison.png)", "", COMPARISON_END]
 
     figures = Path(args.results).parent / "figures"
@@ -339,8 +345,13 @@ def compare_report(args) -> None:
                            color="C0", capsize=4, label="STS average (5 tasks), 95% paired-bootstrap interval" if i == 0 else None)
         elif sts is not None and base[0] is not None:
             right.plot(i - 0.1, 100 * (sts - base[0]), "o", color="C0")
-        if banking is not None and base[1] is not None:
-            right.plot(i + 0.1, 100 * (banking - base[1]), "s", color="C1", label="Banking77 accuracy" if i == 0 else None)
+        diff = rows[name].get("banking_vs_none") if name != "none" else {"delta": 0.0, "low": 0.0, "high": 0.0}
+        if diff:
+            delta = 100 * diff["delta"]
+            right.errorbar(i + 0.1, delta, yerr=[[delta - 100 * diff["low"]], [100 * diff["high"] - delta]], fmt="s",
+                           color="C1", capsize=4, label="Banking77 accuracy, 95% interval" if i == 0 else None)
+        elif banking is not None and base[1] is not None:
+            right.plot(i + 0.1, 100 * (banking - base[1]), "s", color="C1")
     right.axhline(0, color="grey", lw=0.8)
     right.set_title("then the same supervised stage: difference to 'none'")
     right.set_ylabel("points x 100 (full test sets)")

@@ -374,6 +374,22 @@ def test_paired_bootstrap_separates_a_better_model_and_not_an_equal_one():
         paired_bootstrap(gold, good, good[:-1])
 
 
+def test_paired_bootstrap_of_a_mean_separates_better_from_equal():
+    from llm2comp.evaluation import paired_bootstrap_mean
+
+    rng = np.random.default_rng(2)
+    a = (rng.uniform(size=2000) < 0.70).astype(float)
+    better = np.maximum(a, rng.uniform(size=2000) < 0.2)  # right wherever a is, and on some more items
+    deltas = paired_bootstrap_mean(a, better, resamples=500)
+    assert np.quantile(deltas, 0.025) > 0 and np.mean(deltas) == pytest.approx(better.mean() - a.mean(), abs=0.01)
+    assert np.all(paired_bootstrap_mean(a, a, resamples=50) == 0)
+    shuffled = rng.permutation(a)  # same accuracy, other items right
+    deltas = paired_bootstrap_mean(a, shuffled, resamples=500)
+    assert np.quantile(deltas, 0.025) < 0 < np.quantile(deltas, 0.975)
+    with pytest.raises(ValueError, match="same"):
+        paired_bootstrap_mean(a, a[:-1])
+
+
 def test_compare_two_evaluations_with_predictions(tiny_dir, data_dir, tmp_path, capsys):
     # the per-pair predictions kept by --predictions give back the reported scores, in the gold order
     from llm2comp.cli import main
@@ -386,22 +402,31 @@ def test_compare_two_evaluations_with_predictions(tiny_dir, data_dir, tmp_path, 
         assert main(["evaluate", "--model", str(tiny_dir), "--tasks", ",".join(sts + ["Banking77Classification"]),
                      "--data-dir", str(data_dir), "--pooling", pooling, "--output", str(out), "--predictions"]) == 0
         runs[name] = json.loads((out / "results.json").read_text())
-        assert sorted(p.name for p in (out / "predictions/gold").iterdir()) == ["SICK-R.json", "STSBenchmark.json"]
+        assert sorted(p.name for p in (out / "predictions/gold").iterdir()) == [
+            "Banking77Classification.json", "SICK-R.json", "STSBenchmark.json"]
     rows = compare_evaluations(tmp_path / "a", tmp_path / "b", resamples=300)
-    assert [r.task for r in rows] == ["SICK-R", "STSBenchmark", "average"]
-    for row in rows[:2]:
+    assert [(r.task, r.metric) for r in rows] == [("Banking77Classification", "accuracy"), ("SICK-R", "spearman"),
+                                                  ("STSBenchmark", "spearman"), ("STS average", "spearman")]
+    for row in rows[:3]:  # mteb's accuracy (mean over its experiments) and Spearman, from the kept predictions
         assert row.a == pytest.approx(runs["a"][row.task], abs=1e-6)
         assert row.b == pytest.approx(runs["b"][row.task], abs=1e-6)
         assert row.low <= row.delta <= row.high
-    assert rows[2].delta == pytest.approx((rows[0].delta + rows[1].delta) / 2)
+    assert rows[3].delta == pytest.approx((rows[1].delta + rows[2].delta) / 2)  # STS tasks only
     # the CLI prints the table
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--tasks", "STSBenchmark", "--resamples", "100"]) == 0
     printed = capsys.readouterr().out
-    assert "| STSBenchmark |" in printed and "95% interval" in printed
+    assert "| STSBenchmark | spearman |" in printed and "95% interval" in printed
+    # a classification prediction file cut short is refused, not scored on fewer items
+    path = next((tmp_path / "b/predictions").glob("*/Banking77Classification_predictions.json"))
+    predictions = json.loads(path.read_text())
+    predictions["default"]["test"][3] = predictions["default"]["test"][3][:-1]
+    path.write_text(json.dumps(predictions))
+    with pytest.raises(ValueError, match="not an mteb classification prediction file"):
+        compare_evaluations(tmp_path / "a", tmp_path / "b", ["Banking77Classification"])
     # runs on different pairs are refused, and so is a folder without predictions
     assert main(["evaluate", "--model", str(tiny_dir), "--tasks", "STSBenchmark", "--data-dir", str(data_dir),
                  "--limit", "10", "--output", str(tmp_path / "c"), "--predictions"]) == 0
-    with pytest.raises(ValueError, match="different pairs"):
+    with pytest.raises(ValueError, match="different items"):
         compare_evaluations(tmp_path / "a", tmp_path / "c", ["STSBenchmark"])
     assert main(["evaluate", "--model", str(tiny_dir), "--tasks", "STSBenchmark", "--data-dir", str(data_dir),
                  "--output", str(tmp_path / "d")]) == 0
@@ -440,12 +465,17 @@ def test_compare_refuses_stale_or_partial_predictions(tiny_dir, data_dir, tmp_pa
         compare_evaluations(other, out, ["STSBenchmark"], resamples=50)
 
 
-def test_gold_is_written_for_single_subset_sts_tasks_only(data_dir, tmp_path):
+def test_gold_is_written_for_single_subset_sts_and_classification_tasks_only(data_dir, tmp_path):
     from llm2comp.evaluation.significance import label_folder, write_gold
+    from llm2comp.evaluation.tasks import _split_containers
 
     sts = load_task("STSBenchmark", data_dir)
     assert write_gold(sts, tmp_path) and len(json.loads((tmp_path / "gold/STSBenchmark.json").read_text())["scores"]) == 24
-    assert not write_gold(load_task("Banking77Classification", data_dir), tmp_path)
+    banking = load_task("Banking77Classification", data_dir)
+    assert write_gold(banking, tmp_path)
+    gold = json.loads((tmp_path / "gold/Banking77Classification.json").read_text())
+    assert gold["kind"] == "classification" and gold["labels"] == list(_split_containers(banking)[0]["test"]["label"])
+    assert not write_gold(load_task("SciFact", data_dir), tmp_path)  # retrieval: not compared
     multilingual = mteb.get_task("STS17")  # several language subsets: not compared (no gold file, no data loaded)
     assert not write_gold(multilingual, tmp_path) and not (tmp_path / "gold/STS17.json").exists()
     assert label_folder("..") == "model" and label_folder("runs/a b") == "runs_a_b"

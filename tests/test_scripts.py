@@ -12,8 +12,9 @@ SCRIPTS = Path(__file__).parent.parent / "scripts"
 DEV_SUITE = ("STSBenchmark", "STS13", "STS14", "STS15", "SICK-R")
 
 
-def _evaluation(folder: Path, label: str, gold: dict, noise: float, seed: int) -> dict:
-    """An `llm2comp evaluate --predictions` folder whose cosines are the gold scores plus noise."""
+def _evaluation(folder: Path, label: str, gold: dict, noise: float, seed: int, banking: float = 0.8) -> dict:
+    """An `llm2comp evaluate --predictions` folder whose cosines are the gold scores plus noise, and whose ten
+    Banking77 experiments label the first `banking` share of 300 test items right."""
     from scipy.stats import spearmanr
 
     rng = np.random.default_rng(seed)
@@ -26,7 +27,14 @@ def _evaluation(folder: Path, label: str, gold: dict, noise: float, seed: int) -
         (folder / "predictions" / label).mkdir(parents=True, exist_ok=True)
         (folder / "predictions" / label / f"{task}_predictions.json").write_text(
             json.dumps({"mteb_model_meta": {"model_name": label}, "default": {"test": {"cosine_scores": cosines.tolist()}}}))
-    scores["Banking77Classification"] = 0.8
+    labels = [f"intent{i % 7}" for i in range(300)]
+    right = round(banking * len(labels))
+    predicted = [labels[:right] + ["wrong"] * (len(labels) - right)] * 10
+    (folder / "predictions/gold/Banking77Classification.json").write_text(
+        json.dumps({"task": "Banking77Classification", "split": "test", "kind": "classification", "labels": labels}))
+    (folder / "predictions" / label / "Banking77Classification_predictions.json").write_text(
+        json.dumps({"mteb_model_meta": {"model_name": label}, "default": {"test": predicted}}))
+    scores["Banking77Classification"] = right / len(labels)
     (folder / "results.json").write_text(json.dumps(scores))
     (folder / "results_full.json").write_text(json.dumps({"models": [label], "scores": {label: scores}}))
     return scores
@@ -37,8 +45,8 @@ def test_compare_report_writes_the_table_with_the_paired_interval(tmp_path):
     rng = np.random.default_rng(0)
     gold = {task: rng.uniform(0, 5, size=300) for task in DEV_SUITE}
     runs, evals = tmp_path / "runs", tmp_path / "runs/eval"
-    none = _evaluation(evals / "none-sup", "none-sup", gold, noise=1.5, seed=1)
-    kl = _evaluation(evals / "kl-sup", "kl-sup", gold, noise=0.5, seed=2)  # clearly better
+    none = _evaluation(evals / "none-sup", "none-sup", gold, noise=1.5, seed=1, banking=0.7)
+    kl = _evaluation(evals / "kl-sup", "kl-sup", gold, noise=0.5, seed=2, banking=0.8)  # clearly better
     for name, values in (("none", {"STSBenchmark": 0.5, "SICK-R": 0.55}), ("kl", {"STSBenchmark": 0.4, "SICK-R": 0.45})):
         (evals / name).mkdir(parents=True)
         (evals / name / "results.json").write_text(json.dumps(values))
@@ -58,12 +66,17 @@ def test_compare_report_writes_the_table_with_the_paired_interval(tmp_path):
             if line.startswith("| none") or line.startswith("| KL")}
     none_avg, kl_avg = (100 * np.mean([s[t] for t in DEV_SUITE]) for s in (none, kl))
     assert rows["none (supervised only)"][8] == f"**{none_avg:.2f}**" and rows["none (supervised only)"][9] == "–"
+    assert rows["none (supervised only)"][10:] == ["70.00", "–"]
     assert rows["KL"][:3] == ["10 min", "2.000", "40.00 / 45.00"]
     assert rows["KL"][8] == f"**{kl_avg:.2f}**"
     delta, interval = rows["KL"][9].split(" ", 1)
     assert float(delta) == pytest.approx(kl_avg - none_avg, abs=0.01)
     low, high = (float(x) for x in interval.strip("[]").split(","))
     assert 0 < low < float(delta) < high  # a clearly better model: the interval excludes 0
+    assert rows["KL"][10] == "80.00"
+    delta, interval = rows["KL"][11].split(" ", 1)
+    low, high = (float(x) for x in interval.strip("[]").split(","))
+    assert float(delta) == pytest.approx(10.0) and 0 < low < 10 < high < 20  # 30 of 300 items: +10 points
     assert (results.parent / "figures/pretext-comparison.png").stat().st_size > 1000
     stored = json.loads((results.parent / "comparison.json").read_text())
-    assert set(stored) == {"none", "kl"} and stored["kl"]["vs_none"]["low"] > 0
+    assert set(stored) == {"none", "kl"} and stored["kl"]["vs_none"]["low"] > 0 and stored["kl"]["banking_vs_none"]["low"] > 0

@@ -29,6 +29,7 @@ _EXPORTS = {
     "DEFAULT_TASKS": "tasks",
     "compare_evaluations": "significance",
     "paired_bootstrap": "significance",
+    "paired_bootstrap_mean": "significance",
     "diagnose": "diagnostics",
     "singular_spectrum": "diagnostics",
     "memory_correlation": "diagnostics",
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .cli import add_evaluate_arguments, run_evaluate_cli
     from .report import EvaluationReport, format_table
     from .runner import evaluate_model, run_suite
-    from .significance import compare_evaluations, paired_bootstrap
+    from .significance import compare_evaluations, paired_bootstrap, paired_bootstrap_mean
     from .specs import minilm_path
     from .tasks import DEFAULT_TASKS, inject_local_data, load_task, load_tasks, resolve_data_dir, subsample_task
 

@@ -31,15 +31,15 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--device", default=None, help="cpu, cuda, ... for models loaded by name")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")
     parser.add_argument("--predictions", action="store_true",
-                        help="keep per-item predictions and STS gold scores under --output/predictions (for `llm2comp compare`)")
+                        help="keep per-item predictions and gold values (STS, classification) under --output/predictions, for `llm2comp compare`")
     return parser
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the `compare` options; pair with `run_compare_cli`."""
     parser.add_argument("eval_a", help="an `llm2comp evaluate --predictions --output` folder (the reference)")
-    parser.add_argument("eval_b", help="another one, evaluated on the same pairs")
-    parser.add_argument("--tasks", default=None, help="comma-separated STS tasks (default: all with predictions in both)")
+    parser.add_argument("eval_b", help="another one, evaluated on the same test items")
+    parser.add_argument("--tasks", default=None, help="comma-separated STS or classification tasks (default: all with predictions in both)")
     parser.add_argument("--label-a", default=None, help="which model of A's table (default: its main model)")
     parser.add_argument("--label-b", default=None, help="which model of B's table (default: its main model)")
     parser.add_argument("--resamples", type=int, default=2000)
@@ -49,7 +49,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 def run_compare_cli(args) -> int:
-    """Entry point for `llm2comp compare`: a paired bootstrap of B minus A over the same STS pairs."""
+    """Entry point for `llm2comp compare`: a paired bootstrap of B minus A over the same test items."""
     from .significance import compare_evaluations, format_comparison
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
@@ -59,7 +59,7 @@ def run_compare_cli(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"A = {args.eval_a}\nB = {args.eval_b}\nSpearman x 100 on the same pairs; paired bootstrap, {args.resamples} resamples "
+    print(f"A = {args.eval_a}\nB = {args.eval_b}\nscores x 100 on the same test items; paired bootstrap, {args.resamples} resamples "
           "(test-set sampling noise only, not seed noise)\n")
     print(format_comparison(rows, confidence=args.confidence))
     return 0

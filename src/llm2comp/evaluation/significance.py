@@ -1,9 +1,11 @@
-"""Is model B really better than model A on the same STS pairs? A paired bootstrap over the test pairs.
+"""Is model B really better than model A on the same test items? A paired bootstrap over the test set.
 
-`llm2comp evaluate --predictions` keeps, next to the scores, each model's per-pair cosine similarities (mteb's own
-prediction files) and the gold scores of the pairs it evaluated. `compare_evaluations` resamples the pairs with
-replacement, the same resample for both models, and reports the difference of their Spearman correlations with a
-percentile interval; for several tasks, the difference of the task averages, each task resampled on its own.
+`llm2comp evaluate --predictions` keeps, next to the scores, each model's per-item predictions (mteb's own
+prediction files: cosine similarities for STS pairs, predicted labels of every classification experiment) and the
+gold values of the items it evaluated. `compare_evaluations` resamples the items with replacement, the same
+resample for both models, and reports the difference of their scores (Spearman for STS, accuracy averaged over
+mteb's experiments for classification) with a percentile interval; for several STS tasks, also the difference of
+their average, each task resampled on its own.
 
 It measures test-set sampling noise only: two training runs that differ by seed differ by more than this.
 """
@@ -23,6 +25,7 @@ from .report import FULL_RESULTS_NAME
 
 PREDICTIONS_DIR = "predictions"
 GOLD_DIR = "gold"
+STS_AVERAGE = "STS average"  # the last row of a comparison of two or more STS tasks
 
 
 def label_folder(label: str) -> str:
@@ -31,38 +34,60 @@ def label_folder(label: str) -> str:
 
 
 def write_gold(task, folder: Path) -> bool:
-    """Write the gold scores of an STS task's evaluation split, in mteb's order, to `folder/gold/<task>.json`.
-    Returns False (and writes nothing) for other task types and for STS tasks with several subsets or splits
-    (multilingual ones: not compared)."""
+    """Write the gold values of a task's evaluation split, in mteb's order, to `folder/gold/<task>.json`: the
+    scores of an STS task, the labels of a classification task scored by accuracy. Returns False (and writes
+    nothing) for other tasks and for tasks with several subsets or splits (multilingual ones: not compared)."""
     from .tasks import _split_containers, task_kind
 
+    kind = task_kind(task)
     subsets = getattr(task, "hf_subsets", None) or ["default"]
-    if task_kind(task) != "sts" or len(subsets) > 1 or len(task.eval_splits) > 1:
+    if kind not in ("sts", "classification") or len(subsets) > 1 or len(task.eval_splits) > 1:
+        return False
+    if kind == "classification" and task.metadata.main_score != "accuracy":
         return False
     if not getattr(task, "data_loaded", True):
         task.load_data()
     split = task.eval_splits[0]
-    container = _split_containers(task)[0]
-    scores = [float(s) for s in container[split]["score"]]
+    rows = _split_containers(task)[0][split]
+    gold = {"task": task.metadata.name, "split": split, "kind": kind}
+    if kind == "sts":
+        gold["scores"] = [float(s) for s in rows["score"]]
+    else:
+        gold["labels"] = [_plain(label) for label in rows[getattr(task, "label_column_name", "label")]]
     (folder / GOLD_DIR).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / GOLD_DIR / f"{task.metadata.name}.json", {"task": task.metadata.name, "split": split, "scores": scores})
+    write_json_atomic(folder / GOLD_DIR / f"{task.metadata.name}.json", gold)
     return True
 
 
-def _read_gold(folder: Path, task: str) -> tuple[str, np.ndarray]:
-    """(evaluation split, gold scores in mteb's order) written by `write_gold`."""
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclasses.dataclass
+class _Gold:
+    kind: str  # "sts" | "classification"
+    split: str
+    values: np.ndarray  # gold scores (float) or labels (str)
+
+
+def _read_gold(folder: Path, task: str) -> _Gold:
+    """The gold values of a task in mteb's order, written by `write_gold`."""
     path = folder / GOLD_DIR / f"{task}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} missing: evaluate with --predictions (STS tasks only)")
+        raise FileNotFoundError(f"{path} missing: evaluate with --predictions (STS and classification tasks only)")
     data = json.loads(path.read_text(encoding="utf-8"))
-    return data["split"], np.asarray(data["scores"], dtype=np.float64)
+    if data.get("kind", "sts") == "sts":  # files written before classification was compared have no "kind"
+        return _Gold("sts", data["split"], np.asarray(data["scores"], dtype=np.float64))
+    return _Gold("classification", data["split"], np.asarray([str(label) for label in data["labels"]]))
 
 
 def _predictions_path(folder: Path, label: str, task: str) -> Path:
     return folder / label_folder(label) / f"{task}_predictions.json"
 
 
-def _read_cosines(folder: Path, label: str, task: str, split: str) -> np.ndarray:
+def _read_predictions(folder: Path, label: str, task: str, gold: _Gold) -> np.ndarray:
+    """Per-item values of a model: the cosine of each STS pair, or for classification the share of mteb's
+    experiments that labelled the item right (its mean over the items is mteb's accuracy)."""
     path = _predictions_path(folder, label, task)
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: evaluate with --predictions")
@@ -71,9 +96,14 @@ def _read_cosines(folder: Path, label: str, task: str, split: str) -> np.ndarray
         subsets = [v for k, v in data.items() if k != "mteb_model_meta"]
         if len(subsets) != 1:
             raise ValueError(f"expected one subset, found {len(subsets)}")
-        return np.asarray(subsets[0][split]["cosine_scores"], dtype=np.float64)
+        if gold.kind == "sts":
+            return np.asarray(subsets[0][gold.split]["cosine_scores"], dtype=np.float64)
+        experiments = subsets[0][gold.split]
+        if not experiments or any(len(labels) != len(gold.values) for labels in experiments):
+            raise ValueError(f"expected experiments of {len(gold.values)} predicted labels each")
+        return np.mean([np.asarray([str(x) for x in labels]) == gold.values for labels in experiments], axis=0)
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path}: not an mteb STS prediction file ({type(error).__name__}: {error})") from None
+        raise ValueError(f"{path}: not an mteb {gold.kind} prediction file ({type(error).__name__}: {error})") from None
 
 
 def _spearman_rows(gold: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -93,12 +123,24 @@ def paired_bootstrap(gold, scores_a, scores_b, resamples: int = 2000, seed: int 
     gold, a, b = (np.asarray(x, dtype=np.float64) for x in (gold, scores_a, scores_b))
     if not (len(gold) == len(a) == len(b)) or len(gold) < 3:
         raise ValueError(f"need the same >= 3 pairs for gold and both models, got {len(gold)}, {len(a)}, {len(b)}")
-    idx = np.random.default_rng(seed).integers(0, len(gold), size=(resamples, len(gold)))
-    deltas = np.empty(resamples)
+    return _resampled(len(gold), resamples, seed,
+                      lambda rows: _spearman_rows(gold[rows], b[rows]) - _spearman_rows(gold[rows], a[rows]))
+
+
+def paired_bootstrap_mean(values_a, values_b, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """mean(b) - mean(a) of per-item values (e.g. correctness) on `resamples` resamples of the items."""
+    if len(values_a) != len(values_b) or len(values_a) < 3:
+        raise ValueError(f"need the same >= 3 items for both models, got {len(values_a)}, {len(values_b)}")
+    diff = np.asarray(values_b, dtype=np.float64) - np.asarray(values_a, dtype=np.float64)
+    return _resampled(len(diff), resamples, seed, lambda rows: diff[rows].mean(axis=-1))
+
+
+def _resampled(n: int, resamples: int, seed: int, statistic) -> np.ndarray:
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    out = np.empty(resamples)
     for start in range(0, resamples, 256):  # bounded memory on large test sets
-        rows = idx[start : start + 256]
-        deltas[start : start + 256] = _spearman_rows(gold[rows], b[rows]) - _spearman_rows(gold[rows], a[rows])
-    return deltas
+        out[start : start + 256] = statistic(idx[start : start + 256])
+    return out
 
 
 @dataclasses.dataclass
@@ -109,6 +151,7 @@ class PairedDifference:
     low: float  # percentile interval of b - a
     high: float
     p_not_better: float  # share of resamples where b - a <= 0
+    metric: str = "spearman"  # or "accuracy"
 
     @property
     def delta(self) -> float:
@@ -123,8 +166,8 @@ def _report(folder: Path) -> dict:
 
 
 def available_tasks(eval_dir: str | Path, label: str | None = None) -> list[str]:
-    """STS tasks of an evaluation folder that have a score, gold scores and the model's predictions (a run
-    killed before a task has its gold file but no score or predictions for it)."""
+    """Tasks of an evaluation folder that have a score, gold values and the model's predictions (a run killed
+    before a task has its gold file but no score or predictions for it)."""
     folder = Path(eval_dir)
     if not (folder / FULL_RESULTS_NAME).is_file():
         return []
@@ -152,11 +195,12 @@ def compare_evaluations(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> list[PairedDifference]:
-    """B minus A per STS task, and a last row "average" (mean over the tasks), from two `--predictions` runs.
+    """B minus A per task (STS and classification), and for two or more STS tasks a last row "STS average" (mean
+    over the STS tasks), from two `--predictions` runs.
 
     Each folder is an `llm2comp evaluate --output` folder; the model compared is the run's main model unless a
-    label (a column of its table) is given. Both runs must have evaluated the same pairs (same data, limit, seed):
-    the gold scores are checked to match."""
+    label (a column of its table) is given. Both runs must have evaluated the same items (same data, limit, seed):
+    the gold values are checked to match."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
     if resamples < 1:
@@ -169,46 +213,52 @@ def compare_evaluations(
         in_b = set(_finished_tasks(Path(eval_b), report_b, label_b))
         tasks = [t for t in _finished_tasks(Path(eval_a), report_a, label_a) if t in in_b]
     if not tasks:
-        raise ValueError(f"no STS task with predictions in both {eval_a} and {eval_b} "
+        raise ValueError(f"no task with predictions in both {eval_a} and {eval_b} "
                          "(evaluate each with `llm2comp evaluate --output DIR --predictions`)")
     tail = (1 - confidence) / 2
-    rows, all_deltas = [], []
+    rows, sts_deltas = [], []
     for i, task in enumerate(tasks):
-        split, gold = _read_gold(folder_a, task)
-        if not np.array_equal(gold, _read_gold(folder_b, task)[1]):
-            raise ValueError(f"{task}: the two runs evaluated different pairs (gold scores differ); use the same data, limit and seed")
-        a = _read_cosines(folder_a, label_a, task, split)
-        b = _read_cosines(folder_b, label_b, task, split)
-        deltas = paired_bootstrap(gold, a, b, resamples=resamples, seed=seed + i)
-        all_deltas.append(deltas)
-        point_a, point_b = (float(_spearman_rows(gold, s)) for s in (a, b))
+        gold = _read_gold(folder_a, task)
+        other = _read_gold(folder_b, task)
+        if gold.kind != other.kind or not np.array_equal(gold.values, other.values):
+            raise ValueError(f"{task}: the two runs evaluated different items (gold values differ); use the same data, limit and seed")
+        a = _read_predictions(folder_a, label_a, task, gold)
+        b = _read_predictions(folder_b, label_b, task, gold)
+        if gold.kind == "sts":
+            deltas = paired_bootstrap(gold.values, a, b, resamples=resamples, seed=seed + i)
+            sts_deltas.append(deltas)
+            point_a, point_b = (float(_spearman_rows(gold.values, s)) for s in (a, b))
+        else:
+            deltas = paired_bootstrap_mean(a, b, resamples=resamples, seed=seed + i)
+            point_a, point_b = float(a.mean()), float(b.mean())
         for point, report, label, folder in ((point_a, report_a, label_a, eval_a), (point_b, report_b, label_b, eval_b)):
             stored = report.get("scores", {}).get(label, {}).get(task)
             if stored is None or abs(stored - point) > 1e-6:
                 raise ValueError(f"{folder}: the predictions of {label} on {task} give {point:.6f}, the run reported "
                                  f"{stored}: stale or partial predictions; evaluate again with --predictions")
-        rows.append(_summarise(task, point_a, point_b, deltas, tail))
-    if len(rows) > 1:
-        mean_a = float(np.mean([r.a for r in rows]))
-        mean_b = float(np.mean([r.b for r in rows]))
-        rows.append(_summarise("average", mean_a, mean_b, np.mean(all_deltas, axis=0), tail))
+        rows.append(_summarise(task, point_a, point_b, deltas, tail, "spearman" if gold.kind == "sts" else "accuracy"))
+    sts_rows = [r for r in rows if r.metric == "spearman"]
+    if len(sts_rows) > 1:
+        mean_a = float(np.mean([r.a for r in sts_rows]))
+        mean_b = float(np.mean([r.b for r in sts_rows]))
+        rows.append(_summarise(STS_AVERAGE, mean_a, mean_b, np.mean(sts_deltas, axis=0), tail, "spearman"))
     return rows
 
 
-def _summarise(task: str, a: float, b: float, deltas: np.ndarray, tail: float) -> PairedDifference:
+def _summarise(task: str, a: float, b: float, deltas: np.ndarray, tail: float, metric: str) -> PairedDifference:
     low, high = np.quantile(deltas, [tail, 1 - tail])
-    return PairedDifference(task, a, b, float(low), float(high), float(np.mean(deltas <= 0)))
+    return PairedDifference(task, a, b, float(low), float(high), float(np.mean(deltas <= 0)), metric)
 
 
 def format_comparison(rows: Sequence[PairedDifference], name_a: str = "A", name_b: str = "B", confidence: float = 0.95) -> str:
-    """Markdown table (Spearman x 100)."""
+    """Markdown table (scores x 100)."""
     lines = [
-        f"| task | {name_a} | {name_b} | {name_b} - {name_a} | {confidence:.0%} interval | resamples with {name_b} <= {name_a} |",
-        "|---|---|---|---|---|---|",
+        f"| task | metric | {name_a} | {name_b} | {name_b} - {name_a} | {confidence:.0%} interval | resamples with {name_b} <= {name_a} |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.task} | {100 * r.a:.2f} | {100 * r.b:.2f} | {100 * r.delta:+.2f} | "
+            f"| {r.task} | {r.metric} | {100 * r.a:.2f} | {100 * r.b:.2f} | {100 * r.delta:+.2f} | "
             f"[{100 * r.low:+.2f}, {100 * r.high:+.2f}] | {r.p_not_better:.1%} |"
         )
     return "\n".join(lines)
