@@ -311,6 +311,24 @@ def test_pooling_override_equals_the_baseline_column(tiny_dir, data_dir, tmp_pat
         evaluate_model("minilm", "STSBenchmark", data_dir=data_dir, limit=8, pooling="mean", print_table=False)
 
 
+def test_attention_override_reads_a_model_through_the_other_mask(tiny_dir, data_dir):
+    # `--attention bidirectional` scores what a model loaded bidirectional scores, and differs from causal
+    kwargs = dict(data_dir=data_dir, limit=12, print_table=False, show_progress=False, return_report=True)
+    both = evaluate_model(str(tiny_dir), "STSBenchmark", pooling="mean", attention="bidirectional", **kwargs)
+    assert both.models == ["tiny-llama (mean, bidirectional)"]
+    assert both.settings["models"]["tiny-llama (mean, bidirectional)"].endswith("(mean, bidirectional)")
+    loaded = LLM2Comp.from_pretrained(str(tiny_dir), pooling="mean", bidirectional=True)
+    direct = evaluate_model(loaded, "STSBenchmark", **kwargs)
+    causal = evaluate_model(str(tiny_dir), "STSBenchmark", pooling="mean", attention="causal", **kwargs)
+    score = lambda report: report.scores[report.models[0]]["STSBenchmark"]  # noqa: E731
+    assert score(both) == pytest.approx(score(direct), abs=1e-9)
+    assert score(both) != pytest.approx(score(causal), abs=1e-6)
+    with pytest.raises(ValueError, match="set it on the LLM2Comp instance"):
+        evaluate_model(loaded, "STSBenchmark", attention="causal", **kwargs)
+    with pytest.raises(ValueError, match="attention must be"):
+        evaluate_model(str(tiny_dir), "STSBenchmark", attention="sideways", **kwargs)
+
+
 def _die_in_second_task(monkeypatch):
     """Make mteb.evaluate raise KeyboardInterrupt (a kill) when the run reaches its second task; returns the real one."""
     real_evaluate, calls = mteb.evaluate, []

@@ -23,6 +23,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     from ..pooling import pooling_modes
 
     parser.add_argument("--pooling", default=None, choices=pooling_modes(), help="pooling of the main model (default: as saved)")
+    parser.add_argument("--attention", default=None, choices=["causal", "bidirectional"],
+                        help="attention mask of the main model (default: as saved)")
     parser.add_argument("--baselines", default="", help="comma-separated: mean,last,prompteol,minilm,<st dir>")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--instructions", default=None, help="JSON file or string: {task or task type or 'query': instruction}")
@@ -99,6 +101,7 @@ def run_evaluate_cli(args) -> int:
             device=get("device"),
             num_threads=get("threads"),
             pooling=get("pooling"),
+            attention=get("attention"),
             save_predictions=bool(get("predictions", False)),
         )
     except (FileNotFoundError, ValueError, KeyError) as error:

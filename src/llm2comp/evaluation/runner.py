@@ -171,6 +171,7 @@ def evaluate_model(
     device: str | None = None,
     num_threads: int | None = None,
     pooling: str | None = None,
+    attention: str | None = None,
     save_predictions: bool = False,
     show_progress: bool = True,
     print_table: bool = True,
@@ -196,9 +197,11 @@ def evaluate_model(
         instructions / use_task_instructions: query-side instructions for LLM2Comp models (see `MTEBEncoder`).
         device: where models given by name are loaded (default: LLM2Comp's / sentence-transformers' choice).
         pooling: pooling of the main model when it is loaded by name (`mean`, `last`, `prompteol`, `memory`).
+        attention: `causal` or `bidirectional`: the main model's attention mask when it is loaded by name
+            (default: as saved; a bare backbone is causal except under memory pooling, see `LLM2Comp`).
         num_threads: torch CPU threads during the run (restored after). On a shared CPU machine use 1: OpenMP
             threads oversubscribed by other processes make a 2-thread run up to 10x slower than a 1-thread one.
-        save_predictions: also keep each model's per-item predictions and the STS gold scores under
+        save_predictions: also keep each model's per-item predictions and the gold values under
             `output_dir/predictions`, for `llm2comp compare` (a paired bootstrap between two runs).
         return_report: return the full `EvaluationReport` instead of the dict.
     """
@@ -210,7 +213,8 @@ def evaluate_model(
     adapter_kwargs = {"instructions": instructions, "use_task_instructions": use_task_instructions}
     specs = []
     if model_or_path is not None:
-        specs.append(model_spec(model_or_path, batch_size=batch_size, adapter_kwargs=adapter_kwargs, device=device, pooling=pooling))
+        specs.append(model_spec(model_or_path, batch_size=batch_size, adapter_kwargs=adapter_kwargs, device=device, pooling=pooling,
+                                attention=attention))
     for baseline in baselines:
         spec = baseline_spec(baseline, model_or_path, batch_size=batch_size, adapter_kwargs=adapter_kwargs, device=device)
         if any(s.label == spec.label for s in specs):

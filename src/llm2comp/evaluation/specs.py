@@ -55,7 +55,9 @@ def _llm2comp_spec(label: str, name_or_model, batch_size: int, adapter_kwargs: d
         return MTEBEncoder(model, batch_size=batch_size, **adapter_kwargs), model
 
     source = name_or_model.config.base_model if isinstance(name_or_model, LLM2Comp) else str(name_or_model)
-    return ModelSpec(label, load, "llm2comp", f"{source} ({load_kwargs.get('pooling') or 'as saved'})")
+    bidirectional = load_kwargs.get("bidirectional")
+    overrides = [load_kwargs.get("pooling"), None if bidirectional is None else ("bidirectional" if bidirectional else "causal")]
+    return ModelSpec(label, load, "llm2comp", f"{source} ({', '.join(o for o in overrides if o) or 'as saved'})")
 
 
 def _st_spec(label: str, path_or_model, device: str | None = None) -> ModelSpec:
@@ -79,30 +81,39 @@ def model_spec(
     adapter_kwargs: dict | None = None,
     device: str | None = None,
     pooling: str | None = None,
+    attention: str | None = None,
 ) -> ModelSpec:
     """The main model: an LLM2Comp instance, a SentenceTransformer, `minilm`, an ST folder, or anything
-    `LLM2Comp.from_pretrained` accepts (saved LLM2Comp dir, backbone alias/dir/hub id/.gguf). `pooling`
-    overrides the pooling of an LLM2Comp model loaded by name (e.g. `last` on a bare backbone)."""
+    `LLM2Comp.from_pretrained` accepts (saved LLM2Comp dir, backbone alias/dir/hub id/.gguf). `pooling` and
+    `attention` ("causal" or "bidirectional") override those of an LLM2Comp model loaded by name (e.g. `last`
+    on a bare backbone, or a trained model read through the other mask)."""
     from ..model import LLM2Comp
     from ..pooling import check_pooling
 
     if pooling is not None:
         check_pooling(pooling)
+    if attention not in (None, "causal", "bidirectional"):
+        raise ValueError(f"attention must be 'causal' or 'bidirectional', got {attention!r}")
+    bidirectional = None if attention is None else attention == "bidirectional"
     adapter_kwargs = adapter_kwargs or {}
     if isinstance(model_or_path, LLM2Comp):
         if pooling is not None and pooling != model_or_path.config.pooling:
             raise ValueError("pooling applies to models loaded by name; set it on the LLM2Comp instance instead")
+        if bidirectional is not None and bidirectional != model_or_path.config.bidirectional:
+            raise ValueError("attention applies to models loaded by name; set it on the LLM2Comp instance instead")
         return _llm2comp_spec(label or f"model ({model_or_path.config.pooling})", model_or_path, batch_size, adapter_kwargs)
     name = str(model_or_path)
     spec = _sentence_transformers_spec(model_or_path, label, device)
     if spec is not None:
-        if pooling is not None:
-            raise ValueError("pooling applies to LLM2Comp models, not to sentence-transformers models")
+        if pooling is not None or attention is not None:
+            raise ValueError("pooling and attention apply to LLM2Comp models, not to sentence-transformers models")
         return spec
     default_label = Path(name).name or name
-    if pooling is not None:
-        default_label = f"{default_label} ({pooling})"
-    return _llm2comp_spec(label or default_label, name, batch_size, adapter_kwargs, device=device, pooling=pooling)
+    overrides = ", ".join(x for x in (pooling, attention) if x is not None)
+    if overrides:
+        default_label = f"{default_label} ({overrides})"
+    return _llm2comp_spec(label or default_label, name, batch_size, adapter_kwargs, device=device, pooling=pooling,
+                          bidirectional=bidirectional)
 
 
 def _sentence_transformers_spec(model_or_path, label: str | None, device: str | None) -> ModelSpec | None:
