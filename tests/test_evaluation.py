@@ -430,6 +430,8 @@ def test_compare_two_evaluations_with_predictions(tiny_dir, data_dir, tmp_path, 
         assert row.b == pytest.approx(runs["b"][row.task], abs=1e-6)
         assert row.low <= row.delta <= row.high
     assert rows[3].delta == pytest.approx((rows[1].delta + rows[2].delta) / 2)  # STS tasks only
+    alone = compare_evaluations(tmp_path / "a", tmp_path / "b", ["STSBenchmark"], resamples=300)
+    assert alone == [rows[2]]  # a task's interval does not depend on which other tasks are compared
     # the CLI prints the table
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--tasks", "STSBenchmark", "--resamples", "100"]) == 0
     printed = capsys.readouterr().out

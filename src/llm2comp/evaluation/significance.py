@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -217,7 +218,7 @@ def compare_evaluations(
                          "(evaluate each with `llm2comp evaluate --output DIR --predictions`)")
     tail = (1 - confidence) / 2
     rows, sts_deltas = [], []
-    for i, task in enumerate(tasks):
+    for task in tasks:
         gold = _read_gold(folder_a, task)
         other = _read_gold(folder_b, task)
         if gold.kind != other.kind or not np.array_equal(gold.values, other.values):
@@ -225,11 +226,11 @@ def compare_evaluations(
         a = _read_predictions(folder_a, label_a, task, gold)
         b = _read_predictions(folder_b, label_b, task, gold)
         if gold.kind == "sts":
-            deltas = paired_bootstrap(gold.values, a, b, resamples=resamples, seed=seed + i)
+            deltas = paired_bootstrap(gold.values, a, b, resamples=resamples, seed=_task_seed(seed, task))
             sts_deltas.append(deltas)
             point_a, point_b = (float(_spearman_rows(gold.values, s)) for s in (a, b))
         else:
-            deltas = paired_bootstrap_mean(a, b, resamples=resamples, seed=seed + i)
+            deltas = paired_bootstrap_mean(a, b, resamples=resamples, seed=_task_seed(seed, task))
             point_a, point_b = float(a.mean()), float(b.mean())
         for point, report, label, folder in ((point_a, report_a, label_a, eval_a), (point_b, report_b, label_b, eval_b)):
             stored = report.get("scores", {}).get(label, {}).get(task)
@@ -243,6 +244,12 @@ def compare_evaluations(
         mean_b = float(np.mean([r.b for r in sts_rows]))
         rows.append(_summarise(STS_AVERAGE, mean_a, mean_b, np.mean(sts_deltas, axis=0), tail, "spearman"))
     return rows
+
+
+def _task_seed(seed: int, task: str) -> int:
+    """A task's resampling seed: the same whichever other tasks are compared with it (a task's row and interval
+    do not move when a task is added to the comparison)."""
+    return seed + zlib.crc32(task.encode("utf-8"))
 
 
 def _summarise(task: str, a: float, b: float, deltas: np.ndarray, tail: float, metric: str) -> PairedDifference:
