@@ -337,22 +337,18 @@ def compare_report(args) -> None:
     left.legend(fontsize=8, loc="upper right", ncol=2)
     # what the supervised stage ends with, as the difference to no stage 1: the quantity the claim is about
     base = averages.get("none", (None, None))
-    for i, name in enumerate(names):
-        sts, banking = averages[name][0], averages[name][1]
-        diff = rows[name].get("vs_none") if name != "none" else {"delta": 0.0, "low": 0.0, "high": 0.0}
-        if diff:
-            delta = 100 * diff["delta"]
-            right.errorbar(i - 0.1, delta, yerr=[[delta - 100 * diff["low"]], [100 * diff["high"] - delta]], fmt="o",
-                           color="C0", capsize=4, label="STS average (5 tasks), 95% paired-bootstrap interval" if i == 0 else None)
-        elif sts is not None and base[0] is not None:
-            right.plot(i - 0.1, 100 * (sts - base[0]), "o", color="C0")
-        diff = rows[name].get("banking_vs_none") if name != "none" else {"delta": 0.0, "low": 0.0, "high": 0.0}
-        if diff:
-            delta = 100 * diff["delta"]
-            right.errorbar(i + 0.1, delta, yerr=[[delta - 100 * diff["low"]], [100 * diff["high"] - delta]], fmt="s",
-                           color="C1", capsize=4, label="Banking77 accuracy, 95% interval" if i == 0 else None)
-        elif banking is not None and base[1] is not None:
-            right.plot(i + 0.1, 100 * (banking - base[1]), "s", color="C1")
+    series = ((0, "vs_none", -0.1, "o", "C0", "STS average (5 tasks), 95% paired-bootstrap interval"),
+              (1, "banking_vs_none", 0.1, "s", "C1", "Banking77 accuracy, 95% interval"))
+    for index, key, offset, marker, color, label in series:
+        for i, name in enumerate(names):
+            diff = rows[name].get(key) if name != "none" else {"delta": 0.0, "low": 0.0, "high": 0.0}
+            score = averages[name][index]
+            if diff:
+                delta = 100 * diff["delta"]
+                right.errorbar(i + offset, delta, yerr=[[delta - 100 * diff["low"]], [100 * diff["high"] - delta]],
+                               fmt=marker, color=color, capsize=4, label=label if i == 0 else None)
+            elif score is not None and base[index] is not None:  # no predictions kept: the difference, no interval
+                right.plot(i + offset, 100 * (score - base[index]), marker, color=color)
     right.axhline(0, color="grey", lw=0.8)
     right.set_title("then the same supervised stage: difference to 'none'")
     right.set_ylabel("points x 100 (full test sets)")

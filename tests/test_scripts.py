@@ -40,6 +40,13 @@ def _evaluation(folder: Path, label: str, gold: dict, noise: float, seed: int, b
     return scores
 
 
+def _interval_cell(cell: str) -> tuple[float, float, float]:
+    """'+1.23 [+0.45, +2.01]' -> (1.23, 0.45, 2.01)"""
+    delta, interval = cell.split(" ", 1)
+    low, high = (float(x) for x in interval.strip("[]").split(","))
+    return float(delta), low, high
+
+
 def test_compare_report_writes_the_table_with_the_paired_interval(tmp_path):
     pytest.importorskip("matplotlib")
     rng = np.random.default_rng(0)
@@ -69,14 +76,12 @@ def test_compare_report_writes_the_table_with_the_paired_interval(tmp_path):
     assert rows["none (supervised only)"][10:] == ["70.00", "–"]
     assert rows["KL"][:3] == ["10 min", "2.000", "40.00 / 45.00"]
     assert rows["KL"][8] == f"**{kl_avg:.2f}**"
-    delta, interval = rows["KL"][9].split(" ", 1)
-    assert float(delta) == pytest.approx(kl_avg - none_avg, abs=0.01)
-    low, high = (float(x) for x in interval.strip("[]").split(","))
-    assert 0 < low < float(delta) < high  # a clearly better model: the interval excludes 0
+    delta, low, high = _interval_cell(rows["KL"][9])
+    assert delta == pytest.approx(kl_avg - none_avg, abs=0.01)
+    assert 0 < low < delta < high  # a clearly better model: the interval excludes 0
     assert rows["KL"][10] == "80.00"
-    delta, interval = rows["KL"][11].split(" ", 1)
-    low, high = (float(x) for x in interval.strip("[]").split(","))
-    assert float(delta) == pytest.approx(10.0) and 0 < low < 10 < high < 20  # 30 of 300 items: +10 points
+    delta, low, high = _interval_cell(rows["KL"][11])
+    assert delta == pytest.approx(10.0) and 0 < low < 10 < high < 20  # 30 of 300 items: +10 points
     assert (results.parent / "figures/pretext-comparison.png").stat().st_size > 1000
     stored = json.loads((results.parent / "comparison.json").read_text())
     assert set(stored) == {"none", "kl"} and stored["kl"]["vs_none"]["low"] > 0 and stored["kl"]["banking_vs_none"]["low"] > 0

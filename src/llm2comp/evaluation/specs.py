@@ -42,9 +42,13 @@ class ModelSpec:
     source: str
 
 
-def _llm2comp_spec(label: str, name_or_model, batch_size: int, adapter_kwargs: dict, **load_kwargs) -> ModelSpec:
+def _llm2comp_spec(label: str, name_or_model, batch_size: int, adapter_kwargs: dict, attention: str | None = None,
+                   **load_kwargs) -> ModelSpec:
     from ..model import LLM2Comp
     from .mteb_adapter import MTEBEncoder
+
+    if attention is not None:
+        load_kwargs["bidirectional"] = attention == "bidirectional"
 
     def load():
         if isinstance(name_or_model, LLM2Comp):
@@ -55,9 +59,8 @@ def _llm2comp_spec(label: str, name_or_model, batch_size: int, adapter_kwargs: d
         return MTEBEncoder(model, batch_size=batch_size, **adapter_kwargs), model
 
     source = name_or_model.config.base_model if isinstance(name_or_model, LLM2Comp) else str(name_or_model)
-    bidirectional = load_kwargs.get("bidirectional")
-    overrides = [load_kwargs.get("pooling"), None if bidirectional is None else ("bidirectional" if bidirectional else "causal")]
-    return ModelSpec(label, load, "llm2comp", f"{source} ({', '.join(o for o in overrides if o) or 'as saved'})")
+    overrides = ", ".join(o for o in (load_kwargs.get("pooling"), attention) if o) or "as saved"
+    return ModelSpec(label, load, "llm2comp", f"{source} ({overrides})")
 
 
 def _st_spec(label: str, path_or_model, device: str | None = None) -> ModelSpec:
@@ -112,8 +115,7 @@ def model_spec(
     overrides = ", ".join(x for x in (pooling, attention) if x is not None)
     if overrides:
         default_label = f"{default_label} ({overrides})"
-    return _llm2comp_spec(label or default_label, name, batch_size, adapter_kwargs, device=device, pooling=pooling,
-                          bidirectional=bidirectional)
+    return _llm2comp_spec(label or default_label, name, batch_size, adapter_kwargs, attention, device=device, pooling=pooling)
 
 
 def _sentence_transformers_spec(model_or_path, label: str | None, device: str | None) -> ModelSpec | None:
