@@ -39,7 +39,10 @@ def test_one_copy_memory_smoke():
     out = _run(BENCHMARKS / "one_copy_memory.py", "--model", "tiny", "--steps", "1", "--rounds", "1", "--length", "32")
     memory_one = _number(out, r"one copy \(adapter off = teacher\)\s+([\d.]+)")
     memory_two = _number(out, r"two copies \(frozen second model\)\s+([\d.]+)")
-    assert 0 < memory_one <= memory_two  # the second copy can only add memory
+    # Both positive; not ordered: a tiny model's second copy (~100 kB) is far below the RSS noise (tens of MB; CI once
+    # printed 61 vs 60). The memory claim is structural (test_pretext: the objective holds no weights of its own) and
+    # measured at real sizes in docs/RESULTS.md.
+    assert memory_one > 0 and memory_two > 0
     ratio = _number(out, r"ratio one/two: memory ([\d.]+)x")
     assert ratio == pytest.approx(memory_one / memory_two, abs=0.01 + 1 / memory_two)  # MB are printed rounded
     assert "|diff| = 0.00e+00" in out

@@ -146,6 +146,18 @@ def test_objectives_check_the_pooling(tiny_dir):
         CompressionObjective(_model(tiny_dir, pooling="mean", bidirectional=True), kind="kl")
 
 
+def test_one_copy_layout_holds_no_weights_of_its_own(tiny_dir):
+    """The memory saving of benchmarks/one_copy_memory.py, structurally: only the authors' layout holds a second model."""
+    model = _model(tiny_dir)
+
+    def held_models(objective):
+        return [v for v in vars(objective).values() if isinstance(v, torch.nn.Module) and v is not model]
+
+    assert held_models(CompressionObjective(model, kind="kl")) == []
+    frozen = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert held_models(CompressionObjective(model, kind="kl", frozen_copy=frozen)) == [frozen]
+
+
 def test_one_copy_equals_a_second_frozen_copy(tiny_dir):
     """Adapter off on the same weights is the frozen LLM: loss and gradients match the authors' two-copy layout."""
     results = []
