@@ -363,6 +363,30 @@ def test_results_are_saved_after_every_task(tiny_dir, data_dir, tmp_path, monkey
     assert json.loads((out / "results_full.json").read_text())["complete"] is True
 
 
+def test_a_killed_rerun_keeps_the_earlier_complete_run(tiny_dir, data_dir, tmp_path, monkeypatch):
+    from llm2comp.evaluation import compare_evaluations
+
+    out = tmp_path / "eval"
+    kwargs = dict(data_dir=data_dir, print_table=False, show_progress=False, save_predictions=True, output_dir=out)
+    first = evaluate_model(str(tiny_dir), "STSBenchmark,SICK-R", pooling="mean", **kwargs)
+    real_evaluate = _die_in_second_task(monkeypatch)
+    for _ in range(2):  # killed twice: the second kill must not move the first kill's partial files over the complete run
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_model(str(tiny_dir), "STSBenchmark,SICK-R", pooling="last", **kwargs)
+        monkeypatch.setattr(mteb, "evaluate", real_evaluate)
+        real_evaluate = _die_in_second_task(monkeypatch)
+    previous = out / "previous_run"
+    assert json.loads((previous / "results.json").read_text()) == pytest.approx(first)
+    assert json.loads((previous / "results_full.json").read_text())["complete"] is True
+    assert json.loads((out / "results_full.json").read_text())["complete"] is False and not (out / "results.json").exists()
+    # the set-aside run is still a whole evaluation folder: its predictions give its scores
+    rows = compare_evaluations(previous, previous, ["STSBenchmark", "SICK-R"], resamples=20)
+    assert [r.task for r in rows][:2] == ["STSBenchmark", "SICK-R"] and all(r.delta == 0 for r in rows)
+    monkeypatch.setattr(mteb, "evaluate", real_evaluate)
+    evaluate_model(str(tiny_dir), "STSBenchmark,SICK-R", pooling="last", **kwargs)
+    assert not previous.exists() and json.loads((out / "results_full.json").read_text())["complete"] is True
+
+
 # ---------------------------------------------------------------------------------------------- significance
 def test_bootstrap_spearman_equals_scipy_with_ties():
     from llm2comp.evaluation.significance import _spearman_rows

@@ -11,6 +11,7 @@ of an earlier model of the same name, or a full-data result for a subsampled run
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import shutil
@@ -27,6 +28,40 @@ from .tasks import DEFAULT_SEED, DEFAULT_TASKS, load_task, resolve_data_dir
 
 logger = logging.getLogger(__name__)
 
+
+
+PREVIOUS_RUN_DIR = "previous_run"
+RUN_FILES = (RESULTS_NAME, FULL_RESULTS_NAME, "results.txt", PREDICTIONS_DIR)
+
+
+def _is_complete(folder: Path) -> bool:
+    try:
+        return bool(json.loads((folder / FULL_RESULTS_NAME).read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def _set_aside_earlier_run(out: Path) -> None:
+    """Before a run writes into `out`, move an earlier run's files to `out/previous_run`: a re-run that is killed
+    then leaves the last complete run there instead of a mix of old and new files (old main scores beside new
+    partial ones, predictions of one run with scores of another). A killed run's partial files are dropped when
+    the folder also holds an earlier complete run; they are never moved over it."""
+    present = [out / name for name in RUN_FILES if (out / name).exists()]
+    if not present:
+        return
+    previous = out / PREVIOUS_RUN_DIR
+    if previous.exists() and not _is_complete(out):
+        for path in present:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        return
+    if previous.exists():
+        shutil.rmtree(previous)
+    previous.mkdir(parents=True)
+    for path in present:
+        path.rename(previous / path.name)
 
 
 def _main_score(task_result) -> float:
@@ -190,7 +225,8 @@ def evaluate_model(
         output_dir: where `results.json` ({task: main score} of the model) and `results_full.json` (every model,
             per-task seconds, subsampling, settings) and `results.txt` (the table) are written; the last two are
             rewritten after every task (with `"complete": false` until the run ends), so a killed run keeps
-            what it measured.
+            what it measured. An earlier run's files in `output_dir` wait in `output_dir/previous_run` until
+            this run completes (a killed re-run loses nothing of the last complete run).
         baselines: extra columns: `mean`, `last`, `prompteol` (zero-shot poolings of the model's backbone),
             `minilm`, a sentence-transformers folder, or any LLM2Comp-loadable name.
         corpus_limit: retrieval corpus size under `limit` (default 10 * limit).
@@ -228,8 +264,9 @@ def evaluate_model(
     out = Path(output_dir) if output_dir is not None else None
     if save_predictions and out is None:
         raise ValueError("save_predictions needs an output_dir (--predictions needs --output)")
-    if out is not None and (out / PREDICTIONS_DIR).is_dir():
-        shutil.rmtree(out / PREDICTIONS_DIR)  # an earlier run's predictions would not match this run's scores
+    if out is not None:
+        _check_labels([s.label for s in specs], save_predictions)  # a refused run leaves the folder as it was
+        _set_aside_earlier_run(out)
 
     def save(report: EvaluationReport) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -260,4 +297,5 @@ def evaluate_model(
     if out is not None:
         save(report)
         write_json_atomic(out / RESULTS_NAME, main)
+        shutil.rmtree(out / PREVIOUS_RUN_DIR, ignore_errors=True)  # replaced by a complete run
     return report if return_report else main
