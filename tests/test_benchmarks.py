@@ -80,7 +80,7 @@ def test_serve_load_test_reports_matched_responses_and_rates():
     for match, requests in ((single, 4), (many, 16)):
         count, rate, texts_rate, p50, p99, batches, matched, total = (float(g) for g in match.groups())
         assert count == total == matched == requests  # every response matched its own input
-        assert rate > 0 and texts_rate == pytest.approx(4 * rate, rel=0.02) and 0 < p50 <= p99
+        assert rate > 0 and texts_rate == pytest.approx(4 * rate, abs=0.25) and 0 < p50 <= p99  # both printed to 0.1
         assert 1 <= batches <= requests
 
 
