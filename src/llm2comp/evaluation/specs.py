@@ -42,13 +42,15 @@ class ModelSpec:
     source: str
 
 
-def _llm2comp_spec(label: str, name_or_model, batch_size: int, adapter_kwargs: dict, attention: str | None = None,
-                   **load_kwargs) -> ModelSpec:
+def _override_note(pooling: str | None, bidirectional: bool | None) -> str:
+    """'mean, bidirectional' for the settings overridden at load ('' for none): names a model read other than saved."""
+    attention = None if bidirectional is None else "bidirectional" if bidirectional else "causal"
+    return ", ".join(x for x in (pooling, attention) if x is not None)
+
+
+def _llm2comp_spec(label: str, name_or_model, batch_size: int, adapter_kwargs: dict, **load_kwargs) -> ModelSpec:
     from ..model import LLM2Comp
     from .mteb_adapter import MTEBEncoder
-
-    if attention is not None:
-        load_kwargs["bidirectional"] = attention == "bidirectional"
 
     def load():
         if isinstance(name_or_model, LLM2Comp):
@@ -59,8 +61,8 @@ def _llm2comp_spec(label: str, name_or_model, batch_size: int, adapter_kwargs: d
         return MTEBEncoder(model, batch_size=batch_size, **adapter_kwargs), model
 
     source = name_or_model.config.base_model if isinstance(name_or_model, LLM2Comp) else str(name_or_model)
-    overrides = ", ".join(o for o in (load_kwargs.get("pooling"), attention) if o) or "as saved"
-    return ModelSpec(label, load, "llm2comp", f"{source} ({overrides})")
+    note = _override_note(load_kwargs.get("pooling"), load_kwargs.get("bidirectional"))
+    return ModelSpec(label, load, "llm2comp", f"{source} ({note or 'as saved'})")
 
 
 def _st_spec(label: str, path_or_model, device: str | None = None) -> ModelSpec:
@@ -112,10 +114,11 @@ def model_spec(
             raise ValueError("pooling and attention apply to LLM2Comp models, not to sentence-transformers models")
         return spec
     default_label = Path(name).name or name
-    overrides = ", ".join(x for x in (pooling, attention) if x is not None)
-    if overrides:
-        default_label = f"{default_label} ({overrides})"
-    return _llm2comp_spec(label or default_label, name, batch_size, adapter_kwargs, attention, device=device, pooling=pooling)
+    note = _override_note(pooling, bidirectional)
+    if note:
+        default_label = f"{default_label} ({note})"
+    return _llm2comp_spec(label or default_label, name, batch_size, adapter_kwargs, device=device, pooling=pooling,
+                          bidirectional=bidirectional)
 
 
 def _sentence_transformers_spec(model_or_path, label: str | None, device: str | None) -> ModelSpec | None:
