@@ -42,7 +42,7 @@ def _fit_normalizer(args) -> int:
     from .model import LLM2Comp
 
     texts = source_texts(args.data, args.samples, seed=args.seed, max_pairs_per_source=args.max_pairs_per_source,
-                         query_instructions=not args.no_instructions)
+                         query_instructions=not args.no_instructions, decontaminate=args.decontaminate)
     model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling)
     model.fit_normalizer(texts, source=f"{len(texts)} texts of {args.data}", show_progress_bar=True)
     model.save(args.output)
@@ -65,6 +65,7 @@ def _train(args) -> int:
         "gradient_checkpointing": args.gradient_checkpointing or None, "memory_init": args.memory_init,
         "fit_normalizer": args.fit_normalizer, "truncate_long": False if args.drop_long else None,
         "bidirectional": None if args.attention is None else args.attention == "bidirectional", "resume": args.resume or None,
+        "decontaminate": args.decontaminate,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_yaml(args.config, **flags) if args.config else TrainConfig.from_dict(flags)
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-init", help="a fresh model's memory tokens from this phrase's token embeddings (default: mean embedding)")
     p.add_argument("--fit-normalizer", type=int, metavar="N", help="contrastive stages: fit embedding standardisation on N training texts")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --output")
+    p.add_argument("--decontaminate", metavar="auto|DIR|off",
+                   help="contrastive stages: leave out pairs/sentences sharing a text (case and space folded) with an "
+                        "evaluation split of a benchmark folder; auto: the folder evaluation uses; default: auto")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="MTEB evaluation (offline data dir or the hub), with baselines side by side")
@@ -191,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=pooling_modes(), help="pooling of a backbone (default: memory, or the saved model's)")
     p.add_argument("--max-pairs-per-source", type=int, help="pairs: at most this many per source (as in training)")
     p.add_argument("--no-instructions", action="store_true", help="pairs: bare queries, without their task instruction")
+    p.add_argument("--decontaminate", default="auto", metavar="auto|DIR|off", help="as in train (default: auto)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device")
     p.set_defaults(func=_fit_normalizer)

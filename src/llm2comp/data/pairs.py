@@ -31,6 +31,7 @@ import torch
 
 from .benchmark_dir import resolve_data_dir
 from .corpus import DataError, iter_jsonl, load_texts, read_jsonl
+from .decontamination import Decontaminator, resolve_decontaminator
 from ..runtime import world_size
 
 logger = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ def format_query(query: str, instruction: str = "") -> str:
 
 
 # ---------------------------------------------------------------------------------------------- sentences
-def load_sentences(source: str, field: str = "text", min_chars: int = 0) -> list[str]:
-    """Sentences for SimCSE, stripped, empty ones and exact duplicates removed (order kept)."""
+def load_sentences(source: str, field: str = "text", min_chars: int = 0, clean: Decontaminator | None = None) -> list[str]:
+    """Sentences for SimCSE, stripped, empty ones and exact duplicates removed (order kept); with ``clean``, no
+    evaluation text."""
     if source == "builtin:news-sentences":
         texts = load_texts("builtin:news", unit="line")
     else:
@@ -103,6 +105,8 @@ def load_sentences(source: str, field: str = "text", min_chars: int = 0) -> list
         if text and len(text) >= min_chars and text not in seen:
             seen.add(text)
             out.append(text)
+    if clean is not None:
+        out = clean.clean_texts(out, source)
     if not out:
         raise DataError(f"no sentences in {source} (min_chars={min_chars})")
     return out
@@ -186,11 +190,15 @@ def data_dir(folder: str | Path | None = None) -> Path:
     return path
 
 
-def stsb_pairs(root: Path, rng: random.Random, min_score: float = 4.0, max_negative_score: float = 2.0) -> list[dict]:
+def stsb_pairs(root: Path, rng: random.Random, clean: Decontaminator | None = None, min_score: float = 4.0,
+               max_negative_score: float = 2.0) -> list[dict]:
     """STSBenchmark *train*: pairs scored >= ``min_score`` are positives (direction drawn at random); a sentence
     that some train pair scores <= ``max_negative_score`` against the query (or the positive) is its hard
-    negative, where one exists. Keys: paraphrase clusters (connected components of the positive pairs)."""
+    negative, where one exists. Keys: paraphrase clusters (connected components of the positive pairs).
+    With ``clean``, train rows with an evaluation sentence are left out before anything is built from them."""
     rows = read_jsonl(root / "mteb" / "STSBenchmark" / "train.jsonl")
+    if clean is not None:
+        rows = [r for r in rows if clean.keeps("stsb", r["sentence1"], r["sentence2"])]
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -224,10 +232,13 @@ def stsb_pairs(root: Path, rng: random.Random, min_score: float = 4.0, max_negat
     return pairs
 
 
-def banking77_pairs(root: Path, rng: random.Random) -> list[dict]:
+def banking77_pairs(root: Path, rng: random.Random, clean: Decontaminator | None = None) -> list[dict]:
     """Banking77 *train*: each text with another text of the same intent (positive) and a text of another
-    intent (hard negative). Key: the intent (same-intent texts in a batch are not negatives)."""
+    intent (hard negative). Key: the intent (same-intent texts in a batch are not negatives). With ``clean``,
+    train texts that are evaluation texts are left out first."""
     rows = read_jsonl(root / "mteb" / "Banking77Classification" / "train.jsonl")
+    if clean is not None:
+        rows = [r for r in rows if clean.keeps("banking77", r["text"])]
     by_label: dict[str, list[str]] = defaultdict(list)
     for row in rows:
         by_label[str(row["label"])].append(row["text"])
@@ -246,10 +257,11 @@ def banking77_pairs(root: Path, rng: random.Random) -> list[dict]:
     return pairs
 
 
-def scifact_pairs(root: Path, rng: random.Random) -> list[dict]:
+def scifact_pairs(root: Path, rng: random.Random, clean: Decontaminator | None = None) -> list[dict]:
     """SciFact *train* qrels: claim -> relevant abstract (title + text); a random abstract not relevant to the
     claim is the hard negative. Key: the claim (two relevant abstracts of one claim are not negatives). Train
-    claims whose text is also a test claim are dropped."""
+    claims whose text is also a test claim are dropped; with ``clean``, also train qrels whose claim or abstract
+    is an evaluation text (an abstract a test claim is judged against), and such abstracts are never negatives."""
     base = root / "mteb" / "SciFact"
     qrels_path = base / "qrels" / "train.tsv"
     if not qrels_path.is_file():
@@ -267,6 +279,9 @@ def scifact_pairs(root: Path, rng: random.Random) -> list[dict]:
     wanted = {q for q, _ in qrels}
     queries = {q: text for q, text in all_queries.items() if q in wanted and text not in test_texts}
     corpus = {str(r["_id"]): f"{r.get('title', '')} {r['text']}".strip() for r in read_jsonl(base / "corpus.jsonl")}
+    if clean is not None:
+        qrels = [(q, d) for q, d in qrels if clean.keeps("scifact", queries.get(q), corpus.get(d))]
+        corpus = {d: text for d, text in corpus.items() if text not in clean}
     doc_ids = sorted(corpus)
     relevant: dict[str, set[str]] = defaultdict(set)
     for q, d in qrels:
@@ -285,27 +300,35 @@ def scifact_pairs(root: Path, rng: random.Random) -> list[dict]:
     return pairs
 
 
-def shared_pairs(root: str | Path | None = None, seed: int = 0) -> list[dict]:
-    """``builtin:shared-pairs``: STSBenchmark + Banking77 + SciFact pairs, from train splits only."""
+def shared_pairs(root: str | Path | None = None, seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
+    """``builtin:shared-pairs``: STSBenchmark + Banking77 + SciFact pairs, from train splits only; with ``clean``,
+    every record with an evaluation text is left out before pairs are built from the rest."""
     root = data_dir(root)
     pairs = []
     for name, build in (("stsb", stsb_pairs), ("banking77", banking77_pairs), ("scifact", scifact_pairs)):
-        part = build(root, random.Random(f"{seed}:{name}"))
+        part = build(root, random.Random(f"{seed}:{name}"), clean)
         logger.info("shared pairs: %d from %s", len(part), name)
         pairs.extend(part)
     return pairs
 
 
-def load_pairs(source: str, seed: int = 0) -> list[dict]:
+def load_pairs(source: str, seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
     """Pairs from a ``.jsonl`` file, an E5-layout directory, or ``builtin:shared-pairs[:DATA_DIR]`` (without a
-    folder: the benchmark data directory that evaluation uses)."""
+    folder: the benchmark data directory that evaluation uses); with ``clean``, no record with an evaluation text."""
     if source == SHARED_PAIRS or source.startswith(SHARED_PAIRS + ":"):
-        return shared_pairs(source[len(SHARED_PAIRS) + 1 :] or None, seed=seed)
+        return shared_pairs(source[len(SHARED_PAIRS) + 1 :] or None, seed=seed, clean=clean)
     path = Path(source).expanduser()
     if path.is_dir():
-        return load_e5_dir(path)
-    if path.is_file() and path.suffix == ".jsonl":
-        return load_pair_jsonl(path)
+        pairs = load_e5_dir(path)
+    elif path.is_file() and path.suffix == ".jsonl":
+        pairs = load_pair_jsonl(path)
+    else:
+        pairs = None
+    if pairs is not None:
+        pairs = clean.clean_pairs(pairs) if clean is not None else pairs
+        if not pairs:
+            raise DataError(f"{source}: every pair shares a text with an evaluation split of {clean.folder} (decontaminate: off keeps them)")
+        return pairs
     if not path.exists():
         raise DataError(f"pair data not found: {source} (a .jsonl file, an E5-layout directory, or builtin:shared-pairs)")
     raise DataError(f"unsupported pair data {source}: use a .jsonl file with query/positive[/negative] or an E5-layout directory")
@@ -401,9 +424,11 @@ def is_pair_source(source: str) -> bool:
     return False
 
 
-def prepare_pairs(source: str, seed: int = 0, max_pairs_per_source: int | None = None, query_instructions: bool = True) -> list[dict]:
-    """The pairs of a supervised stage: `load_pairs`, capped per source, instructions kept or dropped."""
-    pairs = load_pairs(source, seed=seed)
+def prepare_pairs(source: str, seed: int = 0, max_pairs_per_source: int | None = None, query_instructions: bool = True,
+                  clean: Decontaminator | None = None) -> list[dict]:
+    """The pairs of a supervised stage: `load_pairs` (decontaminated with ``clean``), capped per source,
+    instructions kept or dropped."""
+    pairs = load_pairs(source, seed=seed, clean=clean)
     if max_pairs_per_source:
         pairs = cap_per_source(pairs, max_pairs_per_source, seed=seed)
     if not query_instructions:
@@ -412,12 +437,13 @@ def prepare_pairs(source: str, seed: int = 0, max_pairs_per_source: int | None =
 
 
 def source_texts(source: str, limit: int, seed: int = 0, max_pairs_per_source: int | None = None,
-                 query_instructions: bool = True) -> list[str]:
+                 query_instructions: bool = True, decontaminate: str | None = "auto") -> list[str]:
     """`stage_texts` of a data source read as a stage would read it: pairs (supervised) or sentences (SimCSE)."""
+    clean = resolve_decontaminator(decontaminate, source)
     if is_pair_source(source):
-        dataset = PairDataset(prepare_pairs(source, seed, max_pairs_per_source, query_instructions), group_size=1, seed=seed)
+        dataset = PairDataset(prepare_pairs(source, seed, max_pairs_per_source, query_instructions, clean), group_size=1, seed=seed)
     else:
-        dataset = SentenceDataset(load_sentences(source))
+        dataset = SentenceDataset(load_sentences(source, clean=clean))
     return stage_texts(dataset, limit, seed=seed)
 
 
@@ -443,9 +469,15 @@ def global_batch_size(cfg) -> int:
 
 def build_contrastive_dataset(cfg, model=None) -> torch.utils.data.Dataset:
     """The training set of a contrastive stage: sentences (simcse) or source-grouped pairs (supervised)."""
+    clean = resolve_decontaminator(cfg.decontaminate, cfg.data)
     if cfg.stage == "simcse":
-        return SentenceDataset(load_sentences(cfg.data, field=cfg.data_field, min_chars=cfg.min_chars), cfg.max_samples)
-    if cfg.stage == "supervised":
-        pairs = prepare_pairs(cfg.data, cfg.seed, getattr(cfg, "max_pairs_per_source", None), getattr(cfg, "query_instructions", True))
-        return PairDataset(pairs, global_batch_size(cfg), seed=cfg.seed, max_samples=cfg.max_samples)
-    raise ValueError(f"no contrastive data for stage '{cfg.stage}'")
+        dataset = SentenceDataset(load_sentences(cfg.data, field=cfg.data_field, min_chars=cfg.min_chars, clean=clean), cfg.max_samples)
+    elif cfg.stage == "supervised":
+        pairs = prepare_pairs(cfg.data, cfg.seed, cfg.max_pairs_per_source, cfg.query_instructions, clean)
+        dataset = PairDataset(pairs, global_batch_size(cfg), seed=cfg.seed, max_samples=cfg.max_samples)
+    else:
+        raise ValueError(f"no contrastive data for stage '{cfg.stage}'")
+    if clean is not None:
+        clean.log()
+    dataset.decontamination = clean.report() if clean is not None else None
+    return dataset

@@ -37,6 +37,9 @@ class TrainConfig:
     split_margin: int = 10
     query_instructions: bool = True  # supervised: "{instruction}: {query}\n" on the query side; false: bare queries
     max_pairs_per_source: int | None = None  # supervised: cap each source (seeded draw), so one large source cannot dominate
+    # contrastive stages: leave out training records that share a text with an evaluation split: "auto" (the
+    # benchmark folder evaluation uses, when present), a folder to check against, or "off" (data/decontamination.py)
+    decontaminate: str | None = "auto"
     # optimisation (recipe defaults, stage 1)
     max_steps: int = 1000
     batch_size: int = 4  # per device
