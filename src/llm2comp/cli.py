@@ -65,7 +65,8 @@ def _train(args) -> int:
         "gradient_checkpointing": args.gradient_checkpointing or None, "memory_init": args.memory_init,
         "fit_normalizer": args.fit_normalizer, "truncate_long": False if args.drop_long else None,
         "bidirectional": None if args.attention is None else args.attention == "bidirectional", "resume": args.resume or None,
-        "decontaminate": args.decontaminate,
+        "decontaminate": args.decontaminate, "memory_bridge": args.memory_bridge, "memory_lr": args.memory_lr,
+        "probe_steps": args.probe_steps,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_yaml(args.config, **flags) if args.config else TrainConfig.from_dict(flags)
@@ -99,6 +100,32 @@ def _export(args) -> int:
 
     out = export_sentence_transformers(args.model_dir, args.out, overwrite=args.overwrite, dtype=args.dtype)
     print(f"sentence-transformers model written to {out}")
+    return 0
+
+
+def _probe(args) -> int:
+    import json
+
+    from .evaluation.compression import CompressionProbe, ceiling, format_report, probe_passages
+    from .model import LLM2Comp
+
+    kwargs = {"bidirectional": args.attention == "bidirectional"} if args.attention else {}
+    model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling="memory", num_memory_tokens=args.num_memory_tokens,
+                                     memory_init=args.memory_init, **kwargs)
+    passages = probe_passages(model.tokenizer, args.data, args.passages, args.text_tokens, args.holdout)
+    probe = CompressionProbe(passages, args.task, args.metric)
+    if args.ceiling_passages:
+        probe.ceiling = ceiling(model, probe, passages=args.ceiling_passages, steps=args.ceiling_steps)
+    report = probe.run(model)
+    report["model"] = args.model
+    print(format_report(report))
+    if args.output:
+        from .atomic import write_json_atomic
+
+        write_json_atomic(Path(args.output), report)
+        print(f"wrote {args.output}")
+    else:
+        print(json.dumps({k: report[k] for k in ("gain", "specificity")}))
     return 0
 
 
@@ -162,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-init", help="a fresh model's memory tokens from this phrase's token embeddings (default: mean embedding)")
     p.add_argument("--fit-normalizer", type=int, metavar="N", help="contrastive stages: fit embedding standardisation on N training texts")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --output")
+    p.add_argument("--memory-bridge", choices=["norm", "linear"], help="stage 1: a bridge between memory states and the frozen decoder")
+    p.add_argument("--memory-lr", type=float, help="learning rate of the memory tokens (and the bridge); default: --learning-rate")
+    p.add_argument("--probe-steps", type=int, help="stage 1: run the compression probe every N steps (probe.jsonl, loss.png); 0: off")
     p.add_argument("--decontaminate", metavar="auto|DIR|off",
                    help="contrastive stages: leave out pairs/sentences sharing a text (case and space folded) with an "
                         "evaluation split of a benchmark folder; auto: the folder evaluation uses; default: auto")
@@ -213,6 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=8.0, help="request body limit in MiB (default 8)")
     p.add_argument("--device")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("probe", help="compression probe: does the memory carry the text? (own vs another text's vs no memory, and the ceiling)")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="a trained llm2comp model, or a backbone (untrained memory)")
+    p.add_argument("--data", default="builtin:news", help="corpus whose last --holdout paragraphs hold the probe passages (default builtin:news)")
+    p.add_argument("--passages", type=int, default=256, help="passages (default 256)")
+    p.add_argument("--text-tokens", type=int, default=64, help="tokens per passage (default 64; continuation: half compressed, half predicted)")
+    p.add_argument("--holdout", type=int, default=512, help="the last N paragraphs of --data, which stage 1 leaves out (default 512)")
+    p.add_argument("--task", choices=["continuation", "reconstruction"], default="continuation")
+    p.add_argument("--metric", choices=["kl", "ce"], help="what gain and specificity are computed on (default: kl; ce for reconstruction)")
+    p.add_argument("--ceiling-passages", type=int, default=32, help="passages of the ceiling (free vectors per passage; 0: no ceiling)")
+    p.add_argument("--ceiling-steps", type=int, default=200)
+    p.add_argument("--attention", choices=["bidirectional", "causal"], help="encoder attention (default: as saved)")
+    p.add_argument("--num-memory-tokens", type=int, help="a backbone's untrained memory: k (default 8)")
+    p.add_argument("--memory-init", help="a backbone's untrained memory: start from this phrase's token embeddings")
+    p.add_argument("--output", help="write the report as JSON")
+    p.add_argument("--device")
+    p.set_defaults(func=_probe)
 
     p = sub.add_parser("quickstart", help="the main job on the embedded default: zero-shot poolings -> the default recipe -> evaluation before/after")
     _common(p)

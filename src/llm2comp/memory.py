@@ -69,3 +69,41 @@ class MemoryTokens(nn.Module):
         out = inputs_embeds.clone()
         out[memory_mask] = memory
         return out
+
+
+class MemoryBridge(nn.Module):
+    """Stage 1 only: how the memory states enter the frozen decoder. The encoder's memory states are final-layer
+    outputs (norm ~48 on SmolLM2-135M), while what the decoder reads best sits on the scale of token embeddings
+    (free vectors optimised per text: norm ~4, docs/RESULTS.md 3.5). The bridge RMS-normalises each state and maps
+    it with a learned gain (``norm``: one per dimension) or matrix (``linear``), initialised to the token-embedding
+    scale, plus a bias. It is not part of the embedding (the pooled memory states are), and the contrastive stages
+    drop it."""
+
+    KINDS = ("norm", "linear")
+
+    def __init__(self, kind: str, hidden_size: int, scale: float = 1.0):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown memory bridge '{kind}'; choose one of {', '.join(self.KINDS)}")
+        self.kind = kind
+        if kind == "norm":
+            self.weight = nn.Parameter(torch.full((hidden_size,), float(scale)))
+        else:
+            self.weight = nn.Parameter(torch.eye(hidden_size) * float(scale))
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+
+    @classmethod
+    def for_embedding(cls, kind: str, embedding: nn.Module, vocab_size: int) -> MemoryBridge:
+        """A bridge whose output starts at the RMS of the model's token embeddings (as the embedding module
+        returns them: Gemma's scaling included)."""
+        with torch.no_grad():
+            device = next(embedding.parameters()).device
+            rows = embedding(torch.arange(min(vocab_size, 8192), device=device)).float()
+            scale = rows.pow(2).mean(-1).sqrt().mean().item()
+            return cls(kind, rows.shape[-1], scale)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        x = states.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        y = x * self.weight if self.kind == "norm" else x @ self.weight.T
+        return (y + self.bias).to(states.dtype)

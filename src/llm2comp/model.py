@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .attention import bidirectional
 from .backbone import DEFAULT_MODEL, load_backbone
-from .memory import MemoryTokens
+from .memory import MemoryBridge, MemoryTokens
 from .persistence import CONFIG_NAME, NORMALIZER_NAME, TRAINED_ALIASES, quiet_peft, load_saved, save_model
 from .pooling import PROMPTEOL_TEMPLATE, Normalizer, Pooling, get_pooling
 from .replicas import model_replicas
@@ -59,6 +59,7 @@ class LLM2CompConfig:
     adapters: list[str] = dataclasses.field(default_factory=list)
     merged_adapters: int = 0  # the first n adapters are folded into the weights on load
     trust_remote_code: bool = False
+    memory_bridge: str | None = None  # stage 1: a MemoryBridge kind between memory states and the frozen decoder
 
     def __post_init__(self):
         mode = get_pooling(self.pooling)
@@ -81,6 +82,7 @@ class LLM2Comp(nn.Module):
         self.hf_model = hf_model
         self.memory = (memory or self._initial_memory()).to(self.device)
         self.normalizer: Normalizer | None = None
+        self.memory_bridge: MemoryBridge | None = None
         self.__dict__["_peft"] = None  # the PeftModel wrapper; its layers live inside hf_model (not registered twice)
         self._merged: list[tuple[dict, dict[str, torch.Tensor]]] = []  # adapters already folded into the weights
 
@@ -192,6 +194,24 @@ class LLM2Comp(nn.Module):
         self.hf_model = peft_model.merge_and_unload()
         self.__dict__["_peft"] = None
         return self
+
+    # ------------------------------------------------------------------ stage 1: what the frozen decoder reads
+    def add_memory_bridge(self, kind: str) -> MemoryBridge:
+        """Attach a fresh stage-1 `MemoryBridge` (kept when one of that kind is already there)."""
+        if self.memory_bridge is None or self.memory_bridge.kind != kind:
+            bridge = MemoryBridge.for_embedding(kind, self.hf_model.get_input_embeddings(), self.vocab_size)
+            self.memory_bridge = bridge.to(self.device)
+        self.config = dataclasses.replace(self.config, memory_bridge=kind)
+        return self.memory_bridge
+
+    def drop_memory_bridge(self) -> None:
+        self.memory_bridge = None
+        self.config = dataclasses.replace(self.config, memory_bridge=None)
+
+    def decoder_memory(self, memory_states: torch.Tensor) -> torch.Tensor:
+        """The memory as the frozen decoder receives it in stage 1 (and in the compression probe): the memory
+        states, through the bridge where one is trained. The embedding never goes through it."""
+        return self.memory_bridge(memory_states) if self.memory_bridge is not None else memory_states
 
     @contextlib.contextmanager
     def decoder_mode(self) -> Iterator[nn.Module]:

@@ -17,13 +17,14 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import staging_dir
 from .backbone import TRAINED_ALIAS_NAMES, load_backbone
-from .memory import MemoryTokens
+from .memory import MemoryBridge, MemoryTokens
 from .pooling import Normalizer
 from .version import __version__
 
 CONFIG_NAME = "llm2comp_config.json"
 MEMORY_NAME = "memory_tokens.safetensors"
 NORMALIZER_NAME = "normalizer.safetensors"
+BRIDGE_NAME = "memory_bridge.safetensors"
 
 
 def _shipped(name: str):
@@ -81,6 +82,8 @@ def load_saved(cls, path: Path, overrides: dict, device=None, dtype=None, **hf_k
             raise FileNotFoundError(f"{path}: the config names a fitted normalizer but {NORMALIZER_NAME} is missing")
         stats = load_file(path / NORMALIZER_NAME)
         model.normalizer = Normalizer(stats["mean"], stats["scale"]).to(hf_model.device)
+    if config.memory_bridge is not None:
+        load_bridge(model, path)
     for index, adapter in enumerate(config.adapters):
         with quiet_peft():
             peft_model = PeftModel.from_pretrained(model.hf_model, path / adapter, is_trainable=True)
@@ -88,6 +91,16 @@ def load_saved(cls, path: Path, overrides: dict, device=None, dtype=None, **hf_k
         if index < config.merged_adapters:
             model.merge_and_unload()
     return model
+
+
+def load_bridge(model, path: Path) -> None:
+    """The stage-1 memory bridge saved in ``path`` into ``model`` (its kind from the model's config)."""
+    if not (path / BRIDGE_NAME).is_file():
+        raise FileNotFoundError(f"{path}: the config names a memory bridge but {BRIDGE_NAME} is missing")
+    state = load_file(path / BRIDGE_NAME)
+    bridge = MemoryBridge(model.config.memory_bridge, state["bias"].shape[0])
+    bridge.load_state_dict(state)
+    model.memory_bridge = bridge.to(model.device)
 
 
 def save_model(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
@@ -130,6 +143,9 @@ def save_model(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor
         memory = state_dict.get("memory.weight", self.memory.weight) if state_dict is not None else self.memory.weight
         save_file({"weight": memory.detach().float().cpu().contiguous()}, staging / MEMORY_NAME)
         self.save_normalizer(staging)
+        if self.memory_bridge is not None:
+            bridge = {name: (state_dict or {}).get(f"memory_bridge.{name}", tensor) for name, tensor in self.memory_bridge.state_dict().items()}
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in bridge.items()}, staging / BRIDGE_NAME)
         self.tokenizer.save_pretrained(staging)
         payload = dataclasses.asdict(config) | {"llm2comp_version": __version__}
         (staging / CONFIG_NAME).write_text(json.dumps(payload, indent=2))

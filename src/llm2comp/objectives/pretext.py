@@ -173,7 +173,7 @@ class CompressionObjective:
         device = model.device
         batch = {k: v.to(device) for k, v in batch.items()}
         encoder = {k[len("encoder_"):]: v for k, v in batch.items() if k.startswith("encoder_")}
-        memory = model(encoder)["memory_states"]  # (B, k, d)
+        memory = model.decoder_memory(model(encoder)["memory_states"])  # (B, k, d)
         inputs, mask = self.decoder_inputs(model, memory, batch)
         first = inputs.shape[1] - batch["continuation_ids"].shape[1] - 1  # position of m_k: predicts continuation[0]
         with self.frozen_decoder(model) as lm:
@@ -271,8 +271,15 @@ def pretext_dataset(cfg, model: LLM2Comp):
 
     from ..data.corpus import TokenizedTexts, load_texts
 
+    from ..evaluation.compression import holdout_split
+
+    texts = load_texts(cfg.data, unit="paragraph", field=cfg.data_field)
+    if cfg.probe_holdout and len(texts) >= 2 * cfg.probe_holdout:  # the compression probe's passages: never trained on
+        texts, _ = holdout_split(texts, cfg.probe_holdout)
+    elif cfg.probe_steps:
+        texts, _ = holdout_split(texts, cfg.probe_holdout)  # too few texts to hold out: a clear error
     dataset = TokenizedTexts(
-        load_texts(cfg.data, unit="paragraph", field=cfg.data_field), model.tokenizer, min_chars=cfg.min_chars,
+        texts, model.tokenizer, min_chars=cfg.min_chars,
         # one token less than the input holds: kept from the first release (a special prefix of up to one
         # token), so that every stage-1 run, comparisons included, cuts its texts the same way
         max_tokens=model._text_budget() - 1, drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,

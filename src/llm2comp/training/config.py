@@ -63,6 +63,16 @@ class TrainConfig:
     # after training: fit per-dimension standardisation of the embeddings on up to this many of the stage's own
     # training texts (contrastive stages), saved with the model; 0 = none
     fit_normalizer: int = 0
+    # stage 1 levers (docs/RESULTS.md 3.5): a bridge between memory states and the frozen decoder (norm | linear;
+    # stage 1 only), and a learning rate of its own for the memory tokens and the bridge (None: learning_rate)
+    memory_bridge: str | None = None
+    memory_lr: float | None = None
+    # compression probe during stage 1 (evaluation/compression.py): every probe_steps steps (0: off) on probe_passages
+    # of the last probe_holdout paragraphs of the data, which training then leaves out (0: train on all)
+    probe_steps: int = 0
+    probe_passages: int = 64
+    probe_text_tokens: int = 64
+    probe_holdout: int = 512
     # reliability / logging
     save_steps: int = 100
     save_total_limit: int = 2
@@ -84,6 +94,16 @@ class TrainConfig:
             raise ValueError(f"{spec.name} needs bidirectional attention; drop bidirectional: false")
         if self.fit_normalizer and self.stage == "pretrain":
             raise ValueError("fit_normalizer fits on a contrastive stage's texts; fit a pre-trained model with LLM2Comp.fit_normalizer")
+        if (self.memory_bridge is not None or self.probe_steps) and self.objective not in ("kl", "nll", "rc") or \
+                (self.memory_bridge is not None or self.probe_steps) and self.stage != "pretrain":
+            raise ValueError("memory_bridge and probe_steps are settings of compression pre-training (stage pretrain, kl/nll/rc)")
+        if self.memory_bridge is not None:
+            from ..memory import MemoryBridge
+
+            if self.memory_bridge not in MemoryBridge.KINDS:
+                raise ValueError(f"memory_bridge must be one of {', '.join(MemoryBridge.KINDS)}, got {self.memory_bridge!r}")
+        if self.probe_steps < 0 or self.probe_holdout < 0:
+            raise ValueError("probe_steps and probe_holdout must be >= 0")
         if self.fit_normalizer < 0:
             raise ValueError(f"fit_normalizer must be >= 0, got {self.fit_normalizer}")
         for name in ("max_steps", "batch_size", "save_steps", "gradient_accumulation_steps"):

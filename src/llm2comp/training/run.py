@@ -53,6 +53,10 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
     model.encode_max_length, model.config.max_length = model.config.max_length, cfg.max_length
     model.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
                    train_memory=spec.reads_memory(model.config.pooling))
+    if cfg.memory_bridge is not None:
+        model.add_memory_bridge(cfg.memory_bridge)
+    elif model.memory_bridge is not None:  # a later stage, or stage 1 again without one: the decoder reads the states
+        model.drop_memory_bridge()
     return model
 
 
@@ -122,13 +126,24 @@ def train(cfg: TrainConfig) -> Path:
     truncate_log(loss_log, step)
     truncate_log(order_log, step)
 
+    callbacks = [LossLog(loss_log)]
+    if cfg.probe_steps:
+        from ..evaluation.compression import CompressionProbe, probe_passages
+        from .trainer import ProbeCallback
+
+        task = "reconstruction" if cfg.objective == "rc" else "continuation"
+        passages = probe_passages(model.tokenizer, cfg.data, cfg.probe_passages, cfg.probe_text_tokens, cfg.probe_holdout, cfg.data_field)
+        truncate_log(output / "probe.jsonl", step)
+        callbacks.append(ProbeCallback(model, CompressionProbe(passages, task, "ce" if cfg.objective != "kl" else "kl"),
+                                       output / "probe.jsonl", cfg.probe_steps))
     trainer = LLM2CompTrainer(
         model=TrainingModule(model, objective),
         args=training_arguments(cfg, checkpoint_dir, sequential=getattr(dataset, "sequential", False)),
         train_dataset=dataset,
         data_collator=objective.collate,
-        callbacks=[LossLog(loss_log)],
+        callbacks=callbacks,
         save_limit=cfg.save_total_limit,
+        memory_lr=cfg.memory_lr,
         record_path=order_log,
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -143,7 +158,8 @@ def train(cfg: TrainConfig) -> Path:
     trainer.save_model(str(output))
     if trainer.args.should_save:
         what = f"{cfg.stage} ({cfg.objective})" if cfg.stage == "pretrain" else cfg.stage
-        plot_losses(loss_log, output / "loss.png", title=f"{what}: {cfg.model} on {cfg.data}, batch {cfg.batch_size}")
+        plot_losses(loss_log, output / "loss.png", title=f"{what}: {cfg.model} on {cfg.data}, batch {cfg.batch_size}",
+                    probe_path=output / "probe.jsonl")
     _close_process_group(trainer)
     return output
 

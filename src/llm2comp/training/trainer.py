@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from ..atomic import write_json_atomic, write_text_atomic
 from ..model import LLM2Comp
-from ..persistence import CONFIG_NAME, MEMORY_NAME
+from ..persistence import BRIDGE_NAME, CONFIG_NAME, MEMORY_NAME
 from ..objectives.pretext import LOSS_ITEMS
 
 COMPLETE_MARKER = "checkpoint-complete.json"
@@ -86,6 +86,8 @@ def load_training_state(encoder: LLM2Comp, checkpoint: str | Path) -> None:
     config = json.loads((checkpoint / CONFIG_NAME).read_text())
     with torch.no_grad():
         encoder.memory.weight.copy_(load_file(checkpoint / MEMORY_NAME)["weight"])
+        if encoder.memory_bridge is not None and (checkpoint / BRIDGE_NAME).is_file():
+            encoder.memory_bridge.load_state_dict(load_file(checkpoint / BRIDGE_NAME))
     if encoder.peft_model is not None and config["adapters"]:
         state = load_file(checkpoint / config["adapters"][-1] / "adapter_model.safetensors")
         result = set_peft_model_state_dict(encoder.peft_model, state)
@@ -94,10 +96,26 @@ def load_training_state(encoder: LLM2Comp, checkpoint: str | Path) -> None:
 
 
 class LLM2CompTrainer(Trainer):
-    def __init__(self, *args, save_limit: int | None = 2, record_path: Path | None = None, **kwargs):
+    def __init__(self, *args, save_limit: int | None = 2, record_path: Path | None = None, memory_lr: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_limit = save_limit
         self.record_path = record_path
+        self.memory_lr = memory_lr
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimiser; with ``memory_lr``, the memory tokens and the stage-1 bridge in a group of their own
+        at that rate (new parameters learn faster than a LoRA update of old ones, as AutoCompressors and xRAG train them)."""
+        if self.optimizer is None and self.memory_lr is not None:
+            encoder = self.encoder
+            fast = {id(p) for p in encoder.memory.parameters()}
+            if encoder.memory_bridge is not None:
+                fast |= {id(p) for p in encoder.memory_bridge.parameters()}
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            groups = [{"params": [p for p in params if id(p) not in fast], "weight_decay": self.args.weight_decay},
+                      {"params": [p for p in params if id(p) in fast], "weight_decay": self.args.weight_decay, "lr": self.memory_lr}]
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            self.optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
+        return super().create_optimizer(model)
 
     @property
     def encoder(self) -> LLM2Comp:
@@ -180,6 +198,34 @@ class LossLog(TrainerCallback):
                 handle.write(json.dumps(record) + "\n")
 
 
+class ProbeCallback(TrainerCallback):
+    """The compression probe (evaluation/compression.py) before training and every ``every`` steps, appended to
+    ``probe.jsonl``. Every process runs it (a sharded model needs all ranks in its forward passes); the main
+    process writes it."""
+
+    def __init__(self, encoder: LLM2Comp, probe, path: Path, every: int):
+        self.encoder, self.probe, self.path, self.every = encoder, probe, path, every
+
+    def _run(self, state) -> None:
+        import time
+
+        started = time.perf_counter()
+        report = self.probe.run(self.encoder)
+        if state.is_world_process_zero:
+            record = {"step": state.global_step, "seconds": round(time.perf_counter() - started, 2),
+                      **{k: report[k] for k in ("metric", "gain", "specificity", "loss", "passages")}}
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            self._run(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self._run(state)
+
+
 def truncate_log(path: Path, last_step: int) -> None:
     """Drop records beyond ``last_step`` (steps that will be redone after a resume)."""
     if not path.is_file():
@@ -188,9 +234,15 @@ def truncate_log(path: Path, last_step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def plot_losses(log_path: Path, png_path: Path, title: str = "training loss") -> Path | None:
-    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.is_file() else []
-    points = [(r["step"], r["loss"]) for r in records if "loss" in r and math.isfinite(r["loss"])]
+def _read_jsonl(path: Path | None) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path is not None and path.is_file() else []
+
+
+def plot_losses(log_path: Path, png_path: Path, title: str = "training loss", probe_path: Path | None = None) -> Path | None:
+    """The loss curve; with a probe log, a second panel: the frozen decoder's loss with the own memory, another
+    text's memory and none, per probe step (the run compresses where 'own' falls below 'none' and 'other')."""
+    points = [(r["step"], r["loss"]) for r in _read_jsonl(log_path) if "loss" in r and math.isfinite(r["loss"])]
+    probes = _read_jsonl(probe_path)
     if not points:
         return None
     import matplotlib
@@ -199,13 +251,27 @@ def plot_losses(log_path: Path, png_path: Path, title: str = "training loss") ->
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(11 if probes else 6, 3.8), squeeze=False)
+    ax = axes[0][0]
     ax.plot(*zip(*points), linewidth=1)
     ax.set_xlabel("optimizer step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9, wrap=True)
     ax.grid(alpha=0.3)
+    if probes:
+        ax = axes[0][1]
+        steps = [r["step"] for r in probes]
+        for name, style in (("own", "-o"), ("other", "--s"), ("none", ":^")):
+            ax.plot(steps, [r["loss"][name] for r in probes], style, markersize=3, label=f"{name} memory" if name != "none" else "no memory")
+        ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"frozen decoder {probes[-1]['metric']} (nats/token)")
+        last = probes[-1]
+        ax.set_title(f"compression probe, {last['passages']} held-out passages: gain {last['gain']:.2f}, "
+                     f"specificity {last['specificity']:.2f}", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
