@@ -30,7 +30,8 @@ def _encode(args) -> int:
     if args.skip_empty:
         texts = [t for t in texts if t.strip()]
     model.merge_and_unload()
-    embeddings = model.encode(texts, batch_size=args.batch_size, prompt=args.prompt, normalize_embeddings=args.normalize, show_progress_bar=True)
+    embeddings = model.encode(texts, batch_size=args.batch_size, prompt=args.prompt, normalize_embeddings=args.normalize,
+                              show_progress_bar=True, truncate_dim=args.truncate_dim)
     output = Path(args.output or "embeddings.npy")
     np.save(output, embeddings)
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1] if embeddings.ndim == 2 else 0} embeddings to {output}")
@@ -67,6 +68,7 @@ def _train(args) -> int:
         "bidirectional": None if args.attention is None else args.attention == "bidirectional", "resume": args.resume or None,
         "decontaminate": args.decontaminate, "memory_bridge": args.memory_bridge, "memory_lr": args.memory_lr,
         "probe_steps": args.probe_steps,
+        "matryoshka_dims": [int(d) for d in args.matryoshka_dims.split(",")] if args.matryoshka_dims else None,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_yaml(args.config, **flags) if args.config else TrainConfig.from_dict(flags)
@@ -160,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=pooling_modes())
     p.add_argument("--prompt", help="text put before every input (an instruction)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    p.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (a Matryoshka-trained model's sizes lose little)")
     p.add_argument("--skip-empty", action="store_true", help="drop empty lines (by default each line, empty too, gets a row)")
     p.set_defaults(func=_encode)
 
@@ -192,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-bridge", choices=["norm", "linear"], help="stage 1: a bridge between memory states and the frozen decoder")
     p.add_argument("--memory-lr", type=float, help="learning rate of the memory tokens (and the bridge); default: --learning-rate")
     p.add_argument("--probe-steps", type=int, help="stage 1: run the compression probe every N steps (probe.jsonl, loss.png); 0: off")
+    p.add_argument("--matryoshka-dims", metavar="N,N,...", help="contrastive stages: also train these leading sizes of the embedding (e.g. 256,128,64)")
     p.add_argument("--decontaminate", metavar="auto|DIR|off",
                    help="contrastive stages: leave out pairs/sentences sharing a text (case and space folded) with an "
                         "evaluation split of a benchmark folder; auto: the folder evaluation uses; default: auto")

@@ -350,6 +350,8 @@ def model_card(config: dict[str, Any], dimension: int, scores=({}, None), name: 
         + (f" (the text is truncated to {config['max_length'] - k}, then the {k} memory tokens follow)" if pooling == "memory" else "")
         + " |",
         f"| embedding dimension | {dimension} |",
+        *([f"| Matryoshka dimensions | {', '.join(str(d) for d in config['matryoshka_dims'])} (trained to be cut to; "
+           f"`SentenceTransformer(..., truncate_dim={config['matryoshka_dims'][-1]})`) |"] if config.get("matryoshka_dims") else []),
         "| similarity | cosine |",
         f"| llm2comp version | {__version__} |",
         "",

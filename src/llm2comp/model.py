@@ -60,6 +60,7 @@ class LLM2CompConfig:
     merged_adapters: int = 0  # the first n adapters are folded into the weights on load
     trust_remote_code: bool = False
     memory_bridge: str | None = None  # stage 1: a MemoryBridge kind between memory states and the frozen decoder
+    matryoshka_dims: list[int] = dataclasses.field(default_factory=list)  # trained sizes for encode(truncate_dim=)
 
     def __post_init__(self):
         mode = get_pooling(self.pooling)
@@ -351,6 +352,7 @@ class LLM2Comp(nn.Module):
         convert_to_tensor: bool = False,
         show_progress_bar: bool | None = None,
         devices: Sequence[str | torch.device] | None = None,
+        truncate_dim: int | None = None,
         **_ignored,
     ):
         """Embed texts: float32 numpy (n, d) by default, (d,) for a single string, a torch tensor on request.
@@ -362,6 +364,10 @@ class LLM2Comp(nn.Module):
 
         ``devices`` (opt-in, e.g. ``["cuda:0", "cuda:1"]``) spreads the batches over model replicas on those
         devices, one thread each; without it, nothing runs anywhere but on the model's own device.
+
+        ``truncate_dim`` keeps the first n dimensions (cut after pooling and the fitted normalizer, then
+        L2-normalised when ``normalize_embeddings``): a model trained with ``matryoshka_dims`` loses little at
+        those sizes (``config.matryoshka_dims``); any other model may be cut too, at a larger loss.
         """
         if isinstance(texts, torch.utils.data.DataLoader):  # called by mteb (EncoderProtocol): batches of {"text": ...}
             from .evaluation.mteb_adapter import MTEBEncoder
@@ -378,7 +384,7 @@ class LLM2Comp(nn.Module):
                 raise TypeError(f"texts[{index}] is {type(text).__name__}, not str")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        dim = self.get_sentence_embedding_dimension()
+        dim = check_truncate_dim(truncate_dim, self.get_sentence_embedding_dimension())
         if not texts:
             empty = torch.empty(0, dim)
             return empty if convert_to_tensor or not convert_to_numpy else empty.numpy()
@@ -388,7 +394,7 @@ class LLM2Comp(nn.Module):
         token_ids = self.token_ids(unique, prompt)
         self._report_truncation(unique, token_ids, prompt)
         result = self.encode_token_ids(token_ids, batch_size=batch_size, normalize_embeddings=normalize_embeddings,
-                                       show_progress_bar=show_progress_bar, devices=devices)
+                                       show_progress_bar=show_progress_bar, devices=devices, truncate_dim=truncate_dim)
         if len(unique) < len(texts):
             result = result[torch.tensor(inverse)]
         if single:
@@ -404,6 +410,7 @@ class LLM2Comp(nn.Module):
         normalize_embeddings: bool = False,
         show_progress_bar: bool | None = None,
         devices: Sequence[str | torch.device] | None = None,
+        truncate_dim: int | None = None,
     ) -> torch.Tensor:
         """`encode` for rows already made by `token_ids` (a server that tokenized once to count tokens reuses
         them): a float32 CPU tensor (n, d) in input order. Identical rows are embedded once (STS sets repeat up to
@@ -415,7 +422,7 @@ class LLM2Comp(nn.Module):
         if too_long is not None:
             raise ValueError(f"token_ids[{too_long}] has {len(token_ids[too_long])} tokens; at most {budget} fit max_length="
                              f"{self.config.max_length} with this pooling (make rows with `token_ids`, which truncates)")
-        dim = self.get_sentence_embedding_dimension()
+        dim = check_truncate_dim(truncate_dim, self.get_sentence_embedding_dimension())
         slot: dict[tuple[int, ...], int] = {}
         inverse = [slot.setdefault(tuple(row), len(slot)) for row in token_ids]
         unique = [list(row) for row in slot]
@@ -431,7 +438,7 @@ class LLM2Comp(nn.Module):
         def run(replica: LLM2Comp, assigned: list[list[int]]) -> None:
             with torch.inference_mode():
                 for index in assigned:
-                    embeddings = replica.forward(replica.collate([unique[i] for i in index]))["sentence_embedding"].float()
+                    embeddings = replica.forward(replica.collate([unique[i] for i in index]))["sentence_embedding"].float()[:, :dim]
                     if normalize_embeddings:
                         embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
                     result[torch.tensor(index)] = embeddings.cpu()
@@ -503,6 +510,15 @@ class LLM2Comp(nn.Module):
         """Write config JSON, memory tokens, every LoRA adapter (safetensors) and the tokenizer, atomically
         (`persistence.save_model`); `state_dict` supplies gathered tensors under ZeRO-3/FSDP."""
         return save_model(self, path, state_dict)
+
+
+def check_truncate_dim(truncate_dim: int | None, full: int) -> int:
+    """The embedding size `encode` returns: ``truncate_dim`` in [1, full], or the full size."""
+    if truncate_dim is None:
+        return full
+    if not isinstance(truncate_dim, int) or isinstance(truncate_dim, bool) or not 1 <= truncate_dim <= full:
+        raise ValueError(f"truncate_dim must be an integer in [1, {full}], got {truncate_dim!r}")
+    return truncate_dim
 
 
 def special_prefix(tokenizer) -> list[int]:

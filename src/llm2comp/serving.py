@@ -145,7 +145,8 @@ class DynamicBatcher:
                                            show_progress_bar=False).numpy()
 
 
-def _parse_request(payload: Any, model_name: str, dimension: int, max_items: int) -> tuple[list[str], str, int | None]:
+def _parse_request(payload: Any, model_name: str, dimension: int, max_items: int,
+                   trained_dims: Sequence[int] = ()) -> tuple[list[str], str, int | None]:
     if not isinstance(payload, dict):
         raise APIError(400, "the request body must be a JSON object")
     if "input" not in payload:
@@ -170,9 +171,10 @@ def _parse_request(payload: Any, model_name: str, dimension: int, max_items: int
     if encoding not in ("float", "base64"):
         raise APIError(400, f"'encoding_format' must be 'float' or 'base64', got {encoding!r}", param="encoding_format")
     dimensions = payload.get("dimensions")
-    if dimensions is not None and dimensions != dimension:
-        raise APIError(400, f"this model gives {dimension}-dimensional embeddings and was not trained for shorter ones; "
-                       f"'dimensions' must be omitted or {dimension}", param="dimensions")
+    if dimensions is not None and (isinstance(dimensions, bool) or dimensions not in (dimension, *trained_dims)):
+        sizes = ", ".join(str(d) for d in (dimension, *trained_dims))
+        raise APIError(400, f"'dimensions' must be omitted or one of the sizes this model was trained for: {sizes}",
+                       param="dimensions")
     return texts, encoding, dimensions
 
 
@@ -242,9 +244,12 @@ def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms:
                 payload = json.loads(await read_body(request))
             except (ValueError, UnicodeDecodeError):
                 raise APIError(400, "the request body is not valid JSON") from None
-            texts, encoding, _ = _parse_request(payload, model_name, dimension, max_items)
+            texts, encoding, dimensions = _parse_request(payload, model_name, dimension, max_items, model.config.matryoshka_dims)
             token_ids, tokens, truncated = await asyncio.get_running_loop().run_in_executor(None, tokenize, model, texts)
             rows = await batcher.embed(token_ids)
+            if dimensions is not None and dimensions < dimension:  # a trained Matryoshka size: cut, then renormalise
+                rows = rows[:, :dimensions]
+                rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         except APIError as error:
             return error_response(error)
         data = [{"object": "embedding", "index": i, "embedding": _encode_row(row, encoding)} for i, row in enumerate(rows)]

@@ -66,6 +66,23 @@ def info_nce(
     return F.cross_entropy(scores, labels)
 
 
+def matryoshka_info_nce(queries: torch.Tensor, candidates: torch.Tensor, dims: Sequence[int] = (), **kwargs) -> torch.Tensor:
+    """InfoNCE on the full embeddings and on each of their first ``dims`` dimensions (Matryoshka representation
+    learning, as sentence-transformers' MatryoshkaLoss nests any loss), averaged with equal weights: the
+    averaged loss keeps the full-size loss's scale, so a recipe's learning rate still fits."""
+    sizes = [queries.shape[-1], *(d for d in dims if d < queries.shape[-1])]
+    losses = [info_nce(queries[..., :d], candidates[..., :d], **kwargs) for d in sizes]
+    return torch.stack(losses).mean() if len(losses) > 1 else losses[0]
+
+
+def check_matryoshka_dims(dims: Sequence[int] | None, hidden_size: int | None = None) -> list[int]:
+    """The nested sizes, largest first; each in [1, hidden size)."""
+    dims = sorted({int(d) for d in dims or ()}, reverse=True)
+    if any(d < 1 for d in dims) or hidden_size is not None and any(d >= hidden_size for d in dims):
+        raise ValueError(f"matryoshka_dims must lie in [1, {hidden_size or 'hidden size'}), got {dims}")
+    return dims
+
+
 # ---------------------------------------------------------------------------------------------- distributed
 def _gather_sizes(n: int, device: torch.device) -> list[int]:
     size = torch.tensor([n], dtype=torch.long, device=device)
@@ -275,6 +292,7 @@ class SimCSEObjective:
     model: LLM2Comp
     temperature: float = 0.05
     gradcache_chunk: int | None = None
+    matryoshka_dims: Sequence[int] = ()
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.model.collate(_text_token_ids(self.model, examples))
@@ -292,7 +310,7 @@ class SimCSEObjective:
 
     def __call__(self, model: LLM2Comp, batch: dict) -> dict[str, torch.Tensor]:
         first, second = gather_parts(self.views(model, batch))
-        loss = info_nce(first, second, self.temperature)
+        loss = matryoshka_info_nce(first, second, self.matryoshka_dims, temperature=self.temperature)
         return {"loss": loss}
 
 
@@ -312,6 +330,7 @@ class SupervisedObjective:
     temperature: float = 0.05
     gradcache_chunk: int | None = None
     query_field: str = "query"
+    matryoshka_dims: Sequence[int] = ()
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         from ..data.pairs import format_query
@@ -349,7 +368,8 @@ class SupervisedObjective:
         all_query_keys, all_negative_keys = gather_parts([query_keys, negative_keys], grad=False)
         candidates = torch.cat([all_positives, all_negatives])
         candidate_keys = torch.cat([all_query_keys, all_negative_keys])
-        loss = info_nce(all_queries, candidates, self.temperature, query_keys=all_query_keys, candidate_keys=candidate_keys)
+        loss = matryoshka_info_nce(all_queries, candidates, self.matryoshka_dims, temperature=self.temperature,
+                                   query_keys=all_query_keys, candidate_keys=candidate_keys)
         return {"loss": loss}
 
 
@@ -357,10 +377,11 @@ def build_contrastive_objective(cfg, model: LLM2Comp):
     """The objective of a contrastive ``TrainConfig`` stage (simcse | supervised)."""
     if cfg.gradcache_chunk is not None and cfg.gradcache_chunk < 1:
         raise ValueError(f"gradcache_chunk must be >= 1, got {cfg.gradcache_chunk}")
+    dims = check_matryoshka_dims(cfg.matryoshka_dims, model.get_sentence_embedding_dimension())
     if cfg.stage == "simcse":
-        return SimCSEObjective(model, temperature=cfg.temperature, gradcache_chunk=cfg.gradcache_chunk)
+        return SimCSEObjective(model, temperature=cfg.temperature, gradcache_chunk=cfg.gradcache_chunk, matryoshka_dims=dims)
     if cfg.stage == "supervised":
-        return SupervisedObjective(model, temperature=cfg.temperature, gradcache_chunk=cfg.gradcache_chunk)
+        return SupervisedObjective(model, temperature=cfg.temperature, gradcache_chunk=cfg.gradcache_chunk, matryoshka_dims=dims)
     raise ValueError(f"no contrastive objective for stage '{cfg.stage}'; choose one of {', '.join(CONTRASTIVE_STAGES)}")
 
 

@@ -57,6 +57,9 @@ class TrainConfig:
     temperature: float = 0.05
     attention_dropout: float = 0.2  # simcse dropout views
     gradcache_chunk: int | None = None  # supervised: encode in chunks of this size (GradCache)
+    # contrastive stages: also train the first n dimensions of the embedding for each n here (Matryoshka), so that
+    # `encode(truncate_dim=n)` loses little; e.g. [256, 128, 64]
+    matryoshka_dims: list[int] | None = None
     pooling: str | None = None  # contrastive stages: train this pooling (mean, last, prompteol, memory); default as loaded
     # encoder attention; None: as loaded (a backbone's memory-pooling encoder is bidirectional, as in the recipe)
     bidirectional: bool | None = None
@@ -104,6 +107,12 @@ class TrainConfig:
                 raise ValueError(f"memory_bridge must be one of {', '.join(MemoryBridge.KINDS)}, got {self.memory_bridge!r}")
         if self.probe_steps < 0 or self.probe_holdout < 0:
             raise ValueError("probe_steps and probe_holdout must be >= 0")
+        if self.matryoshka_dims:
+            from ..objectives.contrastive import check_matryoshka_dims
+
+            if self.stage == "pretrain":
+                raise ValueError("matryoshka_dims is a setting of the contrastive stages")
+            check_matryoshka_dims(self.matryoshka_dims)
         if self.fit_normalizer < 0:
             raise ValueError(f"fit_normalizer must be >= 0, got {self.fit_normalizer}")
         for name in ("max_steps", "batch_size", "save_steps", "gradient_accumulation_steps"):

@@ -148,6 +148,10 @@ def train(cfg: TrainConfig) -> Path:
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     model.config.max_length = model.encode_max_length
+    if cfg.stage != "pretrain":  # the sizes the embedding was trained to be cut to (none: only the full size)
+        from ..objectives.contrastive import check_matryoshka_dims
+
+        model.config.matryoshka_dims = check_matryoshka_dims(cfg.matryoshka_dims)
     if trainer.args.should_save and cfg.fit_normalizer:
         from ..data.pairs import stage_texts
 
