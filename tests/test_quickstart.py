@@ -54,6 +54,7 @@ def test_quickstart_with_pretraining_chains_two_stages(tiny_dir, tmp_path, monke
     assert (output / "supervised" / "loss.png").is_file() and (output / "plots" / "after-spectrum.png").is_file()
     out = capsys.readouterr().out
     assert "trained minus best zero-shot" in out and "MiB of intermediate checkpoints" in out
+    assert "peak memory (RSS)" in out and results["peak_rss_gib"] > 0
     assert not (output / "supervised" / "checkpoints").exists() and not (output / "1-pretrain-kl" / "checkpoints").exists()
 
 

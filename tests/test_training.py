@@ -299,3 +299,10 @@ def test_the_final_model_is_written_from_the_trainers_gathered_weights(tiny_dir,
     assert lora_b and all(adapter[k].abs().sum() > 0 for k in lora_b)  # trained values, not the zeroed shards
     memory = load_file(output / "memory_tokens.safetensors")["weight"]
     torch.testing.assert_close(memory, gathered["encoder.memory.weight"].float())
+
+
+def test_loss_plot_running_mean():
+    from llm2comp.training.trainer import running_mean, smoothing_window
+
+    assert running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert smoothing_window(10) == 1 and smoothing_window(160) == 16 and smoothing_window(5000) == 50

@@ -162,7 +162,10 @@ def plot_spectrum(spectrum: dict[str, Any], path: str | os.PathLike, title: str 
     ax2.set_ylabel("cumulative energy")
     ax2.set_title(f"90%: {spectrum['dims_90']} dims, 99%: {spectrum['dims_99']} dims")
     shape = f"{spectrum['n']} embeddings x {spectrum['dim']} dims{' (centred)' if spectrum['centered'] else ''}, rank {rank}"
-    fig.suptitle(f"{title}: {shape}" if title else shape)
+    import textwrap
+
+    # long titles (model path, stage, data) wrap instead of running off the figure
+    fig.suptitle("\n".join(textwrap.wrap(f"{title}: {shape}" if title else shape, width=110)), fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

@@ -238,6 +238,22 @@ def _read_jsonl(path: Path | None) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path is not None and path.is_file() else []
 
 
+def smoothing_window(points: int) -> int:
+    """Steps averaged in the loss plot's running mean: about a tenth of the run, 1 (none) for short runs."""
+    return max(1, min(50, points // 10)) if points >= 20 else 1
+
+
+def running_mean(values, window: int) -> list[float]:
+    """Trailing mean over up to ``window`` values (the first points average what there is)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_losses(log_path: Path, png_path: Path, title: str = "training loss", probe_path: Path | None = None) -> Path | None:
     """The loss curve; with a probe log, a second panel: the frozen decoder's loss with the own memory, another
     text's memory and none, per probe step (the run compresses where 'own' falls below 'none' and 'other')."""
@@ -253,7 +269,14 @@ def plot_losses(log_path: Path, png_path: Path, title: str = "training loss", pr
 
     fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(11 if probes else 6, 3.8), squeeze=False)
     ax = axes[0][0]
-    ax.plot(*zip(*points), linewidth=1)
+    steps, losses = zip(*points)
+    window = smoothing_window(len(points))
+    if window > 1:  # the raw points faint, their running mean on top (source-homogeneous batches zigzag)
+        ax.plot(steps, losses, linewidth=0.6, alpha=0.3, label="per step")
+        ax.plot(steps, running_mean(losses, window), linewidth=1.5, label=f"running mean of {window} steps")
+        ax.legend(fontsize=8)
+    else:
+        ax.plot(steps, losses, linewidth=1)
     ax.set_xlabel("optimizer step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
