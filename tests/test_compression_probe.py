@@ -146,10 +146,15 @@ def test_training_probes_held_out_passages_and_plots_them(tiny_dir, corpus, tmp_
     dataset = pretext_dataset(cfg, model)
     held = {tuple(r) for r in model.tokenizer(texts[-holdout:], add_special_tokens=False)["input_ids"]}
     assert len(dataset) == len(texts) - holdout and not any(tuple(r) in held for r in dataset.rows)
-    # the bridge was trained, saved, and loads back; the probe reads memory through it
+    # the bridge was fitted, trained, saved, and loads back; the probe reads memory through it
+    from llm2comp.training.run import build_model, build_objective_and_data, fit_memory_bridge
+
     assert model.config.memory_bridge == "linear" and model.memory_bridge is not None
+    fresh = build_model(cfg)
+    fit_memory_bridge(cfg, fresh, *build_objective_and_data(cfg, fresh))
     saved = load_file(output / "memory_bridge.safetensors")
-    assert not torch.allclose(saved["bias"], torch.zeros_like(saved["bias"]))
+    assert not torch.allclose(saved["weight"], fresh.memory_bridge.weight.detach())  # trained away from its fit
+    torch.testing.assert_close(model.memory_bridge.weight.detach(), saved["weight"])
     states = torch.randn(2, 3, model.get_sentence_embedding_dimension())
     assert not torch.allclose(model.decoder_memory(states), states)
     # a contrastive stage from it drops the bridge: the embedding path never had it
@@ -161,15 +166,32 @@ def test_training_probes_held_out_passages_and_plots_them(tiny_dir, corpus, tmp_
     assert not (sup / "memory_bridge.safetensors").exists()
 
 
+def test_bridge_fit_gives_the_memory_token_embedding_statistics(tiny_dir):
+    from llm2comp.memory import MemoryBridge
+
+    model = _model(tiny_dir)
+    embedding = model.hf_model.get_input_embeddings()
+    states = torch.randn(40, 3, model.get_sentence_embedding_dimension()) * 30 + 5
+    for kind in MemoryBridge.KINDS:
+        bridge = MemoryBridge(kind, states.shape[-1]).fit(states, embedding, model.vocab_size)
+        out = bridge(states).reshape(-1, states.shape[-1])
+        tokens = embedding.weight.detach()
+        torch.testing.assert_close(out.mean(0), tokens.mean(0), atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(out.std(0), tokens.std(0), atol=1e-3, rtol=1e-2)
+    with pytest.raises(ValueError, match="token_rows"):
+        model.add_memory_bridge("affine")
+
+
 def test_memory_lr_is_a_group_of_its_own(tiny_dir, corpus, tmp_path):
-    from llm2comp.training.run import build_model, build_objective_and_data, training_arguments
+    from llm2comp.training.run import build_model, build_objective_and_data, fit_memory_bridge, training_arguments
     from llm2comp.training.trainer import LLM2CompTrainer, TrainingModule
 
     cfg = TrainConfig.from_dict(dict(stage="pretrain", objective="kl", model=str(tiny_dir), data=str(corpus), output=str(tmp_path / "o"),
-                                     max_steps=2, batch_size=2, max_length=48, num_memory_tokens=3, memory_bridge="norm",
+                                     max_steps=2, batch_size=2, max_length=48, num_memory_tokens=3, memory_bridge="affine",
                                      memory_lr=3e-3, learning_rate=1e-4))
     model = build_model(cfg)
     objective, dataset = build_objective_and_data(cfg, model)
+    fit_memory_bridge(cfg, model, objective, dataset)
     trainer = LLM2CompTrainer(model=TrainingModule(model, objective), args=training_arguments(cfg, tmp_path / "ck", False),
                               train_dataset=dataset, data_collator=objective.collate, memory_lr=cfg.memory_lr)
     optimizer = trainer.create_optimizer()
@@ -177,7 +199,7 @@ def test_memory_lr_is_a_group_of_its_own(tiny_dir, corpus, tmp_path):
     fast = {id(p) for p in [*model.memory.parameters(), *model.memory_bridge.parameters()]}
     assert by_lr[3e-3] == fast and by_lr[1e-4] and not by_lr[1e-4] & fast
     with pytest.raises(ValueError, match="compression pre-training"):
-        TrainConfig.from_dict(dict(stage="supervised", memory_bridge="norm"))
+        TrainConfig.from_dict(dict(stage="supervised", memory_bridge="affine"))
     with pytest.raises(ValueError, match="memory_bridge must be"):
         TrainConfig.from_dict(dict(stage="pretrain", memory_bridge="mlp"))
 

@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-init", help="a fresh model's memory tokens from this phrase's token embeddings (default: mean embedding)")
     p.add_argument("--fit-normalizer", type=int, metavar="N", help="contrastive stages: fit embedding standardisation on N training texts")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --output")
-    p.add_argument("--memory-bridge", choices=["norm", "linear"], help="stage 1: a bridge between memory states and the frozen decoder")
+    p.add_argument("--memory-bridge", choices=["affine", "linear"], help="stage 1: a bridge between memory states and the frozen decoder, fitted to token-embedding statistics")
     p.add_argument("--memory-lr", type=float, help="learning rate of the memory tokens (and the bridge); default: --learning-rate")
     p.add_argument("--probe-steps", type=int, help="stage 1: run the compression probe every N steps (probe.jsonl, loss.png); 0: off")
     p.add_argument("--matryoshka-dims", metavar="N,N,...", help="contrastive stages: also train these leading sizes of the embedding (e.g. 256,128,64)")

@@ -73,37 +73,38 @@ class MemoryTokens(nn.Module):
 
 class MemoryBridge(nn.Module):
     """Stage 1 only: how the memory states enter the frozen decoder. The encoder's memory states are final-layer
-    outputs (norm ~48 on SmolLM2-135M), while what the decoder reads best sits on the scale of token embeddings
-    (free vectors optimised per text: norm ~4, docs/RESULTS.md 3.5). The bridge RMS-normalises each state and maps
-    it with a learned gain (``norm``: one per dimension) or matrix (``linear``), initialised to the token-embedding
-    scale, plus a bias. It is not part of the embedding (the pooled memory states are), and the contrastive stages
-    drop it."""
+    outputs (norm ~44 on SmolLM2-135M, a few dimensions far larger than the rest); fed as they are, or merely
+    rescaled, the frozen decoder does *worse* than with no memory at all (docs/RESULTS.md 3.5). The bridge maps each
+    dimension of the states onto the statistics of the decoder's token embeddings, fitted on the memory states of
+    training texts (`fit`): ``affine`` (one gain and offset per dimension) or ``linear`` (a full matrix, starting
+    as that affine map). Untrained, this alone turns the memory from harmful into useful. The bridge is not part
+    of the embedding (the pooled memory states are), and the contrastive stages drop it."""
 
-    KINDS = ("norm", "linear")
+    KINDS = ("affine", "linear")
 
-    def __init__(self, kind: str, hidden_size: int, scale: float = 1.0):
+    def __init__(self, kind: str, hidden_size: int):
         super().__init__()
         if kind not in self.KINDS:
             raise ValueError(f"unknown memory bridge '{kind}'; choose one of {', '.join(self.KINDS)}")
         self.kind = kind
-        if kind == "norm":
-            self.weight = nn.Parameter(torch.full((hidden_size,), float(scale)))
-        else:
-            self.weight = nn.Parameter(torch.eye(hidden_size) * float(scale))
+        self.weight = nn.Parameter(torch.ones(hidden_size) if kind == "affine" else torch.eye(hidden_size))
         self.bias = nn.Parameter(torch.zeros(hidden_size))
 
-    @classmethod
-    def for_embedding(cls, kind: str, embedding: nn.Module, vocab_size: int) -> MemoryBridge:
-        """A bridge whose output starts at the RMS of the model's token embeddings (as the embedding module
-        returns them: Gemma's scaling included)."""
-        with torch.no_grad():
-            device = next(embedding.parameters()).device
-            rows = embedding(torch.arange(min(vocab_size, 8192), device=device)).float()
-            scale = rows.pow(2).mean(-1).sqrt().mean().item()
-            return cls(kind, rows.shape[-1], scale)
+    @torch.no_grad()
+    def fit(self, states: torch.Tensor, embedding: nn.Module, vocab_size: int) -> MemoryBridge:
+        """Per dimension: states standardised with their own mean/std (``states``: (..., d) memory states of training
+        texts), then given the mean/std of the token embeddings as the embedding module returns them (Gemma's
+        scaling included)."""
+        device = next(embedding.parameters()).device
+        tokens = torch.cat([embedding(ids).float() for ids in torch.arange(vocab_size, device=device).split(8192)])
+        states = states.reshape(-1, states.shape[-1]).float().to(self.bias.device)
+        gain = tokens.std(0).to(states.device) / (states.std(0) + 1e-3)
+        offset = tokens.mean(0).to(states.device) - states.mean(0) * gain
+        self.weight.copy_(gain if self.kind == "affine" else torch.diag(gain))
+        self.bias.copy_(offset)
+        return self
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        x = states.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
-        y = x * self.weight if self.kind == "norm" else x @ self.weight.T
+        x = states.to(self.weight.dtype)
+        y = x * self.weight if self.kind == "affine" else x @ self.weight.T
         return (y + self.bias).to(states.dtype)

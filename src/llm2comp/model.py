@@ -197,11 +197,16 @@ class LLM2Comp(nn.Module):
         return self
 
     # ------------------------------------------------------------------ stage 1: what the frozen decoder reads
-    def add_memory_bridge(self, kind: str) -> MemoryBridge:
-        """Attach a fresh stage-1 `MemoryBridge` (kept when one of that kind is already there)."""
+    def add_memory_bridge(self, kind: str, token_rows: Sequence[Sequence[int]] | None = None) -> MemoryBridge:
+        """Attach a stage-1 `MemoryBridge` fitted on the memory states of ``token_rows`` (encoder inputs of training
+        texts, as `collate` takes them); one of that kind already there is kept as it is (a resumed or continued run)."""
         if self.memory_bridge is None or self.memory_bridge.kind != kind:
-            bridge = MemoryBridge.for_embedding(kind, self.hf_model.get_input_embeddings(), self.vocab_size)
-            self.memory_bridge = bridge.to(self.device)
+            if not token_rows:
+                raise ValueError("a new memory bridge is fitted on training texts: pass token_rows")
+            with torch.no_grad(), self._evaluating():
+                states = torch.cat([self(self.collate(token_rows[i : i + 16]))["memory_states"] for i in range(0, len(token_rows), 16)])
+            bridge = MemoryBridge(kind, self.get_sentence_embedding_dimension()).to(self.device)
+            self.memory_bridge = bridge.fit(states, self.hf_model.get_input_embeddings(), self.vocab_size)
         self.config = dataclasses.replace(self.config, memory_bridge=kind)
         return self.memory_bridge
 

@@ -66,7 +66,7 @@ class TrainConfig:
     # after training: fit per-dimension standardisation of the embeddings on up to this many of the stage's own
     # training texts (contrastive stages), saved with the model; 0 = none
     fit_normalizer: int = 0
-    # stage 1 levers (docs/RESULTS.md 3.5): a bridge between memory states and the frozen decoder (norm | linear;
+    # stage 1 levers (docs/RESULTS.md 3.5): a bridge between memory states and the frozen decoder (affine | linear;
     # stage 1 only), and a learning rate of its own for the memory tokens and the bridge (None: learning_rate)
     memory_bridge: str | None = None
     memory_lr: float | None = None

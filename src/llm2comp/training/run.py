@@ -53,11 +53,22 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
     model.encode_max_length, model.config.max_length = model.config.max_length, cfg.max_length
     model.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
                    train_memory=spec.reads_memory(model.config.pooling))
-    if cfg.memory_bridge is not None:
-        model.add_memory_bridge(cfg.memory_bridge)
-    elif model.memory_bridge is not None:  # a later stage, or stage 1 again without one: the decoder reads the states
+    if cfg.memory_bridge is None and model.memory_bridge is not None:  # a later stage, or stage 1 without one
         model.drop_memory_bridge()
     return model
+
+
+BRIDGE_FIT_TEXTS = 64
+
+
+def fit_memory_bridge(cfg: TrainConfig, model: LLM2Comp, objective, dataset) -> None:
+    """A stage-1 run's memory bridge, fitted on the encoder inputs of its first training texts (as the objective
+    builds them: the prefix for kl/nll, the whole text for rc)."""
+    examples = [dataset[i] for i in range(min(BRIDGE_FIT_TEXTS, len(dataset)))]
+    batch = objective.collate(examples)
+    rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch["encoder_input_ids"], batch["encoder_attention_mask"])]
+    k = model.config.num_memory_tokens
+    model.add_memory_bridge(cfg.memory_bridge, [row[:-k] for row in rows])  # collate appends the memory slots again
 
 
 def build_objective_and_data(cfg: TrainConfig, model: LLM2Comp):
@@ -109,6 +120,8 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     objective, dataset = build_objective_and_data(cfg, model)
+    if cfg.memory_bridge is not None:
+        fit_memory_bridge(cfg, model, objective, dataset)
     if cfg.stage == "simcse":
         from ..attention import set_attention_dropout
 
