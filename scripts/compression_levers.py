@@ -6,7 +6,7 @@ passages, with the free-vector ceiling) on the final model. Levers (docs/RESULTS
 stage-1 bridge between memory states and the frozen decoder, a learning rate of its own for the memory tokens and
 the bridge, the objective (RC autoencoding instead of KL), and the attention of the encoder.
 
-    python scripts/compression_levers.py train --levers base,lr1e-3,bridge-affine,bridge-linear --steps 120
+    python scripts/compression_levers.py train --levers base,bridge-affine,lr1e-3-bridge-affine,lr1e-3-bridge-linear --steps 120
     python scripts/compression_levers.py report            # table (markdown) + docs/figures/compression-levers.png
 """
 
@@ -28,6 +28,7 @@ LEVERS = {
     "lr1e-3": {"learning_rate": 1e-3},
     "bridge-affine": {"memory_bridge": "affine", "memory_lr": 1e-3},
     "bridge-linear": {"memory_bridge": "linear", "memory_lr": 1e-3},
+    "lr1e-3-bridge-affine": {"learning_rate": 1e-3, "memory_bridge": "affine", "memory_lr": 1e-3},
     "lr1e-3-bridge-linear": {"learning_rate": 1e-3, "memory_bridge": "linear", "memory_lr": 1e-3},
     "rc-lr1e-3-bridge-linear": {"objective": "rc", "learning_rate": 1e-3, "memory_bridge": "linear", "memory_lr": 1e-3},
     "bidirectional-paper": {"bidirectional": True, "memory_init": None},

