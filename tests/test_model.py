@@ -118,6 +118,8 @@ def test_similarity(model):
     assert sim.shape == (3, 3)
     torch.testing.assert_close(torch.diagonal(sim), torch.ones(3), atol=1e-5, rtol=0)
     assert model.similarity(emb[0], emb).shape == (1, 3)
+    other = emb[::-1].copy()
+    torch.testing.assert_close(model.similarity_pairwise(emb, other), torch.diagonal(model.similarity(emb, other)), atol=1e-6, rtol=0)
 
 
 def test_save_load_merge_round_trip(tiny_dir, tmp_path):

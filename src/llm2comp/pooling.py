@@ -125,7 +125,6 @@ class MemoryPooling(Pooling):
 
 
 POOLINGS: dict[str, Pooling] = {p.name: p for p in (MemoryPooling(), MeanPooling(), LastTokenPooling(), PromptEOLPooling())}
-POOLING_MODES = tuple(POOLINGS)  # the built-in modes
 
 
 def pooling_modes() -> tuple[str, ...]:

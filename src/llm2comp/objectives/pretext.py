@@ -23,7 +23,6 @@ from ..model import LLM2Comp, right_pad, special_prefix
 from ..runtime import is_distributed, is_main_process
 from .registry import ObjectiveSpec, register
 
-PRETEXT_OBJECTIVES = ("kl", "nll", "rc", "mntp")
 # the number of terms a batch's loss averages over (target tokens); the trainer weights micro-batches by it, so that
 # gradient accumulation gives exactly the gradient of one large batch
 LOSS_ITEMS = "loss_items"
@@ -253,15 +252,6 @@ class MNTPObjective:
         shifted = labels[:, 1:]  # the state at i-1 predicts token i
         valid = shifted != -100
         return {"loss": chunked_cross_entropy(model, hidden[:, :-1][valid], shifted[valid], self.loss_budget)}
-
-
-def build_pretext_objective(name: str, model: LLM2Comp, **kwargs):
-    """A pretext objective by name, with explicit options (the training run builds them from its config)."""
-    if name == "mntp":
-        return MNTPObjective(model, **kwargs)
-    if name in ("kl", "nll", "rc"):
-        return CompressionObjective(model, kind=name, **kwargs)
-    raise ValueError(f"unknown pretext objective '{name}'; choose one of {', '.join(PRETEXT_OBJECTIVES)}")
 
 
 def pretext_dataset(cfg, model: LLM2Comp):

@@ -3,10 +3,11 @@
 The folder next to this file holds everything the model needs: ``backbone/`` (the decoder-only LLM with every
 LoRA adapter of training merged into its weights, a plain Hugging Face model), ``memory_tokens.safetensors``
 (the k learned memory-token embeddings), ``llm2comp_config.json`` and the tokenizer. This module loads them
-with the ``llm2comp`` package (``pip install llm2comp``) and embeds texts exactly like ``LLM2Comp.encode``:
-the text, truncated so that text and memory slots fit ``max_length``, followed by k memory slots; one forward
-pass with bidirectional attention; the mean of the final memory-token states as the embedding (or the
-configured baseline pooling: mean, last, prompteol). Load it with
+with the ``llm2comp`` package (installed from its source tree; it is not on PyPI) and embeds texts exactly like
+``LLM2Comp.encode``: the text, truncated so that text and memory slots fit ``max_length``, followed by k memory
+slots; one forward pass with the attention the model was trained with (``bidirectional`` in
+``llm2comp_config.json``: causal for the shipped default); the mean of the final memory-token states as the
+embedding (or the configured baseline pooling: mean, last, prompteol). Load it with
 
     SentenceTransformer("path/to/this/folder", trust_remote_code=True)
 
