@@ -4,7 +4,7 @@ Every run: KL continuation distillation on builtin:news paragraphs cut to 64 tok
 the compression probe every --probe-steps steps on 64 held-out passages (probe.jsonl), then the full probe (256
 passages, with the free-vector ceiling) on the final model. Levers (docs/RESULTS.md 3.5): the learning rate, a
 stage-1 bridge between memory states and the frozen decoder, a learning rate of its own for the memory tokens and
-the bridge, the objective (RC autoencoding instead of KL), and the attention of the encoder.
+the bridge, an own-vs-other memory contrast term, the objective (RC autoencoding instead of KL), and the attention of the encoder.
 
     python scripts/compression_levers.py train --levers base,bridge-affine,lr1e-3-bridge-affine,lr1e-3-bridge-linear --steps 120
     python scripts/compression_levers.py report            # table (markdown) + docs/figures/compression-levers.png
@@ -30,6 +30,7 @@ LEVERS = {
     "bridge-linear": {"memory_bridge": "linear", "memory_lr": 1e-3},
     "lr1e-3-bridge-affine": {"learning_rate": 1e-3, "memory_bridge": "affine", "memory_lr": 1e-3},
     "lr1e-3-bridge-linear": {"learning_rate": 1e-3, "memory_bridge": "linear", "memory_lr": 1e-3},
+    "lr1e-3-bridge-affine-contrast": {"learning_rate": 1e-3, "memory_bridge": "affine", "memory_lr": 1e-3, "contrast_weight": 1.0},
     "rc-lr1e-3-bridge-linear": {"objective": "rc", "learning_rate": 1e-3, "memory_bridge": "linear", "memory_lr": 1e-3},
     "bidirectional-paper": {"bidirectional": True, "memory_init": None},
 }

@@ -170,3 +170,25 @@ def test_one_copy_equals_a_second_frozen_copy(tiny_dir):
     torch.testing.assert_close(results[0][0], results[1][0])
     for name, grad in results[0][1].items():
         torch.testing.assert_close(grad, results[1][1][name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["kl", "nll"])
+def test_contrast_term_is_own_minus_other_memory(tiny_dir, kind):
+    """loss = L(own) + w * softplus(L(own) - L(other)), other = the previous example's memory (a roll by one)."""
+    import torch.nn.functional as F
+
+    model = _model(tiny_dir).eval()
+    examples = _examples(model)
+    plain = CompressionObjective(model, kind=kind, split_margin=3)
+    batch = plain.collate(examples)
+    with torch.no_grad():
+        own = plain(model, batch)["loss"]
+        original = model.decoder_memory
+        model.decoder_memory = lambda states: original(states).roll(1, 0)
+        other = plain(model, batch)["loss"]
+        model.decoder_memory = original
+        contrasted = CompressionObjective(model, kind=kind, split_margin=3, contrast_weight=0.5)(model, batch)["loss"]
+    assert other.item() != pytest.approx(own.item())
+    assert contrasted.item() == pytest.approx((own + 0.5 * F.softplus(own - other)).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="contrast_weight"):
+        CompressionObjective(model, kind=kind, contrast_weight=-1)

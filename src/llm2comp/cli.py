@@ -67,7 +67,7 @@ def _train(args) -> int:
         "fit_normalizer": args.fit_normalizer, "truncate_long": False if args.drop_long else None,
         "bidirectional": None if args.attention is None else args.attention == "bidirectional", "resume": args.resume or None,
         "decontaminate": args.decontaminate, "memory_bridge": args.memory_bridge, "memory_lr": args.memory_lr,
-        "probe_steps": args.probe_steps,
+        "probe_steps": args.probe_steps, "contrast_weight": args.contrast_weight,
         "matryoshka_dims": [int(d) for d in args.matryoshka_dims.split(",")] if args.matryoshka_dims else None,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --output")
     p.add_argument("--memory-bridge", choices=["affine", "linear"], help="stage 1: a bridge between memory states and the frozen decoder, fitted to token-embedding statistics")
     p.add_argument("--memory-lr", type=float, help="learning rate of the memory tokens (and the bridge); default: --learning-rate")
+    p.add_argument("--contrast-weight", type=float, help="stage 1: weight of the own-vs-other memory contrast term (default 0)")
     p.add_argument("--probe-steps", type=int, help="stage 1: run the compression probe every N steps (probe.jsonl, loss.png); 0: off")
     p.add_argument("--matryoshka-dims", metavar="N,N,...", help="contrastive stages: also train these leading sizes of the embedding (e.g. 256,128,64)")
     p.add_argument("--decontaminate", metavar="auto|DIR|off",

@@ -120,12 +120,17 @@ class CompressionObjective:
     loss_budget: int = 1 << 24  # logits elements per chunk
     seed: int = 0
     frozen_copy: torch.nn.Module | None = None  # a separate frozen LLM as decoder/teacher (the authors' layout; 2x memory)
+    # own-vs-other memory contrast (a stage-1 lever, as AutoRegEmbed contrasts its embeddings): adds
+    # weight * softplus(loss with own memory - loss with the next example's memory), one more decoder pass
+    contrast_weight: float = 0.0
 
     def __post_init__(self):
         if self.kind not in ("kl", "nll", "rc"):
             raise ValueError(f"unknown compression objective '{self.kind}'")
         if self.model.config.pooling != "memory":
             raise ValueError(f"objective '{self.kind}' needs memory-token pooling, the model uses '{self.model.config.pooling}'")
+        if self.contrast_weight < 0:
+            raise ValueError(f"contrast_weight must be >= 0, got {self.contrast_weight}")
         self.rng = random.Random(self.seed)
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -173,14 +178,15 @@ class CompressionObjective:
         batch = {k: v.to(device) for k, v in batch.items()}
         encoder = {k[len("encoder_"):]: v for k, v in batch.items() if k.startswith("encoder_")}
         memory = model.decoder_memory(model(encoder)["memory_states"])  # (B, k, d)
-        inputs, mask = self.decoder_inputs(model, memory, batch)
-        first = inputs.shape[1] - batch["continuation_ids"].shape[1] - 1  # position of m_k: predicts continuation[0]
-        with self.frozen_decoder(model) as lm:
-            hidden = lm.get_decoder()(inputs_embeds=inputs, attention_mask=mask, use_cache=False).last_hidden_state
         valid = batch["continuation_mask"].bool()
-        student = hidden[:, first : first + valid.shape[1]][valid]  # (P, d), P = all continuation tokens
+        student = self.student_states(model, memory, batch)
+        contrast = self.contrast_weight and memory.shape[0] > 1
         if self.kind in ("nll", "rc"):
-            loss = chunked_cross_entropy(model, student, batch["continuation_ids"][valid], self.loss_budget)
+            targets = batch["continuation_ids"][valid]
+            loss = chunked_cross_entropy(model, student, targets, self.loss_budget)
+            if contrast:  # the next example's memory must explain this continuation worse than its own
+                other = chunked_cross_entropy(model, self.student_states(model, memory.roll(1, 0), batch), targets, self.loss_budget)
+                loss = loss + self.contrast_weight * F.softplus(loss - other)
             return {"loss": loss}
         with torch.no_grad(), self.frozen_decoder(model) as lm:
             teacher_hidden = lm.get_decoder()(
@@ -191,7 +197,20 @@ class CompressionObjective:
         gather = offset[:, None] + torch.arange(valid.shape[1], device=device)[None, :]
         gather = gather.clamp(max=teacher_hidden.shape[1] - 1)
         teacher = teacher_hidden.gather(1, gather[..., None].expand(-1, -1, teacher_hidden.shape[-1]))[valid]
-        return {"loss": chunked_kl(model, student, teacher, self.loss_budget)}
+        loss = chunked_kl(model, student, teacher, self.loss_budget)
+        if contrast:
+            other = chunked_kl(model, self.student_states(model, memory.roll(1, 0), batch), teacher, self.loss_budget)
+            loss = loss + self.contrast_weight * F.softplus(loss - other)
+        return {"loss": loss}
+
+    def student_states(self, model: LLM2Comp, memory: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The frozen decoder's final states at the positions that predict the continuation tokens, (P, d)."""
+        inputs, mask = self.decoder_inputs(model, memory, batch)
+        first = inputs.shape[1] - batch["continuation_ids"].shape[1] - 1  # position of m_k: predicts continuation[0]
+        with self.frozen_decoder(model) as lm:
+            hidden = lm.get_decoder()(inputs_embeds=inputs, attention_mask=mask, use_cache=False).last_hidden_state
+        valid = batch["continuation_mask"].bool()
+        return hidden[:, first : first + valid.shape[1]][valid]
 
 
 # ---------------------------------------------------------------------------------------------- MNTP baseline
@@ -282,7 +301,7 @@ def pretext_dataset(cfg, model: LLM2Comp):
 def _compression_builder(kind: str):
     def build(cfg, model):
         return CompressionObjective(model, kind=kind, split_margin=cfg.split_margin, loss_budget=cfg.loss_chunk_elements,
-                                    seed=cfg.seed)
+                                    seed=cfg.seed, contrast_weight=cfg.contrast_weight)
 
     return build
 

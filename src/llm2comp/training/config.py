@@ -70,6 +70,7 @@ class TrainConfig:
     # stage 1 only), and a learning rate of its own for the memory tokens and the bridge (None: learning_rate)
     memory_bridge: str | None = None
     memory_lr: float | None = None
+    contrast_weight: float = 0.0  # kl/nll/rc: + w * softplus(loss with own memory - loss with another example's)
     # compression probe during stage 1 (evaluation/compression.py): every probe_steps steps (0: off) on probe_passages
     # of the last probe_holdout paragraphs of the data, which training then leaves out (0: train on all)
     probe_steps: int = 0
@@ -97,9 +98,10 @@ class TrainConfig:
             raise ValueError(f"{spec.name} needs bidirectional attention; drop bidirectional: false")
         if self.fit_normalizer and self.stage == "pretrain":
             raise ValueError("fit_normalizer fits on a contrastive stage's texts; fit a pre-trained model with LLM2Comp.fit_normalizer")
-        if (self.memory_bridge is not None or self.probe_steps) and self.objective not in ("kl", "nll", "rc") or \
-                (self.memory_bridge is not None or self.probe_steps) and self.stage != "pretrain":
-            raise ValueError("memory_bridge and probe_steps are settings of compression pre-training (stage pretrain, kl/nll/rc)")
+        stage1_only = self.memory_bridge is not None or self.probe_steps or self.contrast_weight
+        if stage1_only and (self.stage != "pretrain" or self.objective not in ("kl", "nll", "rc")):
+            raise ValueError("memory_bridge, contrast_weight and probe_steps are settings of compression pre-training "
+                             "(stage pretrain, kl/nll/rc)")
         if self.memory_bridge is not None:
             from ..memory import MemoryBridge
 
