@@ -65,3 +65,37 @@ def test_switch_restores_causal_and_config():
     _states(model, ids, mask, True)
     assert model.config.__dict__.get("is_causal", "missing") == before
     assert torch.allclose(_states(model, ids, mask, False), causal)
+
+
+def test_overlapping_bidirectional_encodes_stay_bidirectional_and_restore(tiny_dir):
+    """8 threads encoding at once on a bidirectional model: each gets the single-threaded (bidirectional) rows, and the
+    configs' is_causal is as before afterwards (a save/restore per block left it False, or ran a call causal)."""
+    import threading
+
+    import numpy as np
+
+    from llm2comp import LLM2Comp
+    from llm2comp.attention import _configs
+    from llm2comp.testing import SAMPLE_TEXT
+
+    model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=2, bidirectional=True)
+    configs = _configs(model.hf_model)
+    before = [c.__dict__.get("is_causal", "unset") for c in configs]
+    expected = model.encode(SAMPLE_TEXT[:4], batch_size=2)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(6):
+                results.append(model.encode(SAMPLE_TEXT[:4], batch_size=2))
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 48
+    assert all(np.allclose(r, expected, atol=1e-5) for r in results)
+    assert [c.__dict__.get("is_causal", "unset") for c in configs] == before

@@ -8,6 +8,8 @@ sdpa/flash attention integrations honour. No per-architecture model code is copi
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -34,6 +36,12 @@ def _find_configs(model: torch.nn.Module) -> list[PretrainedConfig]:
     return list(seen.values())
 
 
+_SWITCH_LOCK = threading.Lock()
+# model -> [blocks open, the configs' is_causal before the first]: the switch is counted, so that overlapping blocks
+# (threads encoding at once) keep the model bidirectional until the last one leaves, which restores the old state
+_OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 @contextlib.contextmanager
 def bidirectional(model: torch.nn.Module, enabled: bool = True) -> Iterator[dict]:
     """Within the block, forward passes of ``model`` attend bidirectionally.
@@ -41,22 +49,35 @@ def bidirectional(model: torch.nn.Module, enabled: bool = True) -> Iterator[dict
     Yields the keyword arguments to pass to the model's forward (``is_causal=False``): they reach the
     attention functions, so that sdpa/flash never fall back to their causal kernels when no mask is
     materialised, also when gradient checkpointing recomputes a layer after the block has exited.
+
+    Safe for overlapping blocks from several threads (counted: the first sets, the last restores). The switch is
+    state on the model's configs, so a *causal* pass of the same model that runs while a bidirectional block is
+    open in another thread would attend bidirectionally: training and the probe run their encoder and decoder
+    passes in one thread.
     """
     if not enabled:
         yield {}
         return
-    configs = _configs(model)
-    previous = [(c, c.__dict__.get("is_causal", _MISSING)) for c in configs]
-    for config in configs:
-        config.is_causal = False
+    with _SWITCH_LOCK:
+        state = _OPEN.get(model)
+        if state is None:
+            configs = _configs(model)
+            state = _OPEN[model] = [0, [(c, c.__dict__.get("is_causal", _MISSING)) for c in configs]]
+            for config in configs:
+                config.is_causal = False
+        state[0] += 1
     try:
         yield {"is_causal": False}
     finally:
-        for config, value in previous:
-            if value is _MISSING:
-                config.__dict__.pop("is_causal", None)
-            else:
-                config.is_causal = value
+        with _SWITCH_LOCK:
+            state[0] -= 1
+            if state[0] == 0:
+                del _OPEN[model]
+                for config, value in state[1]:
+                    if value is _MISSING:
+                        config.__dict__.pop("is_causal", None)
+                    else:
+                        config.is_causal = value
 
 
 class _Missing:
