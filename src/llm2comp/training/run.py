@@ -159,13 +159,16 @@ def train(cfg: TrainConfig) -> Path:
         memory_lr=cfg.memory_lr,
         record_path=order_log,
     )
+    from .engine import check_engine
+
+    check_engine(cfg, trainer.accelerator, reads_decoder=cfg.stage == "pretrain" and cfg.objective in ("kl", "nll", "rc"))
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     model.config.max_length = model.encode_max_length
     if cfg.stage != "pretrain":  # the sizes the embedding was trained to be cut to (none: only the full size)
         from ..objectives.contrastive import check_matryoshka_dims
 
         model.config.matryoshka_dims = check_matryoshka_dims(cfg.matryoshka_dims)
-    if trainer.args.should_save and cfg.fit_normalizer:
+    if cfg.fit_normalizer:  # on every rank: under ZeRO-3 / FSDP each forward needs all ranks (the main process saves)
         from ..data.pairs import stage_texts
 
         texts = stage_texts(dataset, cfg.fit_normalizer, seed=cfg.seed)

@@ -22,6 +22,8 @@ from ..atomic import write_json_atomic, write_text_atomic
 from ..model import LLM2Comp
 from ..persistence import BRIDGE_NAME, CONFIG_NAME, MEMORY_NAME
 from ..objectives.pretext import LOSS_ITEMS
+from ..runtime import is_main_process
+from .engine import any_rank_nonfinite
 
 COMPLETE_MARKER = "checkpoint-complete.json"
 LOSS_WEIGHT = "loss_weight"
@@ -67,11 +69,15 @@ def complete_checkpoints(folder: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def last_complete_checkpoint(folder: str | Path) -> Path | None:
-    """The newest checkpoint that was completely written; half-written ones (a kill mid-save) are removed."""
+def last_complete_checkpoint(folder: str | Path, remove_partial: bool | None = None) -> Path | None:
+    """The newest checkpoint that was completely written; half-written ones (a kill mid-save) are removed, by the
+    main process only (default: when this is the main process; other ranks of a run on a shared filesystem only
+    read; without a shared filesystem each node's checkpoints are its own, as the Trainer writes them)."""
     folder = Path(folder)
     complete = complete_checkpoints(folder)
-    if folder.is_dir():
+    if remove_partial is None:
+        remove_partial = is_main_process()
+    if remove_partial and folder.is_dir():
         for path in folder.iterdir():
             if _CHECKPOINT.match(path.name) and path not in complete:
                 shutil.rmtree(path, ignore_errors=True)
@@ -141,8 +147,8 @@ class LLM2CompTrainer(Trainer):
         weight = inputs.pop(LOSS_WEIGHT, None)
         outputs = model(**inputs)
         loss = outputs["loss"] if weight is None else outputs["loss"] * weight.to(outputs["loss"].device)
-        if not torch.isfinite(loss.detach()).all():
-            last = last_complete_checkpoint(self.args.output_dir)
+        if any_rank_nonfinite(loss):  # every rank stops together (one rank raising alone hangs the others)
+            last = last_complete_checkpoint(self.args.output_dir, remove_partial=False)
             raise NonFiniteLossError(
                 f"loss became {loss.item()} at step {self.state.global_step + 1}; training stopped. "
                 f"Last good checkpoint: {last or 'none yet'}. Try a lower learning rate or check the data."
