@@ -306,3 +306,16 @@ def test_loss_plot_running_mean():
 
     assert running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert smoothing_window(10) == 1 and smoothing_window(160) == 16 and smoothing_window(5000) == 50
+
+
+def test_global_batch_size_means_the_same_at_any_world_size(monkeypatch):
+    cfg = TrainConfig.from_dict(dict(stage="supervised", global_batch_size=1024, gradient_accumulation_steps=2, max_steps=400))
+    assert cfg.per_device().batch_size == 512
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert cfg.per_device().batch_size == 64  # 8 processes x 2 accumulation steps x 64 = the paper's 1,024
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match="does not divide"):
+        cfg.per_device()
+    assert TrainConfig.from_dict(dict(stage="pretrain", batch_size=6)).per_device().batch_size == 6  # unset: as given
+    paper = TrainConfig.from_yaml(Path(__file__).parent.parent / "configs" / "paper" / "llama2-7b-supervised.yaml")
+    assert paper.global_batch_size == 1024

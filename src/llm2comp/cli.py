@@ -59,7 +59,7 @@ def _train(args) -> int:
 
     flags = {
         "stage": args.stage, "objective": args.objective, "model": args.model, "data": args.data, "output": args.output,
-        "max_steps": args.max_steps, "batch_size": args.batch_size, "max_length": args.max_length,
+        "max_steps": args.max_steps, "batch_size": args.batch_size, "global_batch_size": args.global_batch_size, "max_length": args.max_length,
         "save_steps": args.save_steps, "learning_rate": args.learning_rate, "num_memory_tokens": args.num_memory_tokens,
         "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_samples": args.max_samples,
         "gradcache_chunk": args.gradcache_chunk, "pooling": args.pooling, "min_chars": args.min_chars, "seed": args.seed,
@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="file (.txt/.jsonl/.parquet), directory, builtin:news, builtin:news-sentences, builtin:shared-pairs[:DATA_DIR], hf:NAME[:CONFIG[:SPLIT]]")
     p.add_argument("--max-steps", type=int, help=_defaults("max_steps"))
     p.add_argument("--batch-size", type=int, help="per device; " + _defaults("batch_size"))
+    p.add_argument("--global-batch-size", type=int, help="the batch of one optimizer step over all processes (batch size is then derived per device)")
     p.add_argument("--gradient-accumulation-steps", type=int, help=_defaults("gradient_accumulation_steps"))
     p.add_argument("--max-length", type=int, help="tokens per training input, memory tokens included; " + _defaults("max_length"))
     p.add_argument("--num-memory-tokens", type=int, help=_defaults("num_memory_tokens"))

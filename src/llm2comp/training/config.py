@@ -42,7 +42,10 @@ class TrainConfig:
     decontaminate: str | None = "auto"
     # optimisation (recipe defaults, stage 1)
     max_steps: int = 1000
-    batch_size: int = 4  # per device
+    batch_size: int = 4  # per device (one process); see global_batch_size
+    # the batch of one optimizer step over all processes and accumulation steps; when set, batch_size is derived
+    # (global / (world size x gradient_accumulation_steps)), so a config means the same at any world size
+    global_batch_size: int | None = None
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     weight_decay: float = 1e-5
@@ -117,6 +120,8 @@ class TrainConfig:
             check_matryoshka_dims(self.matryoshka_dims)
         if self.fit_normalizer < 0:
             raise ValueError(f"fit_normalizer must be >= 0, got {self.fit_normalizer}")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            raise ValueError(f"global_batch_size must be >= 1, got {self.global_batch_size}")
         for name in ("max_steps", "batch_size", "save_steps", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -142,6 +147,19 @@ class TrainConfig:
         from ..objectives.registry import stage_defaults
 
         return cls(**{**stage_defaults().get(data.get("stage", "pretrain"), {}), **data})
+
+    def per_device(self) -> TrainConfig:
+        """This config with ``batch_size`` derived from ``global_batch_size`` for the current world size (itself when
+        that is unset); an error when the global batch does not divide into equal per-device batches."""
+        if self.global_batch_size is None:
+            return self
+        from ..runtime import world_size
+
+        share = world_size() * self.gradient_accumulation_steps
+        if self.global_batch_size % share:
+            raise ValueError(f"global_batch_size {self.global_batch_size} does not divide into {world_size()} processes x "
+                             f"{self.gradient_accumulation_steps} accumulation steps")
+        return dataclasses.replace(self, batch_size=self.global_batch_size // share)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

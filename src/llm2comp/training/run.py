@@ -108,6 +108,7 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, sequential: bool)
 
 def train(cfg: TrainConfig) -> Path:
     """Train one stage; returns the output directory (loadable with `LLM2Comp.from_pretrained`)."""
+    cfg = cfg.per_device()
     output = Path(cfg.output)
     checkpoint_dir = output / "checkpoints"
     loss_log, order_log = output / "loss.jsonl", output / "data_order.jsonl"
