@@ -78,6 +78,8 @@ def test_serve_honours_the_trained_dimensions(trained):
         assert client.post("/v1/embeddings", json={"input": ["x"], "dimensions": full}).status_code == 200
         refused = client.post("/v1/embeddings", json={"input": ["x"], "dimensions": 12})
         assert refused.status_code == 400 and "16, 8" in refused.json()["error"]["message"]
+        listed = client.get("/v1/models").json()["data"][0]
+        assert listed["dimensions"] == [full, 16, 8] and listed["backend"] == "torch" and listed["threads"] >= 1
 
 
 def test_sentence_transformers_export_cuts_the_same_way(trained, tmp_path):

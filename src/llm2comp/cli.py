@@ -26,7 +26,12 @@ def _encode(args) -> int:
     from .model import LLM2Comp
 
     texts = read_lines(args.input)  # before the model: a bad input file fails in a second, not after loading
-    model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling, max_length=args.max_length)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling, max_length=args.max_length,
+                                     backend=args.backend)
     if args.skip_empty:
         texts = [t for t in texts if t.strip()]
     model.merge_and_unload()
@@ -87,7 +92,7 @@ def _serve(args) -> int:
 
     serve(args.model, args.host, args.port, device=args.device, name=args.name, max_batch_size=args.max_batch_size,
           max_wait_ms=args.max_wait_ms, api_key=args.api_key, max_items=args.max_items,
-          max_body_bytes=int(args.max_body_mb * 2**20))
+          max_body_bytes=int(args.max_body_mb * 2**20), backend=args.backend, threads=args.threads)
     return 0
 
 
@@ -162,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=pooling_modes())
     p.add_argument("--prompt", help="text put before every input (an instruction)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
+    p.add_argument("--backend", default="torch", choices=["torch", "torch-int8"], help="what runs the network (default torch: fp32)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's, the number of cores)")
     p.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (a Matryoshka-trained model's sizes lose little)")
     p.add_argument("--skip-empty", action="store_true", help="drop empty lines (by default each line, empty too, gets a row)")
     p.set_defaults(func=_encode)
@@ -247,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require 'Authorization: Bearer KEY' (default: $LLM2COMP_API_KEY; none: open)")
     p.add_argument("--max-items", type=int, default=2048, help="texts per request (default 2048, as OpenAI)")
     p.add_argument("--max-body-mb", type=float, default=8.0, help="request body limit in MiB (default 8)")
+    p.add_argument("--backend", default="torch", choices=["torch", "torch-int8"], help="what runs the network (default torch: fp32)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's); /v1/models reports it")
     p.add_argument("--device")
     p.set_defaults(func=_serve)
 

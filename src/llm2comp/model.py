@@ -69,6 +69,7 @@ class LLM2CompConfig:
 
 class LLM2Comp(nn.Module):
     config_class = LLM2CompConfig
+    backend = "torch"  # what runs the network (backends.py); a runtime choice, not saved
 
     def __init__(self, hf_model: nn.Module, tokenizer, config: LLM2CompConfig, memory: MemoryTokens | None = None):
         super().__init__()
@@ -94,9 +95,17 @@ class LLM2Comp(nn.Module):
         bidirectional: bool | None = None,
         trust_remote_code: bool = False,
         memory_init: str | None = None,
+        backend: str = "torch",
         **hf_kwargs,
     ) -> LLM2Comp:
-        """Load a backbone (alias, hub id, directory, .gguf) or a directory written by `save`."""
+        """Load a backbone (alias, hub id, directory, .gguf) or a directory written by `save`; ``backend`` picks what
+        runs the network for inference (`backends.py`: torch, torch-int8)."""
+        if backend != "torch":
+            from .backends import check_backend, use_backend
+
+            check_backend(backend)
+            return use_backend(cls.from_pretrained(name_or_path, num_memory_tokens, max_length, pooling, device, dtype,
+                                                   bidirectional, trust_remote_code, memory_init, **hf_kwargs), backend)
         overrides = {
             k: v
             for k, v in dict(num_memory_tokens=num_memory_tokens, max_length=max_length, pooling=pooling,
@@ -161,6 +170,8 @@ class LLM2Comp(nn.Module):
         """
         from peft import LoraConfig, get_peft_model
 
+        if self.backend != "torch":
+            raise ValueError(f"a model on backend '{self.backend}' embeds but does not train; load it with backend='torch'")
         if self.peft_model is not None:
             self.merge_and_unload()
         present = {name.rsplit(".", 1)[-1] for name, _ in self.hf_model.named_modules()}

@@ -268,7 +268,11 @@ def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms:
             check_key(request)
         except APIError as error:
             return error_response(error)
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "llm2comp"}]}
+        import torch
+
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "llm2comp",
+                                            "backend": model.backend, "threads": torch.get_num_threads(),
+                                            "dimensions": [dimension, *model.config.matryoshka_dims]}]}
 
     @app.get("/health")
     async def health():
@@ -283,7 +287,7 @@ def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms:
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, *, device: str | None = None, name: str | None = None,
           max_batch_size: int = 64, max_wait_ms: float = 5.0, api_key: str | None = None, max_items: int = MAX_ITEMS,
-          max_body_bytes: int = MAX_BODY_BYTES) -> None:
+          max_body_bytes: int = MAX_BODY_BYTES, backend: str = "torch", threads: int | None = None) -> None:
     """Load the model and run the server until SIGINT/SIGTERM (in-flight requests are finished first)."""
     try:
         import fastapi  # noqa: F401
@@ -294,7 +298,11 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, *, device:
 
     from .model import LLM2Comp
 
-    model = LLM2Comp.from_pretrained(model_path, device=device)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    model = LLM2Comp.from_pretrained(model_path, device=device, backend=backend)
     model.merge_and_unload()
     model.eval()
     app = create_app(model, name or str(model_path), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,

@@ -1,0 +1,47 @@
+"""Inference backends: int8 really runs int8 kernels, stays close to fp32, and changes nothing of what is embedded."""
+
+import numpy as np
+import pytest
+
+from llm2comp import LLM2Comp
+from llm2comp.backends import quantized_linear_layers, use_backend
+from llm2comp.testing import SAMPLE_TEXT
+
+
+def _cosine(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_int8_is_close_to_fp32_and_runs_int8_kernels(tiny_dir, bidirectional):
+    fp32 = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, bidirectional=bidirectional)
+    fp32.add_lora(r=4, alpha=8)
+    int8 = use_backend(LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, bidirectional=bidirectional), "torch-int8")
+    assert quantized_linear_layers(fp32) == 0
+    linears = sum(1 for name, _ in fp32.body.named_modules() if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")))
+    assert quantized_linear_layers(int8) == linears > 0  # every linear layer of the body, LM head left alone
+    reference = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, bidirectional=bidirectional).encode(SAMPLE_TEXT)
+    quantized = int8.encode(SAMPLE_TEXT)
+    assert quantized.shape == reference.shape
+    assert _cosine(quantized, reference).min() > 0.98  # tiny random model: a stated tolerance, measured ~0.999
+    assert int8.backend == "torch-int8" and not np.allclose(quantized, reference)  # it did change the arithmetic
+
+
+def test_backend_at_load_and_what_an_int8_model_refuses(tiny_dir, tmp_path):
+    model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, backend="torch-int8")
+    assert model.backend == "torch-int8" and quantized_linear_layers(model) > 0
+    with pytest.raises(ValueError, match="does not train"):
+        model.add_lora()
+    with pytest.raises(ValueError, match="unknown backend"):
+        LLM2Comp.from_pretrained(tiny_dir, backend="tensorrt")
+    with pytest.raises(ValueError, match="already runs"):
+        use_backend(model, "torch")
+    # a trained model: the adapter is merged before quantising, the truncation/normalizer path is unchanged
+    trained = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3)
+    trained.add_lora(r=4, alpha=8)
+    trained.fit_normalizer(SAMPLE_TEXT)
+    trained.save(tmp_path / "m")
+    fp32 = LLM2Comp.from_pretrained(tmp_path / "m").encode(SAMPLE_TEXT, truncate_dim=8)
+    int8 = LLM2Comp.from_pretrained(tmp_path / "m", backend="torch-int8")
+    assert int8.peft_model is None and int8.normalizer is not None
+    assert _cosine(int8.encode(SAMPLE_TEXT, truncate_dim=8), fp32).min() > 0.95
