@@ -92,3 +92,13 @@ def test_kl_step_overhead_compares_equal_losses():
     assert ours > 0 and plain > 0
     assert _number(out, r"ours / plain: ([\d.]+)x") == pytest.approx(ours / plain, rel=0.1)  # printed values are rounded
     assert _number(out, r"\|loss difference\| ([\d.e+-]+)") < 1e-5  # the same computation
+
+
+def test_backends_benchmark_prints_consistent_measurements():
+    out = _run(BENCHMARKS / "backends.py", "--model", "tiny", "--n", "16", "--batch-size", "4", "--rounds", "1")
+    torch_rate = _number(out, r"\ntorch\s+([\d.]+)")
+    int8_rate = _number(out, r"torch-int8\s+([\d.]+)")
+    assert torch_rate > 0 and int8_rate > 0
+    assert _number(out, r"torch-int8\s+[\d.]+\s+([\d.]+)x") == pytest.approx(int8_rate / torch_rate, abs=0.01)
+    assert _number(out, r"\ntorch\s+[\d.]+\s+[\d.]+x\s+([\d.]+)") == pytest.approx(1.0, abs=1e-4)  # fp32 vs itself
+    assert 0.9 < _number(out, r"torch-int8\s+[\d.]+\s+[\d.]+x\s+([\d.]+)") <= 1.0001
