@@ -85,3 +85,22 @@ def test_compare_report_writes_the_table_with_the_paired_interval(tmp_path):
     assert (results.parent / "figures/pretext-comparison.png").stat().st_size > 1000
     stored = json.loads((results.parent / "comparison.json").read_text())
     assert set(stored) == {"none", "kl"} and stored["kl"]["vs_none"]["low"] > 0 and stored["kl"]["banking_vs_none"]["low"] > 0
+
+
+def test_contamination_split_scores_the_overlapping_pairs_apart(tmp_path):
+    from llm2comp.testing import make_tiny_benchmark_dir
+
+    data = make_tiny_benchmark_dir(tmp_path / "data")
+    train = [json.loads(line) for line in (data / "mteb/STSBenchmark/train.jsonl").read_text().splitlines()]
+    test = [json.loads(line) for line in (data / "mteb/STSBenchmark/test.jsonl").read_text().splitlines()]
+    # five train pairs reappear in the test split (case changed): the overlapping subset
+    test += [{"sentence1": r["sentence1"].upper(), "sentence2": r["sentence2"], "score": float(r["score"])} for r in train[:5]]
+    (data / "mteb/STSBenchmark/test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
+    gold = np.array([r["score"] for r in test])
+    run = tmp_path / "eval"
+    _evaluation(run, "model", {"STSBenchmark": gold}, noise=0.5, seed=0)
+    out = subprocess.run([sys.executable, SCRIPTS / "contamination_split.py", str(run), "--data-dir", str(data)],
+                         check=True, capture_output=True, text=True).stdout
+    row = next(line for line in out.splitlines() if "STSBenchmark" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "5" and cells[4] == f"{len(test) - 5:,}"
