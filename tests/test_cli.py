@@ -17,6 +17,10 @@ TRAIN_FLAGS = [
     (["--learning-rate", "0.5"], "learning_rate", 0.5), (["--gradient-accumulation-steps", "2"], "gradient_accumulation_steps", 2),
     (["--seed", "3"], "seed", 3), (["--gradient-checkpointing"], "gradient_checkpointing", True),
     (["--max-samples", "9"], "max_samples", 9), (["--fit-normalizer", "10", "--stage", "simcse"], "fit_normalizer", 10),
+    (["--memory-bridge", "linear"], "memory_bridge", "linear"), (["--memory-lr", "0.01"], "memory_lr", 0.01),
+    (["--probe-steps", "25"], "probe_steps", 25), (["--contrast-weight", "0.5"], "contrast_weight", 0.5),
+    (["--decontaminate", "off"], "decontaminate", "off"), (["--global-batch-size", "64"], "global_batch_size", 64),
+    (["--matryoshka-dims", "64,128", "--stage", "supervised"], "matryoshka_dims", [64, 128]),
 ]
 
 
@@ -43,6 +47,21 @@ def test_every_train_flag_reaches_the_config_and_overrides_yaml(monkeypatch, tmp
         pass
     out = " ".join(capsys.readouterr().out.split())
     assert f"default: {TrainConfig().max_steps}" in out and "simcse: 128" in out
+
+
+def test_probe_command_reports_and_writes_json(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LLM2COMP_CACHE", str(tmp_path / "cache"))  # the ceiling's cache
+    corpus = tmp_path / "corpus.txt"
+    from llm2comp.testing import SAMPLE_TEXT
+
+    corpus.write_text("\n\n".join(f"{a} {b}" for a in SAMPLE_TEXT for b in SAMPLE_TEXT))
+    out = tmp_path / "probe.json"
+    args = ["probe", str(tiny_dir), "--data", str(corpus), "--passages", "4", "--text-tokens", "12", "--holdout", "10",
+            "--ceiling-passages", "2", "--ceiling-steps", "3", "--num-memory-tokens", "2", "--output", str(out)]
+    assert main(args + ["--memory-bridge", "affine"]) == 0
+    report = __import__("json").loads(out.read_text())
+    assert report["passages"] == 4 and report["memory_tokens"] == 2 and set(report["loss"]) == {"own", "other", "none"}
+    assert report["ceiling"]["passages"] == 2 and "compression gain" in capsys.readouterr().out
 
 
 def test_encode_file_and_stdin(tiny_dir, tmp_path):

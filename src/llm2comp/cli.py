@@ -121,6 +121,16 @@ def _probe(args) -> int:
                                      memory_init=args.memory_init, **kwargs)
     passages = probe_passages(model.tokenizer, args.data, args.passages, args.text_tokens, args.holdout)
     probe = CompressionProbe(passages, args.task, args.metric)
+    if args.memory_bridge:  # an untrained bridge fitted on training paragraphs (never the held-out ones)
+        if model.memory_bridge is not None:
+            raise ValueError(f"{args.model} has its own memory bridge ({model.memory_bridge.kind}); drop --memory-bridge")
+        from .data.corpus import load_texts
+        from .evaluation.compression import holdout_split
+        from .model import special_prefix
+
+        train_texts, _ = holdout_split(load_texts(args.data, unit="paragraph"), args.holdout)
+        rows = model.tokenizer(train_texts[:64], add_special_tokens=False)["input_ids"]
+        model.add_memory_bridge(args.memory_bridge, [special_prefix(model.tokenizer) + r[: probe.prefix_tokens] for r in rows])
     if args.ceiling_passages:
         probe.ceiling = ceiling(model, probe, passages=args.ceiling_passages, steps=args.ceiling_steps)
     report = probe.run(model)
@@ -272,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=["bidirectional", "causal"], help="encoder attention (default: as saved)")
     p.add_argument("--num-memory-tokens", type=int, help="a backbone's untrained memory: k (default 8)")
     p.add_argument("--memory-init", help="a backbone's untrained memory: start from this phrase's token embeddings")
+    p.add_argument("--memory-bridge", choices=["affine", "linear"],
+                   help="feed the memory through an untrained bridge fitted on 64 training paragraphs (a model without one)")
     p.add_argument("--output", help="write the report as JSON")
     p.add_argument("--device")
     p.set_defaults(func=_probe)
