@@ -146,6 +146,7 @@ def test_training_probes_held_out_passages_and_plots_them(tiny_dir, corpus, tmp_
     dataset = pretext_dataset(cfg, model)
     held = {tuple(r) for r in model.tokenizer(texts[-holdout:], add_special_tokens=False)["input_ids"]}
     assert len(dataset) == len(texts) - holdout and not any(tuple(r) in held for r in dataset.rows)
+    assert model.config.stages[-1]["probe_holdout"] == holdout  # recorded with the model
     # the bridge was fitted, trained, saved, and loads back; the probe reads memory through it
     from llm2comp.training.run import build_model, build_objective_and_data, fit_memory_bridge
 

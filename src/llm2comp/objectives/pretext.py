@@ -283,18 +283,20 @@ def pretext_dataset(cfg, model: LLM2Comp):
     from ..evaluation.compression import holdout_split
 
     texts = load_texts(cfg.data, unit="paragraph", field=cfg.data_field)
-    if cfg.probe_holdout and len(texts) >= 2 * cfg.probe_holdout:  # the compression probe's passages: never trained on
-        texts, _ = holdout_split(texts, cfg.probe_holdout)
-    elif cfg.probe_steps:
-        texts, _ = holdout_split(texts, cfg.probe_holdout)  # too few texts to hold out: a clear error
+    held_out = 0
+    if cfg.probe_holdout and (len(texts) >= 2 * cfg.probe_holdout or cfg.probe_steps):  # too few with a probe: an error
+        texts, held = holdout_split(texts, cfg.probe_holdout)  # the compression probe's passages: never trained on
+        held_out = len(held)
     dataset = TokenizedTexts(
         texts, model.tokenizer, min_chars=cfg.min_chars,
         # one token less than the input holds: kept from the first release (a special prefix of up to one
         # token), so that every stage-1 run, comparisons included, cuts its texts the same way
         max_tokens=model._text_budget() - 1, drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
     )
+    dataset.held_out = held_out
     if is_main_process():
-        print(f"data {cfg.data}: {dataset.describe()}", file=sys.stderr)
+        held = f"; the last {held_out:,} paragraphs held out for the compression probe (probe_holdout: 0 trains on them)" if held_out else ""
+        print(f"data {cfg.data}: {dataset.describe()}{held}", file=sys.stderr)
     return dataset
 
 

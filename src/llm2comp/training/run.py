@@ -130,7 +130,8 @@ def train(cfg: TrainConfig) -> Path:
     model.config.stages = model.config.stages + [
         {"stage": cfg.stage, "objective": cfg.objective if cfg.stage == "pretrain" else cfg.stage,
          "data": cfg.data, "samples": len(dataset), "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
-         **({"decontamination": dataset.decontamination} if getattr(dataset, "decontamination", None) else {})}
+         **({"decontamination": dataset.decontamination} if getattr(dataset, "decontamination", None) else {}),
+         **({"probe_holdout": dataset.held_out} if getattr(dataset, "held_out", 0) else {})}
     ]
     output.mkdir(parents=True, exist_ok=True)
     (output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
