@@ -30,6 +30,8 @@ def test_default_recipe_is_the_shipped_models_recipe():
     assert config["memory_init"] == cfg.memory_init and config["bidirectional"] is False
     assert [s["stage"] for s in config["stages"]] == ["supervised"] and config["stages"][0]["max_steps"] == cfg.max_steps
     assert config["normalizer"]["texts"] == cfg.fit_normalizer
+    # trained on decontaminated pairs: the STS-B train rows sharing a sentence with an evaluation split were left out
+    assert config["stages"][0]["decontamination"]["per_source"]["stsb"]["dropped"] > 3000
 
 
 def test_quickstart_with_pretraining_chains_two_stages(tiny_dir, tmp_path, monkeypatch, capsys):
