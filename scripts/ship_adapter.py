@@ -26,6 +26,8 @@ def main(run: str, name: str) -> None:
     shutil.copy(run / "memory_tokens.safetensors", target / "memory_tokens.safetensors")
     if config.get("normalizer"):
         shutil.copy(run / "normalizer.safetensors", target / "normalizer.safetensors")
+    if config.get("memory_bridge"):  # a stage-1 compressor: what its frozen decoder reads (float32, d x d at most)
+        shutil.copy(run / "memory_bridge.safetensors", target / "memory_bridge.safetensors")
     config["max_length"] = 512
     (target / "llm2comp_config.json").write_text(json.dumps(config, indent=2))
     print(f"shipped {run} as {target} ({sum(p.stat().st_size for p in target.rglob('*') if p.is_file()) / 2**20:.1f} MiB)")

@@ -14,7 +14,9 @@ from .runtime import package_dir
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ENCODER = "smollm2-135m-sup"  # the trained default of `llm2comp encode` (shipped in src/llm2comp/resources)
-TRAINED_ALIAS_NAMES = (DEFAULT_ENCODER, "smollm2-135m-kl")  # trained models inside the package (model.TRAINED_ALIASES)
+# trained models inside the package (persistence.TRAINED_ALIASES); smollm2-135m-compressor: the stage-1 model that
+# compresses (docs/RESULTS.md 3.5), for `llm2comp probe` and as a start for later stages
+TRAINED_ALIAS_NAMES = (DEFAULT_ENCODER, "smollm2-135m-kl", "smollm2-135m-compressor")
 
 # alias -> (PyPI package holding a GGUF file, file name)
 ALIASES: dict[str, tuple[str, str]] = {
