@@ -39,13 +39,15 @@ def sentences(n: int) -> list[str]:
 
 
 def resident_mib(model: str, backend: str) -> float:
-    """RSS growth of a fresh process that loads the model on the backend (MiB)."""
+    """Resident-memory growth of a fresh process that loads the model on the backend (MiB; Linux)."""
+    # current RSS (VmRSS), not the peak: a forked child starts with its parent's peak, which hides the model
     code = (
-        "import resource, sys; from llm2comp import LLM2Comp;"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "import re; from llm2comp import LLM2Comp;"
+        "rss = lambda: int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1));"
+        "before = rss();"
         f"m = LLM2Comp.from_pretrained({model!r}, backend={backend!r}); m.merge_and_unload();"
         "m.encode(['warm up'] * 4);"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)"
+        "print((rss() - before) / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
