@@ -55,7 +55,7 @@ def test_own_other_and_none_are_what_they_say(tiny_dir):
         with torch.no_grad():
             teacher = c._teacher(model, lm, tok, rows, probe.prefix_tokens)
         for _ in range(80):
-            loss = c._token_losses(model, c._decode(model, lm, c._start_ids(tok), v, targets), targets, teacher)["kl"].sum()
+            loss = c._token_losses(model, c._decode(model, lm, c.decoder_bos(tok), v, targets), targets, teacher)["kl"].sum()
             (g,) = torch.autograd.grad(loss, v)
             v.grad = g
             opt.step()

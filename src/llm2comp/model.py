@@ -355,6 +355,7 @@ class LLM2Comp(nn.Module):
     encode = inference.encode
     encode_token_ids = inference.encode_token_ids
     _evaluating = inference.evaluating
+
     def clear_replicas(self) -> None:
         """Forget the inference copies `encode(devices=...)` made (called when the weights change)."""
         self.__dict__["_replica_cache"] = {}

@@ -6,6 +6,7 @@ folder, else ``$LLM2COMP_DATA_DIR``, else ``../shared/data`` next to the working
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -33,3 +34,17 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     if default.is_dir():
         return default.resolve()
     return None
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """A BEIR qrels file (``query-id``, ``corpus-id``, ``score``, tab-separated, header optional): query -> doc -> score."""
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        for index, row in enumerate(reader):
+            if not row or (index == 0 and row[0] == "query-id"):
+                continue
+            if len(row) < 3:
+                raise ValueError(f"{path}: line {index + 1} has {len(row)} columns, expected query-id, corpus-id, score")
+            qrels.setdefault(str(row[0]), {})[str(row[1])] = int(float(row[2]))
+    return qrels

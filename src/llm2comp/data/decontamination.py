@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from .benchmark_dir import resolve_data_dir
+from .benchmark_dir import read_qrels, resolve_data_dir
 from .corpus import DataError, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,6 @@ def _task_folders(root: Path) -> list[Path]:
 
 def _retrieval_texts(folder: Path, splits: Iterable[str]) -> set[str]:
     """Queries of the evaluation qrels and the documents they judge (title + text, and text alone)."""
-    from ..evaluation.tasks import read_qrels
-
     qrels = {}
     for split in splits:
         path = folder / "qrels" / f"{split}.tsv"

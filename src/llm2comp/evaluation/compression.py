@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from ..data.corpus import DataError, load_texts
 from ..model import LLM2Comp, special_prefix
+from ..objectives.pretext import decoder_bos, lm_logits
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +73,9 @@ def probe_passages(tokenizer, source: str = "builtin:news", passages: int = 256,
 
 
 # ---------------------------------------------------------------------------------------------- scoring
-def _start_ids(tokenizer) -> list[int]:
-    """What the decoder reads first: BOS where the tokenizer has one (as the pretext objectives feed it)."""
-    from ..objectives.pretext import decoder_bos
-
-    return decoder_bos(tokenizer)
-
-
 def _token_losses(model: LLM2Comp, hidden: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor | None,
                   budget: int = 1 << 24) -> dict[str, torch.Tensor]:
     """Per-position CE of ``targets`` and KL(teacher || student) for hidden states (B, T, d); sums per row (B,)."""
-    from ..objectives.pretext import lm_logits
-
     batch, length, width = hidden.shape
     flat, flat_targets = hidden.reshape(-1, width), targets.reshape(-1)
     flat_teacher = teacher.reshape(-1, width) if teacher is not None else None
@@ -122,7 +114,7 @@ def _decode(model: LLM2Comp, lm, start: list[int], memory: torch.Tensor | None, 
 def _teacher(model: LLM2Comp, lm, tokenizer, rows: torch.Tensor, prefix: int) -> torch.Tensor:
     """The frozen decoder reading [BOS, whole text], at the positions that predict the text after ``prefix``
     (as the ``kl`` objective's teacher reads it)."""
-    start = _start_ids(tokenizer)
+    start = decoder_bos(tokenizer)
     ids = torch.cat([torch.tensor(start, dtype=torch.long, device=rows.device).expand(rows.shape[0], -1), rows], 1)
     hidden = lm.get_decoder()(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
     first = len(start) + prefix - 1
@@ -131,7 +123,7 @@ def _teacher(model: LLM2Comp, lm, tokenizer, rows: torch.Tensor, prefix: int) ->
 
 def _none_start(tokenizer) -> list[int]:
     """With no memory the decoder still needs a position before the first target: BOS, else EOS as a start token."""
-    start = _start_ids(tokenizer)
+    start = decoder_bos(tokenizer)
     if start:
         return start
     fallback = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
@@ -208,7 +200,7 @@ class CompressionProbe:
                         sums["ce"].setdefault("teacher", []).append(_token_losses(model, teacher, targets, None)["ce"].cpu())
                     conditions = {"own": memory[start : start + len(part)], "other": other[start : start + len(part)], "none": None}
                     for name, mem in conditions.items():
-                        start_ids = _start_ids(tok) if mem is not None else _none_start(tok)
+                        start_ids = decoder_bos(tok) if mem is not None else _none_start(tok)
                         hidden = _decode(model, lm, start_ids, mem.to(device) if mem is not None else None, targets)
                         for metric, values in _token_losses(model, hidden, targets, teacher).items():
                             sums[metric].setdefault(name, []).append(values.cpu())
@@ -287,7 +279,7 @@ def ceiling(model: LLM2Comp, probe: CompressionProbe, passages: int = 32, steps:
                     teacher = _teacher(model, lm, tok, rows, subset.prefix_tokens)
                 none = _token_losses(model, _decode(model, lm, _none_start(tok), None, targets), targets, teacher)[subset.metric]
             for _ in tqdm(range(steps), desc="probe ceiling (free memory vectors)", disable=not show_progress_bar):
-                hidden = _decode(model, lm, _start_ids(tok), vectors, targets)
+                hidden = _decode(model, lm, decoder_bos(tok), vectors, targets)
                 losses = _token_losses(model, hidden, targets, teacher)[subset.metric]
                 best = torch.minimum(best, losses.detach().cpu())
                 (grad,) = torch.autograd.grad(losses.sum(), vectors)

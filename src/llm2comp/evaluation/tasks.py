@@ -23,7 +23,6 @@ relevant to a kept query. Classification train splits are not cut (mteb draws on
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Iterable
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.benchmark_dir import ENV_DATA_DIR, resolve_data_dir  # noqa: F401 - re-exported
+from ..data.benchmark_dir import ENV_DATA_DIR, read_qrels, resolve_data_dir  # noqa: F401 - re-exported
 from ..data.corpus import read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -61,19 +60,6 @@ def task_data_folder(data_dir: Path | None, task_name: str) -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------------- readers
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        for index, row in enumerate(reader):
-            if not row or (index == 0 and row[0] == "query-id"):
-                continue
-            if len(row) < 3:
-                raise ValueError(f"{path}: line {index + 1} has {len(row)} columns, expected query-id, corpus-id, score")
-            qrels.setdefault(str(row[0]), {})[str(row[1])] = int(float(row[2]))
-    return qrels
-
-
 def _split_file(folder: Path, split: str) -> Path:
     path = folder / f"{split}.jsonl"
     if not path.is_file():
