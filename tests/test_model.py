@@ -6,21 +6,12 @@ import torch
 
 from llm2comp import LLM2Comp
 from llm2comp.replicas import model_replicas
-from llm2comp.testing import SAMPLE_TEXT
+from llm2comp.testing import SAMPLE_TEXT, perturb_lora
 
 
 @pytest.fixture(scope="module")
 def model(tiny_dir):
     return LLM2Comp.from_pretrained(tiny_dir)
-
-
-def _perturb_lora(model, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.hf_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-        model.memory.weight.add_(torch.randn(model.memory.weight.shape, generator=generator))
 
 
 def test_encode_shapes_and_types(model):
@@ -125,7 +116,7 @@ def test_similarity(model):
 def test_save_load_merge_round_trip(tiny_dir, tmp_path):
     model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=4)
     model.add_lora(r=4, alpha=8)
-    _perturb_lora(model)
+    perturb_lora(model)
     reference = model.encode(SAMPLE_TEXT)
     model.save(tmp_path / "saved")
     loaded = LLM2Comp.from_pretrained(tmp_path / "saved")
@@ -136,7 +127,7 @@ def test_save_load_merge_round_trip(tiny_dir, tmp_path):
     np.testing.assert_allclose(loaded.encode(SAMPLE_TEXT), reference, atol=1e-5)
     # chaining: merged stage-1 adapter + fresh adapter, saved and reloaded
     loaded.add_lora(r=4, alpha=8)
-    _perturb_lora(loaded, seed=1)
+    perturb_lora(loaded, seed=1)
     chained = loaded.encode(SAMPLE_TEXT)
     loaded.save(tmp_path / "chained")
     again = LLM2Comp.from_pretrained(tmp_path / "chained")
@@ -172,7 +163,7 @@ def test_decoder_mode_is_the_original_causal_model(tiny_dir):
     original = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
     model = LLM2Comp.from_pretrained(tiny_dir).eval()
     model.add_lora()
-    _perturb_lora(model)
+    perturb_lora(model)
     ids = torch.randint(3, 200, (2, 7))
     with torch.no_grad(), model.decoder_mode() as lm:
         ours = lm(input_ids=ids).logits
@@ -196,7 +187,7 @@ def test_save_takes_gathered_tensors_when_given(tiny_dir, tmp_path):
     """Under ZeRO-3/FSDP the live parameters are shards: save() must write the gathered state dict it is given."""
     model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=4)
     model.add_lora(r=4, alpha=8)
-    _perturb_lora(model)
+    perturb_lora(model)
     reference = model.encode(SAMPLE_TEXT)
     gathered = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():  # what sharding leaves in the live module

@@ -102,6 +102,16 @@ def make_tiny_model_dir(path: str | Path, architecture: str = "llama", attn_impl
     return path
 
 
+def perturb_lora(model, seed: int = 0) -> None:
+    """Random LoRA B matrices and a shifted memory, so that a fresh adapter changes what the model embeds."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.hf_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+        model.memory.weight.add_(torch.randn(model.memory.weight.shape, generator=generator))
+
+
 WORDS = "the a man woman dog cat plays runs eats guitar ball food park street music red blue small big".split()
 
 

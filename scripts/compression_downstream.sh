@@ -1,0 +1,32 @@
+#!/bin/bash
+# What a compressing stage 1 buys downstream (docs/RESULTS.md 3.7): the default's supervised stage (committed recipe,
+# decontaminated pairs) on top of the shipped compressor (scripts/compression_levers.py, lever lr1e-3-bridge-affine,
+# 300 steps) against the same stage alone, at two seeds, each evaluated on the six tasks, then compared with
+# paired bootstrap intervals. Every step resumes: a killed chain restarts where it stopped.
+#
+#     bash scripts/compression_downstream.sh [RUNS_DIR] [SEEDS]      # defaults: runs/downstream "42 7"
+set -euo pipefail
+RUNS=${1:-runs/downstream}
+SEEDS=${2:-42 7}
+RECIPE=src/llm2comp/resources/recipes/smollm2-135m-default.yaml
+COMPRESSOR=${COMPRESSOR:-runs/levers-long/lr1e-3-bridge-affine}
+TASKS=STSBenchmark,STS13,STS14,STS15,SICK-R,Banking77Classification
+LLM2COMP=${LLM2COMP:-llm2comp}
+mkdir -p "$RUNS"
+
+evaluate() {  # MODEL NAME
+    [ -f "$RUNS/eval/$2/results.json" ] || $LLM2COMP evaluate --model "$1" --tasks $TASKS --output "$RUNS/eval/$2" --predictions
+}
+
+evaluate "$COMPRESSOR" stage1-only
+for seed in $SEEDS; do
+    for arm in supervised compress+supervised; do
+        out="$RUNS/$arm-s$seed"
+        model=smollm2-135m; [ "$arm" = supervised ] || model="$COMPRESSOR"
+        if [ ! -f "$out/llm2comp_config.json" ]; then
+            $LLM2COMP train --config $RECIPE --model "$model" --seed "$seed" --output "$out" --resume
+        fi
+        evaluate "$out" "$arm-s$seed"
+    done
+    $LLM2COMP compare "$RUNS/eval/supervised-s$seed" "$RUNS/eval/compress+supervised-s$seed" > "$RUNS/compare-s$seed.txt" || true
+done
