@@ -8,6 +8,9 @@ from pathlib import Path
 
 import yaml
 
+from ..model import DEFAULT_LORA_TARGETS
+
+
 @dataclasses.dataclass
 class TrainConfig:
     # what to train
@@ -26,9 +29,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: list[str] = dataclasses.field(
-        default_factory=lambda: ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    lora_target_modules: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     # data
     data_field: str = "text"
     min_chars: int = 0  # the paper's stage-1 filter is 1000 (configs/paper)
