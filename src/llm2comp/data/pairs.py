@@ -92,7 +92,7 @@ QUERY_TEMPLATE = "{instruction}: {text}\n"  # the recipe's query format; evaluat
 
 def format_query(query: str, instruction: str = "") -> str:
     """``"{instruction}: {query}\\n"``; an empty instruction gives the bare query."""
-    return f"{instruction}: {query}\n" if instruction else query
+    return QUERY_TEMPLATE.format(instruction=instruction, text=query) if instruction else query
 
 
 # ---------------------------------------------------------------------------------------------- sentences
