@@ -2,7 +2,8 @@
 # What a compressing stage 1 buys downstream (docs/RESULTS.md 3.7): the default's supervised stage (committed recipe,
 # decontaminated pairs) on top of the shipped compressor (scripts/compression_levers.py, lever lr1e-3-bridge-affine,
 # 300 steps) against the same stage alone, at two seeds, each evaluated on the six tasks, then compared with
-# paired bootstrap intervals. Every step resumes: a killed chain restarts where it stopped.
+# paired bootstrap intervals; beside them the compressor alone and its untrained starting point. Every step
+# resumes: a killed chain restarts where it stopped.
 #
 #     bash scripts/compression_downstream.sh [RUNS_DIR] [SEEDS]      # defaults: runs/downstream "42 7"
 set -euo pipefail
@@ -18,6 +19,11 @@ evaluate() {  # MODEL NAME
     [ -f "$RUNS/eval/$2/results.json" ] || $LLM2COMP evaluate --model "$1" --tasks $TASKS --output "$RUNS/eval/$2" --predictions
 }
 
+PYTHON=${PYTHON:-python}
+# the compressor's starting point: the backbone, causal, memory from the recipe's phrase, untrained
+[ -f "$RUNS/untrained-phrase/llm2comp_config.json" ] || $PYTHON -c "import sys; from llm2comp import LLM2Comp
+LLM2Comp.from_pretrained('smollm2-135m', bidirectional=False, memory_init=' means in one word:\"').save(sys.argv[1])" "$RUNS/untrained-phrase"
+evaluate "$RUNS/untrained-phrase" untrained-phrase
 evaluate "$COMPRESSOR" stage1-only
 for seed in $SEEDS; do
     for arm in supervised compress+supervised; do

@@ -104,3 +104,36 @@ def test_contamination_split_scores_the_overlapping_pairs_apart(tmp_path):
     row = next(line for line in out.splitlines() if "STSBenchmark" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == "5" and cells[4] == f"{len(test) - 5:,}"
+
+
+def test_compression_downstream_runs_every_arm_once_and_resumes(tmp_path):
+    """The chain of RESULTS 3.7, with a stand-in CLI: each arm trained and evaluated once, the seed's comparison
+    written; run again, it trains and evaluates nothing (every finished step is skipped)."""
+    import os
+    import subprocess
+
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "fake"
+    fake.write_text(f"""#!/bin/bash
+echo "$@" >> {log}
+out=""; prev=""
+for a in "$@"; do [ "$prev" = --output ] && out=$a; prev=$a; done
+case "$1" in
+  train) mkdir -p "$out" && touch "$out/llm2comp_config.json";;
+  evaluate) mkdir -p "$out" && touch "$out/results.json";;
+  compare) echo "table";;
+  -c) mkdir -p "${{@: -1}}" && touch "${{@: -1}}/llm2comp_config.json";;
+esac
+""")
+    fake.chmod(0o755)
+    env = {**os.environ, "LLM2COMP": str(fake), "PYTHON": str(fake)}
+    runs = tmp_path / "runs"
+    for _ in range(2):
+        subprocess.run(["bash", str(SCRIPTS / "compression_downstream.sh"), str(runs), "1 2"], env=env, check=True,
+                       cwd=SCRIPTS.parent)
+    calls = log.read_text().splitlines()
+    trains = [c for c in calls if c.startswith("train")]
+    assert len(trains) == 4 and sum("--model smollm2-135m " in c for c in trains) == 2
+    assert sum(c.startswith("evaluate") for c in calls) == 6 and sum(c.startswith("-c") for c in calls) == 1
+    assert all("--resume" in c for c in trains)
+    assert (runs / "compare-s1.txt").read_text() == "table\n" and (runs / "compare-s2.txt").is_file()
