@@ -11,19 +11,14 @@ from llm2comp import LLM2Comp
 from llm2comp.objectives.contrastive import SupervisedObjective
 from llm2comp.model import special_prefix
 from llm2comp.objectives.pretext import CompressionObjective
-from llm2comp.testing import SAMPLE_TEXT
+from llm2comp.testing import SAMPLE_TEXT, perturb_lora
 
 
 def _trained_looking(tiny_dir, bidirectional):
     torch.manual_seed(0)
     model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, max_length=96, bidirectional=bidirectional)
     model.add_lora(r=4, alpha=8, dropout=0.0)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.hf_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-        model.memory.weight.add_(torch.randn(model.memory.weight.shape, generator=generator))
+    perturb_lora(model, seed=1)
     return model.train()
 
 

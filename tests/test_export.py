@@ -11,22 +11,13 @@ import torch
 
 from llm2comp import LLM2Comp
 from llm2comp.export import export_sentence_transformers, load_exported
-from llm2comp.testing import SAMPLE_TEXT, make_tiny_model_dir
+from llm2comp.testing import SAMPLE_TEXT, make_tiny_model_dir, perturb_lora
 
 TEXTS = SAMPLE_TEXT + ["", "   ", "word " * 60, "Short one.", "Ünïcödé — text ✓"]
 STAGES = [
     {"stage": "pretrain", "objective": "kl", "data": "builtin:news", "samples": 123, "max_steps": 7, "batch_size": 4},
     {"stage": "simcse", "objective": "simcse", "data": "builtin:news-sentences", "samples": 456, "max_steps": 9, "batch_size": 32},
 ]
-
-
-def _perturb(model, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.hf_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-        model.memory.weight.add_(torch.randn(model.memory.weight.shape, generator=generator))
 
 
 def _load_st(path):
@@ -43,9 +34,9 @@ def trained(tmp_path_factory):
     base = make_tiny_model_dir(root / "base", "llama", seed=3)
     model = LLM2Comp.from_pretrained(base, num_memory_tokens=4, max_length=24)
     model.add_lora(r=4, alpha=8, dropout=0.1, target_modules=("q_proj", "v_proj", "down_proj"))
-    _perturb(model, 0)
+    perturb_lora(model, 0)
     model.add_lora(r=4, alpha=8, dropout=0.1, target_modules=("q_proj", "o_proj"))  # stage 2: stage 1 merged
-    _perturb(model, 1)
+    perturb_lora(model, 1)
     model.config.stages = [dict(s) for s in STAGES]
     train_dir = root / "run" / "2-simcse"
     model.save(train_dir)
