@@ -9,7 +9,7 @@ import torch
 
 from llm2comp import LLM2Comp
 from llm2comp.objectives.contrastive import SupervisedObjective
-from llm2comp.model import special_prefix
+from llm2comp.features import special_prefix
 from llm2comp.objectives.pretext import CompressionObjective
 from llm2comp.testing import SAMPLE_TEXT, perturb_lora
 

@@ -126,7 +126,7 @@ def _probe(args) -> int:
             raise ValueError(f"{args.model} has its own memory bridge ({model.memory_bridge.kind}); drop --memory-bridge")
         from .data.corpus import load_texts
         from .evaluation.compression import holdout_split
-        from .model import special_prefix
+        from .features import special_prefix
 
         train_texts, _ = holdout_split(load_texts(args.data, unit="paragraph"), args.holdout)
         rows = model.tokenizer(train_texts[:64], add_special_tokens=False)["input_ids"]

@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 
 from .atomic import staging_dir
 from .model import LLM2Comp
-from .persistence import CONFIG_NAME, MEMORY_NAME
+from .persistence import CONFIG_NAME, MEMORY_NAME, save_normalizer
 from .pooling import get_pooling
 from .version import __version__
 
@@ -96,7 +96,7 @@ def write_bundle(model: LLM2Comp, folder: str | os.PathLike) -> dict[str, Any]:
     model.tokenizer.save_pretrained(backbone)  # backbone/ on its own is a complete HF model directory
     model.tokenizer.save_pretrained(folder)
     save_file({"weight": model.memory.weight.detach().float().cpu().contiguous()}, folder / MEMORY_NAME)
-    model.save_normalizer(folder)
+    save_normalizer(model, folder)
     origin = dict(getattr(model, "exported_from", None) or {"base_model": model.config.base_model})
     config = dataclasses.replace(model.config, base_model=BACKBONE_DIR, adapters=[], merged_adapters=0)
     payload = dataclasses.asdict(config) | {EXPORT_KEY: origin, "llm2comp_version": __version__}

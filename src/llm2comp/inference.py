@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import features
 from .replicas import model_replicas
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def encode(
     inverse = [slot.setdefault(text, len(slot)) for text in texts]
     unique = list(slot)  # a repeated text is tokenized and embedded once (STS sets repeat up to half their sentences)
     token_ids = model.token_ids(unique, prompt)
-    model._report_truncation(unique, token_ids, prompt)
+    features.report_truncation(model, unique, token_ids, prompt)
     result = model.encode_token_ids(token_ids, batch_size=batch_size, normalize_embeddings=normalize_embeddings,
                                    show_progress_bar=show_progress_bar, devices=devices, truncate_dim=truncate_dim)
     if len(unique) < len(texts):
@@ -141,7 +142,7 @@ def encode_token_ids(
     half their sentences); rows are batched longest first."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    budget = model._text_budget()
+    budget = features.text_budget(model)
     too_long = next((i for i, row in enumerate(token_ids) if len(row) > budget), None)
     if too_long is not None:
         raise ValueError(f"token_ids[{too_long}] has {len(token_ids[too_long])} tokens; at most {budget} fit max_length="

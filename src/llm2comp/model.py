@@ -7,36 +7,20 @@ attention, a plain language model). See `decoder_mode`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import logging
 import os
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
+from . import adapters, features, inference
 from .attention import bidirectional
 from .backbone import DEFAULT_MODEL, load_backbone
 from .memory import MemoryBridge, MemoryTokens
-from .persistence import CONFIG_NAME, NORMALIZER_NAME, TRAINED_ALIASES, quiet_peft, load_saved, save_model
+from .persistence import CONFIG_NAME, TRAINED_ALIASES, load_saved, save_model
 from .pooling import PROMPTEOL_TEMPLATE, Normalizer, Pooling, get_pooling
-from . import inference
-
-logger = logging.getLogger(__name__)
-
-# A fast tokenizer's truncation is state on the tokenizer (each call with truncation=True/False sets it, then
-# encodes), so two threads tokenizing at once, one truncating and one measuring full lengths, can each get the
-# other's setting: rows longer than max_length, or cut token counts. Every tokenizer call of the encode path takes
-# this lock (one for all models: a lock on the module would break deepcopy/pickle; tokenizing is the cheap part).
-_TOKENIZER_LOCK = threading.RLock()
-
-
-DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclasses.dataclass
@@ -160,99 +144,13 @@ class LLM2Comp(nn.Module):
     def get_sentence_embedding_dimension(self) -> int:
         return self.hf_model.config.get_text_config().hidden_size
 
-    # ------------------------------------------------------------------ LoRA
-    def add_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules: Sequence[str] = DEFAULT_LORA_TARGETS,
-                 train_memory: bool = True):
-        """Attach a fresh LoRA adapter; an adapter already attached is merged first (stage chaining).
-
-        `train_memory=False` freezes the memory tokens, for stages that never read them (mean/last/PromptEOL
-        pooling, MNTP): a trainable parameter without a gradient breaks DDP and wastes optimizer state.
-        """
-        from peft import LoraConfig, get_peft_model
-
-        if self.backend != "torch":
-            raise ValueError(f"a model on backend '{self.backend}' embeds but does not train; load it with backend='torch'")
-        if self.peft_model is not None:
-            self.merge_and_unload()
-        present = {name.rsplit(".", 1)[-1] for name, _ in self.hf_model.named_modules()}
-        missing = [t for t in target_modules if t not in present]
-        if missing:
-            raise ValueError(f"LoRA target modules {missing} not found in {type(self.hf_model).__name__}")
-        self.clear_replicas()
-        self.drop_normalizer()
-        lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules))
-        with quiet_peft():
-            self.__dict__["_peft"] = get_peft_model(self.hf_model, lora)
-        self.memory.weight.requires_grad_(train_memory)
-        return self
-
-    def merge_and_unload(self) -> LLM2Comp:
-        """Fold the attached LoRA into the weights (the memory tokens stay); a no-op without an adapter."""
-        from peft import get_peft_model_state_dict
-
-        peft_model = self.peft_model
-        if peft_model is None:
-            return self
-        self.clear_replicas()
-        adapter_config = peft_model.peft_config["default"].to_dict()
-        state = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()}
-        self._merged.append((adapter_config, state))
-        self.hf_model = peft_model.merge_and_unload()
-        self.__dict__["_peft"] = None
-        return self
-
-    # ------------------------------------------------------------------ stage 1: what the frozen decoder reads
-    def add_memory_bridge(self, kind: str, token_rows: Sequence[Sequence[int]] | None = None) -> MemoryBridge:
-        """Attach a stage-1 `MemoryBridge` fitted on the memory states of ``token_rows`` (encoder inputs of training
-        texts, as `collate` takes them); one of that kind already there is kept as it is (a resumed or continued run)."""
-        if self.memory_bridge is None or self.memory_bridge.kind != kind:
-            if not token_rows:
-                raise ValueError("a new memory bridge is fitted on training texts: pass token_rows")
-            with torch.no_grad(), self._evaluating():
-                states = torch.cat([self(self.collate(token_rows[i : i + 16]))["memory_states"] for i in range(0, len(token_rows), 16)])
-            bridge = MemoryBridge(kind, self.get_sentence_embedding_dimension()).to(self.device)
-            self.memory_bridge = bridge.fit(states, self.hf_model.get_input_embeddings(), self.vocab_size)
-        self.config = dataclasses.replace(self.config, memory_bridge=kind)
-        return self.memory_bridge
-
-    def drop_memory_bridge(self) -> None:
-        self.memory_bridge = None
-        self.config = dataclasses.replace(self.config, memory_bridge=None)
-
-    def decoder_memory(self, memory_states: torch.Tensor) -> torch.Tensor:
-        """The memory as the frozen decoder receives it in stage 1 (and in the compression probe): the memory
-        states, through the bridge where one is trained. The embedding never goes through it."""
-        return self.memory_bridge(memory_states) if self.memory_bridge is not None else memory_states
-
-    @contextlib.contextmanager
-    def decoder_mode(self) -> Iterator[nn.Module]:
-        """The frozen LLM: the active adapter switched off, causal attention. Yields the causal LM.
-
-        (Adapters of earlier stages, already merged, are part of the frozen weights.) Under layer-wise gradient
-        checkpointing the layers stay checkpointed, but their recomputation during backward, which runs after this
-        block has exited, switches the adapter off again (torch's non-reentrant `context_fn`); where that is not
-        available (reentrant checkpointing) checkpointing is paused inside the block.
-        """
-        adapter_off = self.peft_model.disable_adapter if self.peft_model is not None else contextlib.nullcontext
-        changed = []
-        for module in self.hf_model.modules():
-            if getattr(module, "gradient_checkpointing", False) is not True:
-                continue
-            func = getattr(module, "_gradient_checkpointing_func", None)
-            changed.append((module, func))
-            if _non_reentrant(func):
-                module._gradient_checkpointing_func = functools.partial(
-                    func, context_fn=lambda: (contextlib.nullcontext(), adapter_off())
-                )
-            else:
-                module.gradient_checkpointing = False
-        try:
-            with adapter_off():
-                yield self.hf_model
-        finally:
-            for module, func in changed:
-                module.gradient_checkpointing = True
-                module._gradient_checkpointing_func = func
+    # ------------------------------------------------------------------ training's changes (adapters.py)
+    add_lora = adapters.add_lora
+    merge_and_unload = adapters.merge_and_unload
+    add_memory_bridge = adapters.add_memory_bridge
+    drop_memory_bridge = adapters.drop_memory_bridge
+    decoder_memory = adapters.decoder_memory
+    decoder_mode = adapters.decoder_mode
 
     # ------------------------------------------------------------------ tokenisation
     @property
@@ -260,54 +158,12 @@ class LLM2Comp(nn.Module):
         """The pooling mode object (`pooling.py`): input slots, template, truncation and the pooled vector."""
         return get_pooling(self.config.pooling)
 
-    def _text_budget(self) -> int:
-        return self.pooling.text_budget(self.config)
-
-    def token_ids(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
-        """Per-text token ids, truncated so that the whole input (template, memory slots) fits max_length.
-        Safe to call from several threads (see `_TOKENIZER_LOCK`)."""
-        if prompt:
-            texts = [prompt + t for t in texts]
-        with _TOKENIZER_LOCK:
-            return self.pooling.token_ids(self.tokenizer, texts, self.config)
-
-    def count_truncated(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]], prompt: str | None = None) -> tuple[int, int]:
-        """(how many of `texts` `token_ids` cut to fit max_length, the longest one's token count); only rows at the
-        full length are tokenized again."""
-        candidates = [(prompt or "") + texts[i] for i, row in enumerate(token_ids) if len(row) >= self._text_budget()]
-        if not candidates:
-            return 0, 0
-        with _TOKENIZER_LOCK:
-            room = self.pooling.text_room(self.tokenizer, self.config)
-            lengths = self.pooling.text_lengths(self.tokenizer, candidates)
-        longer = [n for n in lengths if n > room]
-        return len(longer), max(longer, default=0)
-
-    def _report_truncation(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]], prompt: str | None) -> None:
-        count, longest = self.count_truncated(texts, token_ids, prompt)
-        if count:
-            logger.warning("%d of %d texts are longer than max_length=%d and were truncated (the longest has %d tokens); "
-                           "pass a larger max_length or split long texts", count, len(texts), self.config.max_length, longest)
-
-    def raw_text_budget(self) -> int:
-        """Text tokens (without the special prefix) that fit one encoder input with its memory slots: the one
-        truncation budget of the pretext objectives and of contrastive token rows."""
-        return self._text_budget() - len(special_prefix(self.tokenizer))
-
-    def collate(self, token_ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """Right-pad token rows into tensors; with memory pooling, k memory slots follow each text."""
-        k = self.pooling.memory_slots(self.config)
-        input_ids, attention_mask = right_pad(token_ids, self.tokenizer.pad_token_id, trailing=k)
-        features = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if k:
-            memory_mask = torch.zeros_like(attention_mask, dtype=torch.bool)
-            for i, row in enumerate(token_ids):
-                memory_mask[i, len(row) : len(row) + k] = True
-            features["memory_mask"] = memory_mask
-        return features
-
-    def tokenize(self, texts: Sequence[str], prompt: str | None = None) -> dict[str, torch.Tensor]:
-        return self.collate(self.token_ids(texts, prompt))
+    # texts -> features (features.py)
+    token_ids = features.token_ids
+    count_truncated = features.count_truncated
+    raw_text_budget = features.raw_text_budget
+    collate = features.collate
+    tokenize = features.tokenize
 
     # ------------------------------------------------------------------ forward
     def embed_inputs(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -346,11 +202,6 @@ class LLM2Comp(nn.Module):
             self.config = dataclasses.replace(self.config, normalizer=None)
             self.clear_replicas()
 
-    def save_normalizer(self, folder: Path) -> None:
-        if self.normalizer is not None:
-            stats = {"mean": self.normalizer.mean.cpu().contiguous(), "scale": self.normalizer.scale.cpu().contiguous()}
-            save_file(stats, folder / NORMALIZER_NAME)
-
     # ------------------------------------------------------------------ inference (inference.py)
     encode = inference.encode
     encode_token_ids = inference.encode_token_ids
@@ -364,9 +215,9 @@ class LLM2Comp(nn.Module):
     # a SentenceTransformer (`MTEBEncoder` adds instructions and a display name)
     @property
     def mteb_model_meta(self):
-        from .evaluation.mteb_adapter import MTEBEncoder
+        from .metadata import mteb_model_meta
 
-        return MTEBEncoder(self).mteb_model_meta
+        return mteb_model_meta(self)
 
     similarity = staticmethod(inference.similarity)
     similarity_pairwise = staticmethod(inference.similarity_pairwise)  # with `mteb_model_meta`: mteb's EncoderProtocol
@@ -376,29 +227,3 @@ class LLM2Comp(nn.Module):
         """Write config JSON, memory tokens, every LoRA adapter (safetensors) and the tokenizer, atomically
         (`persistence.save_model`); `state_dict` supplies gathered tensors under ZeRO-3/FSDP."""
         return save_model(self, path, state_dict)
-
-
-def special_prefix(tokenizer) -> list[int]:
-    """What the tokenizer puts before a text (e.g. BOS for Llama; nothing for GPT-2-style tokenizers)."""
-    return tokenizer("", add_special_tokens=True)["input_ids"]
-
-
-def right_pad(rows: Sequence[Sequence[int]], pad_id: int, trailing: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask) of token rows padded on the right; `trailing` extra attended positions after each row
-    (the memory slots, filled with `pad_id` ids and replaced by the memory embeddings)."""
-    width = max(1, max((len(r) for r in rows), default=0) + trailing)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, : len(row) + trailing] = 1
-    return ids, mask
-
-
-def _non_reentrant(func) -> bool:
-    """Whether a layer's checkpoint function is torch's non-reentrant checkpoint (which accepts `context_fn`)."""
-    from torch.utils.checkpoint import checkpoint
-
-    keywords = getattr(func, "keywords", None)
-    return (getattr(func, "func", None) is checkpoint and keywords.get("use_reentrant") is False
-            and "context_fn" not in keywords)

@@ -103,6 +103,13 @@ def load_bridge(model, path: Path) -> None:
     model.memory_bridge = bridge.to(model.device)
 
 
+def save_normalizer(model, folder: Path) -> None:
+    """The fitted normalizer's statistics (`normalizer.safetensors`), where the model has one."""
+    if model.normalizer is not None:
+        stats = {"mean": model.normalizer.mean.cpu().contiguous(), "scale": model.normalizer.scale.cpu().contiguous()}
+        save_file(stats, folder / NORMALIZER_NAME)
+
+
 def save_model(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write config JSON, memory tokens, every LoRA adapter (safetensors) and the tokenizer.
 
@@ -142,7 +149,7 @@ def save_model(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor
         )
         memory = state_dict.get("memory.weight", self.memory.weight) if state_dict is not None else self.memory.weight
         save_file({"weight": memory.detach().float().cpu().contiguous()}, staging / MEMORY_NAME)
-        self.save_normalizer(staging)
+        save_normalizer(self, staging)
         if self.memory_bridge is not None:
             bridge = {name: (state_dict or {}).get(f"memory_bridge.{name}", tensor) for name, tensor in self.memory_bridge.state_dict().items()}
             save_file({k: v.detach().float().cpu().contiguous() for k, v in bridge.items()}, staging / BRIDGE_NAME)

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.corpus import DataError, load_texts
-from ..model import LLM2Comp, special_prefix
+from ..features import special_prefix
+from ..model import LLM2Comp
 from ..objectives.pretext import decoder_bos, lm_logits
 
 logger = logging.getLogger(__name__)

@@ -16,19 +16,20 @@ prefix).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from mteb.models.abs_encoder import AbsEncoder
-from mteb.models.model_meta import ModelMeta, ScoringFunction
+from mteb.models.model_meta import ModelMeta
 from mteb.types import PromptType
 
 from ..data.pairs import QUERY_TEMPLATE
+from .. import metadata
+from ..metadata import model_fingerprint
+
+__all__ = ["DEFAULT_INSTRUCTION_TEMPLATE", "MTEBEncoder", "model_fingerprint"]
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -39,39 +40,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_INSTRUCTION_TEMPLATE = QUERY_TEMPLATE  # "{instruction}: {text}\n", as the supervised stage trains
-
-
-def model_fingerprint(model: torch.nn.Module, config: Any = None, sample: int = 2048) -> str:
-    """A short hash of a model's configuration and (a strided sample of) every parameter and buffer.
-
-    Cheap even for billions of parameters (no full pass over the weights), yet any training step, merged or attached
-    LoRA adapter, or different memory tokens changes it. Used as the mteb revision, so that mteb's own result cache
-    (when someone calls `mteb.evaluate` with its default cache) can never hand back results of a different model.
-    """
-    digest = hashlib.sha1()
-    if config is not None:
-        try:
-            import dataclasses
-
-            payload = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
-        except TypeError:
-            payload = {"repr": repr(config)}
-        digest.update(json.dumps(payload, sort_keys=True, default=str).encode())
-    with torch.no_grad():
-        tensors = list(model.named_parameters()) + list(model.named_buffers())
-        for name, tensor in sorted(tensors, key=lambda item: item[0]):
-            flat = tensor.detach().reshape(-1)
-            step = max(1, flat.numel() // sample)
-            picked = flat[::step][:sample].float().cpu().numpy()
-            digest.update(name.encode())
-            digest.update(str(tuple(tensor.shape)).encode())
-            digest.update(np.ascontiguousarray(picked).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _display_name(model: LLM2Comp) -> str:
-    base = str(model.config.base_model).rstrip("/").replace("\\", "/").split("/")[-1] or "model"
-    return f"llm2comp/{base}-{model.config.pooling}"
 
 
 class MTEBEncoder(AbsEncoder):
@@ -111,27 +79,14 @@ class MTEBEncoder(AbsEncoder):
         self.instruction_template = instruction_template
         self.instruct_documents = instruct_documents
         self.normalize_embeddings = normalize_embeddings
-        name = name or _display_name(model)
+        name = name or metadata.display_name(model)
         self.name = name if "/" in name else f"llm2comp/{name}"
 
     # ------------------------------------------------------------------ metadata
     @property
     def mteb_model_meta(self) -> ModelMeta:  # type: ignore[override]
         """Fresh metadata on every access; the revision is a fingerprint of the current weights."""
-        model = self.model
-        return ModelMeta.create_empty(
-            overwrites=dict(
-                name=self.name,
-                revision=model_fingerprint(model, getattr(model, "config", None)),
-                n_parameters=sum(p.numel() for p in model.parameters()),
-                embed_dim=model.get_sentence_embedding_dimension(),
-                max_tokens=getattr(getattr(model, "config", None), "max_length", None),
-                similarity_fn_name=ScoringFunction.COSINE,
-                framework=["PyTorch"],
-                use_instructions=bool(self.instructions) or self.use_task_instructions,
-                open_weights=True,
-            )
-        )
+        return metadata.mteb_model_meta(self.model, self.name, use_instructions=bool(self.instructions) or self.use_task_instructions)
 
     # ------------------------------------------------------------------ instructions
     def instruction_for(self, task_metadata: TaskMetadata, prompt_type: PromptType | None) -> str | None:

@@ -271,7 +271,7 @@ def _unprefixed(batch: dict, prefix: str) -> dict[str, torch.Tensor]:
 
 def _text_token_ids(model: LLM2Comp, examples: list[dict], field: str = "text") -> list[list[int]]:
     """Token rows for examples holding either raw text or ``input_ids`` (text tokens, no special tokens)."""
-    from ..model import special_prefix
+    from ..features import special_prefix
 
     if all(field in e for e in examples):
         return model.token_ids([str(e[field]) for e in examples])

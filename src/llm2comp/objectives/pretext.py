@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..model import LLM2Comp, right_pad, special_prefix
+from ..features import right_pad, special_prefix, text_budget
+from ..model import LLM2Comp
 from ..runtime import is_distributed, is_main_process
 from .registry import ObjectiveSpec, register
 
@@ -291,7 +292,7 @@ def pretext_dataset(cfg, model: LLM2Comp):
         texts, model.tokenizer, min_chars=cfg.min_chars,
         # one token less than the input holds: kept from the first release (a special prefix of up to one
         # token), so that every stage-1 run, comparisons included, cuts its texts the same way
-        max_tokens=model._text_budget() - 1, drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
+        max_tokens=text_budget(model) - 1, drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
     )
     dataset.held_out = held_out
     if is_main_process():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from ..model import DEFAULT_LORA_TARGETS
+from ..adapters import DEFAULT_LORA_TARGETS
 
 
 @dataclasses.dataclass

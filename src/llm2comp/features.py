@@ -1,0 +1,101 @@
+"""Texts -> features, the model's input dict: tokenisation within the length budget, truncation reports, collation.
+
+The budget is the pooling mode's (`pooling.py`: the template and the memory slots share `max_length` with the
+text); every path that turns text into encoder input (encode, the pretext objectives, contrastive batches, serve)
+goes through these functions, so they all cut texts in the same place.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .model import LLM2Comp
+
+logger = logging.getLogger(__name__)
+
+# A fast tokenizer's truncation is state on the tokenizer (each call with truncation=True/False sets it, then
+# encodes), so two threads tokenizing at once, one truncating and one measuring full lengths, can each get the
+# other's setting: rows longer than max_length, or cut token counts. Every tokenizer call of the encode path takes
+# this lock (one for all models: a lock on the model would break deepcopy/pickle; tokenizing is the cheap part).
+TOKENIZER_LOCK = threading.RLock()
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """What the tokenizer puts before a text (e.g. BOS for Llama; nothing for GPT-2-style tokenizers)."""
+    return tokenizer("", add_special_tokens=True)["input_ids"]
+
+
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int, trailing: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token rows padded on the right; `trailing` extra attended positions after each row
+    (the memory slots, filled with `pad_id` ids and replaced by the memory embeddings)."""
+    width = max(1, max((len(r) for r in rows), default=0) + trailing)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, : len(row) + trailing] = 1
+    return ids, mask
+
+
+def text_budget(model: LLM2Comp) -> int:
+    """Tokens of one text (with the special prefix) that fit max_length beside the template and memory slots."""
+    return model.pooling.text_budget(model.config)
+
+
+def raw_text_budget(model: LLM2Comp) -> int:
+    """Text tokens (without the special prefix) that fit one encoder input with its memory slots: the one
+    truncation budget of the pretext objectives and of contrastive token rows."""
+    return text_budget(model) - len(special_prefix(model.tokenizer))
+
+
+def token_ids(model: LLM2Comp, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
+    """Per-text token ids, truncated so that the whole input (template, memory slots) fits max_length.
+    Safe to call from several threads (see `TOKENIZER_LOCK`)."""
+    if prompt:
+        texts = [prompt + t for t in texts]
+    with TOKENIZER_LOCK:
+        return model.pooling.token_ids(model.tokenizer, texts, model.config)
+
+
+def count_truncated(model: LLM2Comp, texts: Sequence[str], rows: Sequence[Sequence[int]],
+                    prompt: str | None = None) -> tuple[int, int]:
+    """(how many of `texts` `rows` (their token ids) cut to fit max_length, the longest one's token count); only rows
+    at the full length are tokenized again."""
+    candidates = [(prompt or "") + texts[i] for i, row in enumerate(rows) if len(row) >= text_budget(model)]
+    if not candidates:
+        return 0, 0
+    with TOKENIZER_LOCK:
+        room = model.pooling.text_room(model.tokenizer, model.config)
+        lengths = model.pooling.text_lengths(model.tokenizer, candidates)
+    longer = [n for n in lengths if n > room]
+    return len(longer), max(longer, default=0)
+
+
+def report_truncation(model: LLM2Comp, texts: Sequence[str], rows: Sequence[Sequence[int]], prompt: str | None) -> None:
+    count, longest = count_truncated(model, texts, rows, prompt)
+    if count:
+        logger.warning("%d of %d texts are longer than max_length=%d and were truncated (the longest has %d tokens); "
+                       "pass a larger max_length or split long texts", count, len(texts), model.config.max_length, longest)
+
+
+def collate(model: LLM2Comp, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    """Right-pad token rows into tensors; with memory pooling, k memory slots follow each text."""
+    k = model.pooling.memory_slots(model.config)
+    input_ids, attention_mask = right_pad(rows, model.tokenizer.pad_token_id, trailing=k)
+    features = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if k:
+        memory_mask = torch.zeros_like(attention_mask, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            memory_mask[i, len(row) : len(row) + k] = True
+        features["memory_mask"] = memory_mask
+    return features
+
+
+def tokenize(model: LLM2Comp, texts: Sequence[str], prompt: str | None = None) -> dict[str, torch.Tensor]:
+    return collate(model, token_ids(model, texts, prompt))
