@@ -33,7 +33,7 @@ from scipy.stats import spearmanr
 
 from llm2comp import LLM2Comp
 from llm2comp.attention import bidirectional
-from llm2comp.data.pairs import data_dir
+from llm2comp.data.builtin_pairs import data_dir
 from llm2comp.data.corpus import read_jsonl
 
 

@@ -17,7 +17,7 @@ import torch
 from scipy.stats import spearmanr
 
 from llm2comp import LLM2Comp
-from llm2comp.data.pairs import data_dir
+from llm2comp.data.builtin_pairs import data_dir
 from llm2comp.data.corpus import read_jsonl
 
 

@@ -10,14 +10,9 @@ import torch
 from llm2comp import LLM2Comp
 from llm2comp.attention import set_attention_dropout
 from llm2comp.data.pairs import build_contrastive_dataset
-from llm2comp.objectives.contrastive import (
-    SimCSEObjective,
-    SupervisedObjective,
-    build_contrastive_objective,
-    gather_with_grad,
-    info_nce,
-    split_features,
-)
+from llm2comp.objectives.contrastive import SimCSEObjective, SupervisedObjective, build_contrastive_objective, info_nce
+from llm2comp.objectives.gather import gather_with_grad
+from llm2comp.objectives.gradcache import split_features
 from llm2comp.testing import SAMPLE_TEXT
 from llm2comp.training.config import TrainConfig
 

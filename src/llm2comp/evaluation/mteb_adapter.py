@@ -25,7 +25,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta
 from mteb.types import PromptType
 
-from ..data.pairs import QUERY_TEMPLATE
+from ..data.instructions import QUERY_TEMPLATE
 from .. import metadata
 from ..metadata import model_fingerprint
 

@@ -1,40 +1,23 @@
-"""Stages 2 and 3: contrastive objectives (SimCSE, supervised InfoNCE), cross-rank gathering, GradCache.
+"""Stages 2 and 3: contrastive objectives (SimCSE, supervised InfoNCE) and their loss.
 
 - ``info_nce``: InfoNCE on cosine similarity / temperature; row i of the queries targets candidate i
-  (candidates = [all positives; all hard negatives]).
-- ``gather_with_grad``: all-gather across ``torch.distributed`` ranks, the local shard keeping its gradient.
-  Every rank computes the *same* loss over the gathered global batch; the backward of the gather sums the
-  gradient of the gathered tensor over ranks (each rank contributes dL/dx for every shard), so a rank's
-  local shard receives ``world_size * dL/dx_local``, and DDP's averaging over ``world_size`` then gives
-  exactly the single-process gradient of the global batch. The loss therefore needs no extra scaling, and
-  the logged loss on every rank is the global-batch loss. ``gather_parts`` gathers queries, positives and
-  negatives (whose counts may differ per rank, zero included) in one collective, so that every rank runs
-  the same collectives in backward.
-- GradCache (``gradcache_chunk=c``): inside ``__call__``, a custom autograd function encodes the batch
-  without a graph, in chunks of c, remembering the RNG state before each chunk. Its backward re-encodes one
-  chunk at a time with a graph (RNG state and autocast restored, so dropout masks and precision match the
-  first pass), pulls the cached embedding gradient through it with ``torch.autograd.grad`` and returns the
-  summed parameter gradients as the function's own input gradients. Peak memory is one chunk's graph, the
-  gradient equals the plain large-batch gradient, and each parameter's gradient is accumulated exactly once
-  per backward, so DDP's hooks (``find_unused_parameters=False``), ``no_sync`` under gradient accumulation
-  and the Trainer's own ``accelerator.backward(loss)`` work unchanged: no Trainer change is needed.
-  (Not for DeepSpeed ZeRO-3 / FSDP, which shard the parameters that the backward differentiates; ZeRO-1/2
-  and DDP are fine.)
+  (candidates = [all positives; all hard negatives]); ``matryoshka_info_nce`` sums it over nested prefix sizes.
+- The global batch across ranks: `gather.py` (every rank computes the same loss over the gathered batch).
+- Large batches in the memory of a small one: `gradcache.py` (``gradcache_chunk``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.checkpoint import get_device_states, set_device_states
 
 from ..model import LLM2Comp
-from ..runtime import is_distributed as _distributed
+from .gather import gather_parts
+from .gradcache import embed_features
 from .registry import ObjectiveSpec, register
 
 CONTRASTIVE_STAGES = ("simcse", "supervised")
@@ -81,174 +64,6 @@ def check_matryoshka_dims(dims: Sequence[int] | None, hidden_size: int | None = 
     if any(d < 1 for d in dims) or hidden_size is not None and any(d >= hidden_size for d in dims):
         raise ValueError(f"matryoshka_dims must lie in [1, {hidden_size or 'hidden size'}), got {dims}")
     return dims
-
-
-# ---------------------------------------------------------------------------------------------- distributed
-def _gather_sizes(n: int, device: torch.device) -> list[int]:
-    size = torch.tensor([n], dtype=torch.long, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    return [int(s.item()) for s in sizes]
-
-
-def _all_gather_padded(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """All-gather tensors whose first dimension differs per rank (padded to the largest, then trimmed)."""
-    width = max(sizes)
-    padded = t.new_zeros((width, *t.shape[1:]))
-    padded[: t.shape[0]] = t
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        sizes = _gather_sizes(t.shape[0], t.device)
-        rank = dist.get_rank()
-        ctx.start, ctx.end = sum(sizes[:rank]), sum(sizes[: rank + 1])
-        return _all_gather_padded(t.contiguous(), sizes)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # every rank's loss depends on this rank's shard
-        return grad[ctx.start : ctx.end]
-
-
-def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``t`` (first dimension may differ per rank) over all ranks, in rank order.
-
-    The local shard keeps its gradient; the backward sums the gathered tensor's gradient over ranks (see
-    the module docstring for why this makes DDP's averaged gradient exact). Identity when not distributed.
-    """
-    if not _distributed():
-        return t
-    return _GatherWithGrad.apply(t)
-
-
-def gather_tensor(t: torch.Tensor) -> torch.Tensor:
-    """All-gather without gradient (ids, keys); identity when not distributed."""
-    if not _distributed():
-        return t
-    return _all_gather_padded(t.detach(), _gather_sizes(t.shape[0], t.device))
-
-
-def gather_parts(parts: Sequence[torch.Tensor], grad: bool = True) -> list[torch.Tensor]:
-    """Gather several local tensors (sizes may differ per rank) with a single collective; returns each part
-    concatenated over ranks, in rank order. One collective, so the backward runs one all-reduce on every rank
-    (with separate gathers, a rank whose part needs no gradient would skip a collective the others run)."""
-    parts = list(parts)
-    if not _distributed():
-        return parts
-    local = torch.cat(parts)
-    counts = torch.tensor([p.shape[0] for p in parts], dtype=torch.long, device=local.device)
-    counts = gather_tensor(counts).view(dist.get_world_size(), len(parts)).tolist()
-    gathered = gather_with_grad(local) if grad else gather_tensor(local)
-    pieces: list[list[torch.Tensor]] = [[] for _ in parts]
-    offset = 0
-    for rank_counts in counts:
-        for k, n in enumerate(rank_counts):
-            pieces[k].append(gathered[offset : offset + n])
-            offset += n
-    return [torch.cat(p) for p in pieces]
-
-
-# ---------------------------------------------------------------------------------------------- encoding, GradCache
-def _rows(features: dict[str, torch.Tensor], start: int, end: int) -> dict[str, torch.Tensor]:
-    """Rows [start, end) of a right-padded feature dict, padding columns beyond the longest row dropped."""
-    part = {k: v[start:end] for k, v in features.items()}
-    width = int(part["attention_mask"].sum(1).max().item()) if part["attention_mask"].numel() else 0
-    return {k: v[:, : max(1, width)] for k, v in part.items()}
-
-
-def split_features(features: dict[str, torch.Tensor], chunk: int) -> list[dict[str, torch.Tensor]]:
-    n = features["input_ids"].shape[0]
-    return [_rows(features, start, min(n, start + chunk)) for start in range(0, n, chunk)]
-
-
-def _get_rng(device: torch.device):
-    """The CPU generator and the model device's generator (any accelerator: CUDA, XPU, MPS, ...), as
-    activation checkpointing captures them."""
-    return torch.get_rng_state(), get_device_states(torch.empty(0, device=device))
-
-
-def _set_rng(device: torch.device, state) -> None:
-    cpu, (device_ids, device_states) = state
-    torch.set_rng_state(cpu)
-    if device_ids:
-        set_device_states(device_ids, device_states, device_type=device.type)
-
-
-def _autocast_state(device_type: str) -> dict:
-    return {
-        "device_type": device_type,
-        "enabled": torch.is_autocast_enabled(device_type),
-        "dtype": torch.get_autocast_dtype(device_type),
-        "cache_enabled": torch.is_autocast_cache_enabled(),
-    }
-
-
-class _CachedEncode(torch.autograd.Function):
-    """Embeddings of feature chunks, encoded without a graph; backward re-encodes chunk by chunk."""
-
-    @staticmethod
-    def forward(ctx, encode: Callable, chunks: list, device: torch.device, *params: torch.Tensor) -> torch.Tensor:
-        ctx.encode, ctx.chunks, ctx.device, ctx.params = encode, chunks, device, params
-        ctx.autocast = _autocast_state(device.type)
-        ctx.rng, outputs = [], []
-        for features in chunks:
-            ctx.rng.append(_get_rng(device))
-            outputs.append(encode(features).float())
-        return torch.cat(outputs)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        params = ctx.params
-        totals: list[torch.Tensor | None] = [None] * len(params)
-        offset = 0
-        with torch.random.fork_rng(devices=ctx.rng[0][1][0] if ctx.rng else [], device_type=ctx.device.type):
-            for features, state in zip(ctx.chunks, ctx.rng):
-                _set_rng(ctx.device, state)
-                with torch.enable_grad(), torch.autocast(**ctx.autocast):
-                    embeddings = ctx.encode(features).float()
-                part = grad[offset : offset + embeddings.shape[0]]
-                offset += embeddings.shape[0]
-                grads = torch.autograd.grad(embeddings, params, part, allow_unused=True)
-                for i, g in enumerate(grads):
-                    if g is not None:
-                        totals[i] = g if totals[i] is None else totals[i] + g
-                del embeddings, grads
-        totals = [torch.zeros_like(p) if g is None else g for p, g in zip(params, totals)]
-        return (None, None, None, *totals)
-
-
-def embed_features(
-    model: LLM2Comp, feature_list: Sequence[dict[str, torch.Tensor]], chunk: int | None = None
-) -> list[torch.Tensor]:
-    """Sentence embeddings (float32) for several feature dicts, with GradCache when ``chunk`` is set.
-
-    Without ``chunk``: one plain forward per feature dict. With ``chunk``: every dict is cut into chunks of
-    that many rows; gradients are exact (see ``_CachedEncode``); memory is that of one chunk.
-    """
-
-    def encode(features):
-        return model(features)["sentence_embedding"]
-
-    if not chunk or not torch.is_grad_enabled():
-        return [encode(f).float() for f in feature_list]
-    if chunk < 1:
-        raise ValueError(f"gradcache_chunk must be >= 1, got {chunk}")
-    chunks, sizes = [], []
-    for features in feature_list:
-        parts = split_features(features, chunk)
-        chunks.extend(parts)
-        sizes.append(features["input_ids"].shape[0])
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        return [encode(f).float() for f in feature_list]
-    embeddings = _CachedEncode.apply(encode, chunks, model.device, *params)
-    return list(torch.split(embeddings, sizes))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -333,7 +148,7 @@ class SupervisedObjective:
     matryoshka_dims: Sequence[int] = ()
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        from ..data.pairs import format_query
+        from ..data.instructions import format_query
 
         model = self.model
         queries = [format_query(str(e[self.query_field]), e.get("instruction") or "") for e in examples]

@@ -1,0 +1,64 @@
+"""Task instructions and the query format of the contrastive stages.
+
+A pair's query is embedded as ``"{instruction}: {query}\n"`` (`format_query`); evaluation puts instructions in the
+same format by default (`evaluation/mteb_adapter.py`). Instructions come per source: the public E5 data's, as
+LLM2Vec and the LLM2Comp release use them, and those of the built-in pair sets.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Task instructions of the public E5 data, as LLM2Vec uses them (llm2vec/dataset/E5Data.py); the LLM2Comp release
+# uses the same strings (its quora file alternates the two quora instructions). Query side only.
+E5_INSTRUCTIONS = {
+    "allnli_split1": "Given a premise, retrieve a hypothesis that is entailed by the premise",
+    "allnli_split2": "Retrieve semantically similar text",
+    "dureader": "Given a Chinese search query, retrieve web passages that answer the question",
+    "eli5_question_answer": "Provided a user question, retrieve the highest voted answers on Reddit ELI5 forum",
+    "fever": "Given a claim, retrieve documents that support or refute the claim",
+    "hotpot_qa": "Given a multi-hop question, retrieve documents that can help answer the question",
+    "miracl": "Given a question, retrieve Wikipedia passages that answer the question",
+    "mrtydi": "Given a question, retrieve Wikipedia passages that answer the question",
+    "msmarco_passage": "Given a web search query, retrieve relevant passages that answer the query",
+    "msmarco_document": "Given a web search query, retrieve relevant documents that answer the query",
+    "nq": "Given a question, retrieve Wikipedia passages that answer the question",
+    "quora_duplicates_split1": "Given a question, retrieve questions that are semantically equivalent to the given question",
+    "quora_duplicates_split2": "Find questions that have the same meaning as the input question",
+    "squad": "Retrieve Wikipedia passages that answer the question",
+    "t2ranking": "Given a Chinese search query, retrieve web passages that answer the question",
+    "trivia_qa": "Retrieve Wikipedia passages that answer the question",
+}
+# Instructions of the built-in shared pairs (the MTEB task instructions LLM2Vec evaluates with).
+SHARED_INSTRUCTIONS = {
+    "stsb": "Retrieve semantically similar text",
+    "banking77": "Given a online banking query, find the corresponding intents",
+    "scifact": "Given a scientific claim, retrieve documents that support or refute the claim",
+    "news": "Given a news headline, retrieve the opening of its article",
+}
+INSTRUCTIONS = {**E5_INSTRUCTIONS, **SHARED_INSTRUCTIONS}
+_SPLIT = re.compile(r"_split\d+$")
+
+
+def batch_source(source: str | None) -> str:
+    """The batching group of a source: E5's ``x_split1`` / ``x_split2`` share batches (as in LLM2Vec)."""
+    return _SPLIT.sub("", source or "default")
+
+
+def instruction_for(source: str | None, row: int = 0) -> str:
+    """The task instruction of a source; a merged file (``allnli.jsonl``, ``quora_duplicates.jsonl``) alternates
+    its splits' instructions by row. Unknown sources: empty (the bare query)."""
+    if not source:
+        return ""
+    if source in INSTRUCTIONS:
+        return INSTRUCTIONS[source]
+    splits = [INSTRUCTIONS[k] for k in sorted(INSTRUCTIONS) if batch_source(k) == source and k != source]
+    return splits[row % len(splits)] if splits else ""
+
+
+QUERY_TEMPLATE = "{instruction}: {text}\n"  # the recipe's query format; evaluation uses the same by default
+
+
+def format_query(query: str, instruction: str = "") -> str:
+    """``"{instruction}: {query}\\n"``; an empty instruction gives the bare query."""
+    return QUERY_TEMPLATE.format(instruction=instruction, text=query) if instruction else query
