@@ -398,6 +398,26 @@ def test_bootstrap_spearman_equals_scipy_with_ties():
         assert ours == pytest.approx(spearmanr(g, p)[0], abs=1e-12)
 
 
+def test_paired_bootstrap_is_the_plain_resampling_it_replaced():
+    # scipy's bootstrap draws the same item indices as numpy's default_rng(seed).integers, 256 resamples at a time:
+    # every interval computed before the switch to scipy is reproduced exactly
+    from scipy.stats import spearmanr
+
+    from llm2comp.evaluation import paired_bootstrap, paired_bootstrap_mean
+
+    rng = np.random.default_rng(3)
+    gold = rng.uniform(0, 5, size=300)
+    a, b = gold + rng.normal(size=300), gold + rng.normal(scale=0.5, size=300)
+    deltas = paired_bootstrap(gold, a, b, resamples=600, seed=11)
+    idx = np.random.default_rng(11).integers(0, 300, size=(600, 300))
+    for r in (0, 255, 256, 599):
+        rows = idx[r]
+        assert deltas[r] == pytest.approx(spearmanr(gold[rows], b[rows])[0] - spearmanr(gold[rows], a[rows])[0], abs=1e-12)
+    hits_a, hits_b = rng.integers(0, 2, size=300), rng.integers(0, 2, size=300)
+    means = paired_bootstrap_mean(hits_a, hits_b, resamples=600, seed=11)
+    np.testing.assert_allclose(means, (hits_b - hits_a)[idx].mean(axis=1), atol=1e-12)
+
+
 def test_paired_bootstrap_separates_a_better_model_and_not_an_equal_one():
     from llm2comp.evaluation import paired_bootstrap
 

