@@ -15,7 +15,8 @@ from ..model import LLM2Comp
 from ..persistence import CONFIG_NAME
 from ..objectives.registry import objective_spec
 from .config import TrainConfig
-from .trainer import LLM2CompTrainer, LossLog, TrainingModule, last_complete_checkpoint, plot_losses, truncate_log
+from .trainer import (LLM2CompTrainer, LossLog, TrainingModule, end_training_length, last_complete_checkpoint, plot_losses,
+                      set_training_length, truncate_log)
 
 logger = logging.getLogger(__name__)
 # transformers 5.x renamed gradient_checkpointing -> activation_checkpointing
@@ -49,8 +50,7 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
     if spec.bidirectional is not None:  # MNTP: a bidirectional encoder
         kwargs["bidirectional"] = spec.bidirectional
     model = LLM2Comp.from_pretrained(cfg.model, **kwargs)
-    # cfg.max_length bounds the training inputs; the saved model keeps its own encoding length (default 512)
-    model.encode_max_length, model.config.max_length = model.config.max_length, cfg.max_length
+    set_training_length(model, cfg.max_length)
     model.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
                    train_memory=spec.reads_memory(model.config.pooling))
     if cfg.memory_bridge is None and model.memory_bridge is not None:  # a later stage, or stage 1 without one
@@ -165,7 +165,7 @@ def train(cfg: TrainConfig) -> Path:
 
     check_engine(cfg, trainer.accelerator, reads_decoder=cfg.stage == "pretrain" and cfg.objective in ("kl", "nll", "rc"))
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    model.config.max_length = model.encode_max_length
+    end_training_length(model)
     if cfg.stage != "pretrain":  # the sizes the embedding was trained to be cut to (none: only the full size)
         from ..objectives.contrastive import check_matryoshka_dims
 

@@ -7,6 +7,7 @@ and a loss plot. Optimiser, schedule, distribution (torchrun, accelerate, DeepSp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -56,6 +57,27 @@ class TrainingModule(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
+def set_training_length(encoder: LLM2Comp, length: int) -> None:
+    """Bound the training inputs at ``length`` tokens; the model keeps its own encoding length (default 512) for
+    every save and for after training (`encoding_length`, `end_training_length`)."""
+    encoder.encode_max_length, encoder.config.max_length = encoder.config.max_length, length
+
+
+@contextlib.contextmanager
+def encoding_length(encoder: LLM2Comp):
+    """Inside: the encoder with its encoding length, as a checkpoint or the final model is saved."""
+    training_length = encoder.config.max_length
+    encoder.config.max_length = getattr(encoder, "encode_max_length", training_length)
+    try:
+        yield encoder
+    finally:
+        encoder.config.max_length = training_length
+
+
+def end_training_length(encoder: LLM2Comp) -> None:
+    encoder.config.max_length = getattr(encoder, "encode_max_length", encoder.config.max_length)
+
+
 def complete_checkpoints(folder: str | Path) -> list[Path]:
     """Checkpoint directories with a completion marker, oldest first."""
     folder = Path(folder)
@@ -166,13 +188,8 @@ class LLM2CompTrainer(Trainer):
             if state_dict:  # gathered by the Trainer under ZeRO-3 / FSDP; keys of TrainingModule
                 state_dict = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
             # a checkpoint is a model like the final one: saved with its encoding length, not the training length
-            encoder = self.encoder
-            training_length = encoder.config.max_length
-            encoder.config.max_length = getattr(encoder, "encode_max_length", training_length)
-            try:
+            with encoding_length(self.encoder) as encoder:
                 encoder.save(output_dir or self.args.output_dir, state_dict=state_dict or None)
-            finally:
-                encoder.config.max_length = training_length
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_training_state(self.encoder, resume_from_checkpoint)
