@@ -137,3 +137,31 @@ esac
     assert sum(c.startswith("evaluate") for c in calls) == 6 and sum(c.startswith("-c") for c in calls) == 1
     assert all("--resume" in c for c in trains)
     assert (runs / "compare-s1.txt").read_text() == "table\n" and (runs / "compare-s2.txt").is_file()
+
+
+def test_matryoshka_sizes_scores_like_evaluate_and_cuts_like_encode(tiny_dir, tmp_path):
+    import importlib.util
+
+    from scipy.stats import spearmanr
+
+    from llm2comp import LLM2Comp
+    from llm2comp.evaluation import evaluate_model
+    from llm2comp.testing import make_tiny_benchmark_dir
+
+    data = make_tiny_benchmark_dir(tmp_path / "data")
+    spec = importlib.util.spec_from_file_location("matryoshka_sizes", SCRIPTS / "matryoshka_sizes.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model = LLM2Comp.from_pretrained(str(tiny_dir), num_memory_tokens=4, max_length=64)
+    scores = script.size_scores(model, data, [8])
+    full = str(model.get_sentence_embedding_dimension())
+    assert list(scores) == [full, "8"] and set(scores[full]) == {"STSBenchmark", "SICK-R", "STS avg"}
+    reference = evaluate_model(model, ["STSBenchmark", "SICK-R"], data_dir=data, print_table=False, show_progress=False)
+    assert scores[full]["STSBenchmark"] == pytest.approx(100 * reference["STSBenchmark"], abs=1e-3)
+    assert scores[full]["SICK-R"] == pytest.approx(100 * reference["SICK-R"], abs=1e-3)
+    rows = [json.loads(line) for line in (data / "mteb/SICK-R/test.jsonl").read_text().splitlines()]
+    a = model.encode([r["sentence1"] for r in rows], truncate_dim=8, normalize_embeddings=True)
+    b = model.encode([r["sentence2"] for r in rows], truncate_dim=8, normalize_embeddings=True)
+    expected = 100 * spearmanr((a * b).sum(1), [r["score"] for r in rows])[0]
+    assert scores["8"]["SICK-R"] == pytest.approx(expected, abs=1e-3)
+    assert "| 8 |" in script.markdown({"tiny": scores})
