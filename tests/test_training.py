@@ -319,3 +319,22 @@ def test_global_batch_size_means_the_same_at_any_world_size(monkeypatch):
     assert TrainConfig.from_dict(dict(stage="pretrain", batch_size=6)).per_device().batch_size == 6  # unset: as given
     paper = TrainConfig.from_yaml(Path(__file__).parent.parent / "configs" / "paper" / "llama2-7b-supervised.yaml")
     assert paper.global_batch_size == 1024
+
+
+def test_fsdp_transformer_wrap_finds_every_decoder_layer(tiny_dir):
+    # accelerate's TRANSFORMER_BASED_WRAP reads `_no_split_modules` of the module the Trainer gets: one FSDP unit per layer
+    from types import SimpleNamespace
+
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    from llm2comp import LLM2Comp
+    from llm2comp.training.trainer import TrainingModule
+
+    model = LLM2Comp.from_pretrained(str(tiny_dir), num_memory_tokens=2, max_length=32)
+    module = TrainingModule(model, objective=None)
+    assert module._no_split_modules == list(model.hf_model._no_split_modules)
+    plugin = SimpleNamespace(auto_wrap_policy=transformer_auto_wrap_policy, transformer_cls_names_to_wrap=None)
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, module)
+    wrapped = [name for name, m in module.named_modules() if policy(m)]
+    assert len(wrapped) == model.hf_model.config.num_hidden_layers

@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-memory-tokens", type=int, help=_defaults("num_memory_tokens"))
     p.add_argument("--learning-rate", type=float, help=_defaults("learning_rate"))
     p.add_argument("--save-steps", type=int, help="checkpoint every N steps; " + _defaults("save_steps"))
-    p.add_argument("--max-samples", type=int, help="use at most this many texts (default: all)")
+    p.add_argument("--max-samples", type=int, help="use at most this many texts, a seeded random draw (default: all)")
     p.add_argument("--min-chars", type=int, help="drop texts shorter than this (the paper's stage 1: 1000); " + _defaults("min_chars"))
     p.add_argument("--drop-long", action="store_true",
                    help="drop texts over --max-length instead of truncating them (the paper's filter)")

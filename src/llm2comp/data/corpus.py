@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import re
 import sys
 import zipfile
@@ -167,13 +168,21 @@ def load_texts(source: str, unit: str = "paragraph", field: str = "text") -> lis
     return readers[path.suffix]()
 
 
+def seeded_subset(items: list, n: int | None, seed: int = 0) -> list:
+    """``n`` of ``items`` drawn at random (seeded; their order kept), not the first n (a corpus sorted by topic or
+    date would give a skewed cut); all of them when n is None or not smaller."""
+    if n is None or n >= len(items):
+        return list(items)
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), n))]
+
+
 class TokenizedTexts(torch.utils.data.Dataset):
     """Texts tokenized once (no special tokens). Texts over ``max_tokens`` are truncated, or dropped when
     ``drop_long`` (the paper's filter, with ``min_chars=1000``); texts under ``min_tokens`` cannot make a training
     example and are dropped. ``counts`` says how many were read, kept, truncated and dropped, and why."""
 
     def __init__(self, texts: list[str], tokenizer, min_chars: int = 0, max_tokens: int | None = None,
-                 min_tokens: int = 2, drop_long: bool = False, max_samples: int | None = None):
+                 min_tokens: int = 2, drop_long: bool = False, max_samples: int | None = None, seed: int = 0):
         kept = [t for t in texts if len(t) >= min_chars]
         ids = tokenizer(kept, add_special_tokens=False)["input_ids"] if kept else []
         counts = {"read": len(texts), "under_min_chars": len(texts) - len(kept), "under_min_tokens": 0,
@@ -190,8 +199,7 @@ class TokenizedTexts(torch.utils.data.Dataset):
                 counts["under_min_tokens"] += 1
                 continue
             rows.append(text_ids)
-        if max_samples is not None:
-            rows = rows[:max_samples]
+        rows = seeded_subset(rows, max_samples, seed)
         counts["kept"] = len(rows)
         self.counts, self.min_chars, self.max_tokens, self.min_tokens = counts, min_chars, max_tokens, min_tokens
         if not rows:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .builtin_pairs import NEWS_PAIRS, SHARED_PAIRS, news_pairs, shared_pairs
-from .corpus import DataError, iter_jsonl, load_texts
+from .corpus import DataError, iter_jsonl, load_texts, seeded_subset
 from .decontamination import Decontaminator, resolve_decontaminator
 from .instructions import INSTRUCTIONS, batch_source, format_query, instruction_for
 from ..runtime import world_size
@@ -63,8 +63,8 @@ class SentenceDataset(torch.utils.data.Dataset):
 
     sequential = False
 
-    def __init__(self, texts: list[str], max_samples: int | None = None):
-        self.texts = list(texts)[:max_samples] if max_samples is not None else list(texts)
+    def __init__(self, texts: list[str], max_samples: int | None = None, seed: int = 0):
+        self.texts = seeded_subset(list(texts), max_samples, seed)
         if not self.texts:
             raise DataError("no sentences to train on")
 
@@ -285,7 +285,7 @@ def build_contrastive_dataset(cfg, model=None) -> torch.utils.data.Dataset:
     """The training set of a contrastive stage: sentences (simcse) or source-grouped pairs (supervised)."""
     clean = resolve_decontaminator(cfg.decontaminate, cfg.data)
     if cfg.stage == "simcse":
-        dataset = SentenceDataset(load_sentences(cfg.data, field=cfg.data_field, min_chars=cfg.min_chars, clean=clean), cfg.max_samples)
+        dataset = SentenceDataset(load_sentences(cfg.data, field=cfg.data_field, min_chars=cfg.min_chars, clean=clean), cfg.max_samples, seed=cfg.seed)
     elif cfg.stage == "supervised":
         pairs = prepare_pairs(cfg.data, cfg.seed, cfg.max_pairs_per_source, cfg.query_instructions, clean)
         dataset = PairDataset(pairs, global_batch_size(cfg), seed=cfg.seed, max_samples=cfg.max_samples)

@@ -293,6 +293,7 @@ def pretext_dataset(cfg, model: LLM2Comp):
         # one token less than the input holds: kept from the first release (a special prefix of up to one
         # token), so that every stage-1 run, comparisons included, cuts its texts the same way
         max_tokens=text_budget(model) - 1, drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
+        seed=cfg.seed,
     )
     dataset.held_out = held_out
     if is_main_process():

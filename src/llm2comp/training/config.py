@@ -34,7 +34,7 @@ class TrainConfig:
     data_field: str = "text"
     min_chars: int = 0  # the paper's stage-1 filter is 1000 (configs/paper)
     truncate_long: bool = True  # texts over max_length are cut; false: dropped, as the paper does
-    max_samples: int | None = None
+    max_samples: int | None = None  # stage 1: a seeded random draw of this many texts (corpus order kept)
     split_margin: int = 10
     query_instructions: bool = True  # supervised: "{instruction}: {query}\n" on the query side; false: bare queries
     max_pairs_per_source: int | None = None  # supervised: cap each source (seeded draw), so one large source cannot dominate

@@ -50,6 +50,12 @@ class TrainingModule(nn.Module):
     def forward(self, **batch):
         return self.objective(self.encoder, batch)
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The backbone's decoder-layer classes: what accelerate's FSDP ``TRANSFORMER_BASED_WRAP`` shards one by one
+        (without them the whole model would be a single FSDP unit)."""
+        return list(getattr(self.encoder.hf_model, "_no_split_modules", None) or [])
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
         kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
         self.encoder.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
