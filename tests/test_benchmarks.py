@@ -102,3 +102,11 @@ def test_backends_benchmark_prints_consistent_measurements():
     assert _number(out, r"torch-int8\s+[\d.]+\s+([\d.]+)x") == pytest.approx(int8_rate / torch_rate, abs=0.01)
     assert _number(out, r"\ntorch\s+[\d.]+\s+[\d.]+x\s+([\d.]+)") == pytest.approx(1.0, abs=1e-4)  # fp32 vs itself
     assert 0.9 < _number(out, r"torch-int8\s+[\d.]+\s+[\d.]+x\s+([\d.]+)") <= 1.0001
+
+
+def test_int8_layers_prints_a_cosine_per_kept_set():
+    out = _run(BENCHMARKS / "int8_layers.py", "--model", "tiny", "--n", "8")
+    for label in ("none", "down_proj"):
+        mean = _number(out, rf"\| {re.escape(label)} \| \d+ \| ([\d.]+) \|")
+        assert 0.5 < mean <= 1.0
+    assert _number(out, r"\| none \| (\d+) \|") > _number(out, r"\| down_proj \| (\d+) \|")  # fewer int8 layers kept
