@@ -66,3 +66,35 @@ def test_bidirectional_reaches_every_layer_kind(gemma):
         for layer, kind in enumerate(model.config.get_text_config().layer_types):
             early = (a[layer + 1][0, :3] - b[layer + 1][0, :3]).abs().amax().item()
             assert (early > 1e-3) if bidir else (early < 1e-5), (layer, kind, bidir, early)
+
+
+def test_pretext_path_matches_gemma_and_a_kl_step_runs(gemma):
+    # the pretext losses compute logits from hidden states themselves (chunked over the 262k vocabulary): they must
+    # equal Gemma's own LM head; the memory tokens start on the scale of Gemma's *scaled* input embeddings
+    import resource
+
+    from llm2comp import LLM2Comp
+    from llm2comp.objectives.pretext import CompressionObjective, lm_logits
+
+    model = LLM2Comp.from_pretrained("gemma3-270m", memory_init=' means in one word:"', bidirectional=False)
+    tokenizer = model.tokenizer
+    ids = tokenizer("Markets rallied on Monday after the central bank", return_tensors="pt")
+    with torch.no_grad():
+        out = model.hf_model(**ids, output_hidden_states=True)
+        torch.testing.assert_close(lm_logits(model, out.hidden_states[-1]), out.logits.float(), atol=1e-3, rtol=1e-4)
+        text_norm = model.hf_model.get_input_embeddings()(ids["input_ids"]).norm(dim=-1).mean()
+    assert 0.5 < (model.memory.weight.norm(dim=-1).mean() / text_norm).item() < 2.0  # sqrt(640) scaling included
+    model.add_lora(r=4, alpha=8, dropout=0.0)
+    objective = CompressionObjective(model, kind="kl", split_margin=8)
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"][:48] for t in
+            ("Markets rallied on Monday after the central bank said it would hold interest rates steady for the rest of "
+             "the year, easing fears of a slowdown in lending to small businesses and households across the region.",
+             "The city council approved a new plan for public transport on Tuesday, adding bus lanes on three main roads "
+             "and promising trams in the northern districts by the end of the decade, officials said.")]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    loss = objective(model, objective.collate([{"input_ids": r, "index": i} for i, r in enumerate(rows)]))["loss"]
+    loss.backward()
+    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    print(f"gemma3-270m KL step, 2 x 48 tokens: loss {loss.item():.3f}, peak RSS growth {peak_mib:.0f} MiB")
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.hf_model.named_parameters() if "lora_" in n)
