@@ -25,9 +25,9 @@ def sts_rows(root: Path, task: str) -> list[dict] | None:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else None
 
 
-def size_scores(model, root: Path, dims: list[int], batch_size: int = 32) -> dict[str, dict[str, float]]:
+def size_scores(model, root: Path, dims: list[int], batch_size: int = 32, tasks=TASKS) -> dict[str, dict[str, float]]:
     """{str(size): {task: Spearman x 100, "STS avg": ...}} for the full size and every size in ``dims``."""
-    data = {task: rows for task in TASKS if (rows := sts_rows(root, task))}
+    data = {task: rows for task in tasks if (rows := sts_rows(root, task))}
     texts = sorted({r[k] for rows in data.values() for r in rows for k in ("sentence1", "sentence2")})
     full = np.asarray(model.encode(texts, batch_size=batch_size, show_progress_bar=True), dtype=np.float64)
     row_of = {t: i for i, t in enumerate(texts)}
@@ -63,6 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="model directories or aliases")
     parser.add_argument("--dims", default="256,128,64")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="a subset of " + ",".join(TASKS))
     parser.add_argument("--data-dir")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", help="JSON file for the scores")
@@ -74,7 +75,7 @@ def main() -> None:
     results = {}
     for name in args.models:
         model = LLM2Comp.from_pretrained(name).merge_and_unload()
-        results[name] = size_scores(model, root, dims, args.batch_size)
+        results[name] = size_scores(model, root, dims, args.batch_size, tasks=args.tasks.split(","))
     print(markdown(results))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
