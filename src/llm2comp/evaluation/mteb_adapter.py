@@ -27,9 +27,6 @@ from mteb.types import PromptType
 
 from ..data.instructions import QUERY_TEMPLATE
 from .. import metadata
-from ..metadata import model_fingerprint
-
-__all__ = ["DEFAULT_INSTRUCTION_TEMPLATE", "MTEBEncoder", "model_fingerprint"]
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata

@@ -34,12 +34,16 @@ def _padded(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return padded.contiguous()
 
 
+def _trimmed(parts: Sequence[torch.Tensor], sizes: list[int]) -> torch.Tensor:
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
 def _all_gather_padded(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """All-gather tensors whose first dimension differs per rank (padded to the largest, then trimmed); no gradient."""
     padded = _padded(t, sizes)
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+    return _trimmed(parts, sizes)
 
 
 def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
@@ -53,8 +57,7 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     from torch.distributed.nn.functional import all_gather
 
     sizes = _gather_sizes(t.shape[0], t.device)
-    parts = all_gather(_padded(t, sizes))
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+    return _trimmed(all_gather(_padded(t, sizes)), sizes)
 
 
 def gather_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -66,8 +69,8 @@ def gather_tensor(t: torch.Tensor) -> torch.Tensor:
 
 def gather_parts(parts: Sequence[torch.Tensor], grad: bool = True) -> list[torch.Tensor]:
     """Gather several local tensors (sizes may differ per rank) with a single collective; returns each part
-    concatenated over ranks, in rank order. One collective, so the backward runs one all-reduce on every rank
-    (with separate gathers, a rank whose part needs no gradient would skip a collective the others run)."""
+    concatenated over ranks, in rank order. One collective, so the backward runs the same one collective on every
+    rank (with separate gathers, a rank whose part needs no gradient would skip a collective the others run)."""
     parts = list(parts)
     if not _distributed():
         return parts
