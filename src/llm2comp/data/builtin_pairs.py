@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 SHARED_PAIRS = "builtin:shared-pairs"
 NEWS_PAIRS = "builtin:news-pairs"
+STSB_SCORES = "builtin:stsb-scores"
 
 def data_dir(folder: str | Path | None = None) -> Path:
     """The benchmark data directory: `folder`, else as `llm2comp.data.benchmark_dir` resolves it; a clear error
@@ -76,6 +77,21 @@ def stsb_pairs(root: Path, rng: random.Random, clean: Decontaminator | None = No
             if negative in parent:
                 pair["negative_key"] = find(negative)
         pairs.append(pair)
+    return pairs
+
+
+def stsb_scored_pairs(root: str | Path | None = None, seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
+    """``builtin:stsb-scores``: every STSBenchmark *train* pair with its 0-5 similarity score (CoSENT's graded
+    pairs; sides in a seeded random order). With ``clean``, rows with an evaluation sentence are left out."""
+    rows = read_jsonl(data_dir(root) / "mteb" / "STSBenchmark" / "train.jsonl")
+    rng = random.Random(f"{seed}:stsb-scores")
+    pairs = []
+    for row in rows:
+        if clean is not None and not clean.keeps("stsb-scores", row["sentence1"], row["sentence2"]):
+            continue
+        first, second = (row["sentence1"], row["sentence2"]) if rng.random() < 0.5 else (row["sentence2"], row["sentence1"])
+        pairs.append({"query": first, "positive": second, "score": float(row["score"]), "source": "stsb-scores",
+                      "instruction": SHARED_INSTRUCTIONS["stsb"]})
     return pairs
 
 

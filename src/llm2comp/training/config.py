@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 42
     # contrastive stages
     temperature: float = 0.05
+    cosent_scale: float = 20.0  # supervised: graded pairs (a 'score' each) train with CoSENT at this scale
     attention_dropout: float = 0.2  # simcse dropout views
     gradcache_chunk: int | None = None  # supervised: encode in chunks of this size (GradCache)
     # contrastive stages: also train the first n dimensions of the embedding for each n here (Matryoshka), so that
@@ -119,6 +120,8 @@ class TrainConfig:
             if self.stage == "pretrain":
                 raise ValueError("matryoshka_dims is a setting of the contrastive stages")
             check_matryoshka_dims(self.matryoshka_dims)
+        if self.cosent_scale <= 0:
+            raise ValueError(f"cosent_scale must be > 0, got {self.cosent_scale}")
         if self.fit_normalizer < 0:
             raise ValueError(f"fit_normalizer must be >= 0, got {self.fit_normalizer}")
         if self.global_batch_size is not None and self.global_batch_size < 1:
