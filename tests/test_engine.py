@@ -74,3 +74,19 @@ def test_only_the_main_process_removes_half_written_checkpoints(tmp_path, monkey
     assert trainer.last_complete_checkpoint(tmp_path) is None and (tmp_path / "checkpoint-4").exists()
     monkeypatch.setattr(trainer, "is_main_process", lambda: True)
     assert trainer.last_complete_checkpoint(tmp_path) is None and not (tmp_path / "checkpoint-4").exists()
+
+
+def test_an_fsdp_config_that_did_not_get_fsdp_is_reported(monkeypatch, caplog):
+    from llm2comp.training.engine import describe_engine
+
+    cfg = TrainConfig.from_dict(dict(stage="supervised", max_steps=300))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with caplog.at_level("WARNING", logger="llm2comp.training.engine"):
+        check_engine(cfg, _accelerator("MULTI_CPU"), reads_decoder=False)  # what accelerate gives on a CPU machine
+    assert "asks for FSDP but the run is MULTI_CPU" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llm2comp.training.engine"):
+        check_engine(cfg, _accelerator("FSDP"), reads_decoder=False)
+    assert "asks for FSDP" not in caplog.text
+    line = describe_engine(types.SimpleNamespace(**vars(_accelerator("FSDP")), num_processes=2), torch.nn.Linear(2, 2))
+    assert line == "engine: FSDP, 2 process(es), 0 FSDP unit(s)"

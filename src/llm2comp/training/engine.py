@@ -10,13 +10,21 @@ Two combinations give wrong results or hang, and are refused before the first st
   silently. `gradient_checkpointing: true` (Hugging Face's, which `LLM2Comp.decoder_mode` makes adapter-aware) is
   the supported way.
 
+And one fallback made visible: accelerate selects FSDP only on GPUs and other accelerators; on CPU an FSDP
+config silently runs plain data parallelism (MULTI_CPU), so a run asked for FSDP that did not get it says so.
+
 And one agreement: a non-finite loss on one rank must stop every rank (else the others wait for the collective
 timeout), so the check is all-reduced (`any_rank_nonfinite`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def sharded_engine(accelerator) -> str | None:
@@ -55,10 +63,35 @@ def check_engine(cfg, accelerator, reads_decoder: bool) -> None:
         raise ValueError(f"gradcache_chunk cannot run under {engine}: GradCache re-encodes inside backward and needs "
                          "unsharded parameters. Use DDP or DeepSpeed ZeRO-1/2 with GradCache, or drop gradcache_chunk "
                          "and lower batch_size / raise gradient_accumulation_steps")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and engine != "FSDP":
+        kind = str(getattr(accelerator, "distributed_type", "NO")).split(".")[-1]
+        logger.warning("the accelerate config asks for FSDP but the run is %s: accelerate runs FSDP only on GPUs and other "
+                       "accelerators, so parameters are not sharded here (each process holds the whole model)", kind)
     checkpointing = engine_checkpointing(accelerator)
     if checkpointing and reads_decoder:
         raise ValueError(f"{checkpointing} would recompute the frozen decoder's pass with the LoRA adapter on (wrong "
                          "gradients); switch it off and set gradient_checkpointing: true, which llm2comp makes adapter-aware")
+
+
+def sharded_units(model: torch.nn.Module) -> int:
+    """How many FSDP units wrap parts of ``model`` (FSDP2 ``fully_shard`` modules, or FSDP1 wrappers)."""
+    kinds = []
+    try:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+        kinds = [FSDPModule, FullyShardedDataParallel]
+    except ImportError:  # a torch without FSDP
+        return 0
+    return sum(isinstance(module, tuple(kinds)) for module in model.modules())
+
+
+def describe_engine(accelerator, model: torch.nn.Module) -> str:
+    """One line on how the run is distributed (printed at the start): engine, processes, FSDP units."""
+    kind = str(getattr(accelerator, "distributed_type", "NO")).split(".")[-1]
+    line = f"engine: {kind}, {getattr(accelerator, 'num_processes', 1)} process(es)"
+    if sharded_engine(accelerator) == "FSDP":
+        line += f", {sharded_units(model)} FSDP unit(s)"
+    return line
 
 
 def any_rank_nonfinite(loss: torch.Tensor) -> bool:

@@ -162,7 +162,9 @@ def train(cfg: TrainConfig) -> Path:
         record_path=order_log,
     )
     from .engine import check_engine
+    from .trainer import EngineReport
 
+    trainer.add_callback(EngineReport(trainer))
     check_engine(cfg, trainer.accelerator, reads_decoder=cfg.stage == "pretrain" and cfg.objective in ("kl", "nll", "rc"))
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     end_training_length(model)

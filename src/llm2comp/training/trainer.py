@@ -228,6 +228,19 @@ class LossLog(TrainerCallback):
                 handle.write(json.dumps(record) + "\n")
 
 
+class EngineReport(TrainerCallback):
+    """Prints, once the engine has wrapped the model, how the run is distributed (`engine.describe_engine`)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from .engine import describe_engine
+
+        if state.is_world_process_zero:
+            print(describe_engine(self.trainer.accelerator, self.trainer.model_wrapped), flush=True)
+
+
 class ProbeCallback(TrainerCallback):
     """The compression probe (evaluation/compression.py) before training and every ``every`` steps, appended to
     ``probe.jsonl``. Every process runs it (a sharded model needs all ranks in its forward passes); the main
