@@ -29,7 +29,8 @@ def setup(tmp_path_factory, tiny_dir):
 
 def _run(root, output, processes, *extra):
     # a run that hangs prints every thread's stack after 150 s, which the failure below shows
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", LLM2COMP_DUMP_STACKS_AFTER="150")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", LLM2COMP_DUMP_STACKS_AFTER="150",
+               LLM2COMP_CACHE=str(root / "cache"))  # the corpus is tokenized once, into this cache
     args = ["--config", str(root / "config.yaml"), "--output", str(output), "--batch-size", str(4 // processes), *extra]
     if processes == 1:
         command = [sys.executable, "-m", "llm2comp", "train", *args]
@@ -65,6 +66,7 @@ def test_two_processes_match_one_and_resume(setup):
     single, double = setup / "single", setup / "double"
     _run(setup, single, 1)
     _run(setup, double, 2)
+    assert len(list((setup / "cache" / "tokenized").glob("*.arrow"))) == 1  # tokenized once, by the main process
     # same loss per step and same trained weights
     assert len(_losses(single)) == 3
     torch.testing.assert_close(torch.tensor(_losses(double)), torch.tensor(_losses(single)), atol=1e-7, rtol=1e-4)

@@ -313,3 +313,41 @@ def test_max_samples_is_a_seeded_draw_not_the_first_texts():
 
     rows = TokenizedTexts(texts, tokenizer, max_samples=20, seed=1).rows
     assert [r[1] for r in rows] == [texts.index(t) for t in drawn]  # the same draw as the sentences'
+
+
+def test_the_corpus_is_tokenized_once_for_all_processes(tmp_path, monkeypatch, tiny_dir):
+    from transformers import AutoTokenizer
+
+    from llm2comp.data.corpus import DataError, TokenizedTexts, tokenize_once
+
+    monkeypatch.setenv("LLM2COMP_CACHE", str(tmp_path / "cache"))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    calls = []
+
+    class Counting:  # the tokenizer, counting its calls
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def __call__(self, *args, **kwargs):
+            calls.append(1)
+            return tokenizer(*args, **kwargs)
+
+    counting = Counting()
+    texts = [f"{a} {b}" for a in SAMPLE_TEXT for b in SAMPLE_TEXT[:3]]
+    direct = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # another process of the run, before the main process wrote the file: it waits (here: times out, clearly)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(DataError, match="local main process to tokenize"):
+        tokenize_once(texts, counting, shared=True, timeout_s=1)
+    assert not calls
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert tokenize_once(texts, counting, shared=True) == direct and calls  # the main process tokenizes
+    assert list((tmp_path / "cache" / "tokenized").glob("*.arrow"))
+    calls.clear()
+    monkeypatch.setenv("LOCAL_RANK", "1")  # now the others read the file: the tokenizer is never called
+    assert TokenizedTexts(texts, counting, shared=True).rows == [r for r in direct if len(r) >= 2] and not calls
+    with pytest.raises(DataError):  # other texts: another file, which nobody wrote
+        tokenize_once(texts[:-1], counting, shared=True, timeout_s=1)
+    # one process: no file, no wait
+    monkeypatch.delenv("LOCAL_RANK")
+    assert tokenize_once(texts, tokenizer) == direct

@@ -12,18 +12,21 @@ Sources (``--data``):
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
 import random
 import re
 import sys
+import time
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 
-from ..runtime import package_dir
+from ..runtime import package_dir, world_size
 
 
 class DataError(ValueError):
@@ -176,15 +179,61 @@ def seeded_subset(items: list, n: int | None, seed: int = 0) -> list:
     return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), n))]
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what decides a tokenizer's output (its serialised fast tokenizer, else its vocabulary)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{type(tokenizer).__name__}\x00{spec}".encode()).hexdigest()[:16]
+
+
+def tokenize_once(texts: list[str], tokenizer, shared: bool | None = None, timeout_s: float | None = None) -> list[list[int]]:
+    """Token ids of ``texts`` (no special tokens). With several processes on a machine (``shared``; default: when
+    the launcher says so), the local main process tokenizes them once with ``datasets``' ``map`` into a cache file
+    named by the texts and the tokenizer (under ``$LLM2COMP_CACHE/tokenized``, written atomically by datasets), and
+    the other processes wait for that file and read it, instead of each tokenizing the whole corpus. A later run on
+    the same texts reads the file too."""
+    if shared is None:
+        shared = world_size() > 1
+    if not shared or not texts:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    from datasets import Dataset
+
+    from ..backbone import cache_dir
+
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\x00")
+    path = cache_dir() / "tokenized" / f"{tokenizer_fingerprint(tokenizer)}-{digest.hexdigest()[:24]}.arrow"
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Dataset.from_dict({"text": texts}).map(
+            lambda batch: {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]},
+            batched=True, remove_columns=["text"], cache_file_name=str(path), desc="tokenizing (once for all processes)")
+    limit = float(timeout_s if timeout_s is not None else os.environ.get("LLM2COMP_TOKENIZE_TIMEOUT", 3600))
+    waited = 0.0
+    while not path.exists():
+        if waited >= limit:
+            raise DataError(f"waited {limit:.0f} s for the local main process to tokenize the corpus into {path}; "
+                            "did it fail? (LLM2COMP_TOKENIZE_TIMEOUT sets the wait)")
+        time.sleep(1.0)
+        waited += 1.0
+    rows = Dataset.from_file(str(path))["input_ids"]
+    if len(rows) != len(texts):
+        raise DataError(f"{path} holds {len(rows)} rows for {len(texts)} texts; delete it and rerun")
+    return [list(row) for row in rows]
+
+
 class TokenizedTexts(torch.utils.data.Dataset):
-    """Texts tokenized once (no special tokens). Texts over ``max_tokens`` are truncated, or dropped when
+    """Texts tokenized once (no special tokens; once per machine, not per process: `tokenize_once`). Texts over ``max_tokens`` are truncated, or dropped when
     ``drop_long`` (the paper's filter, with ``min_chars=1000``); texts under ``min_tokens`` cannot make a training
     example and are dropped. ``counts`` says how many were read, kept, truncated and dropped, and why."""
 
     def __init__(self, texts: list[str], tokenizer, min_chars: int = 0, max_tokens: int | None = None,
-                 min_tokens: int = 2, drop_long: bool = False, max_samples: int | None = None, seed: int = 0):
+                 min_tokens: int = 2, drop_long: bool = False, max_samples: int | None = None, seed: int = 0,
+                 shared: bool | None = None):
         kept = [t for t in texts if len(t) >= min_chars]
-        ids = tokenizer(kept, add_special_tokens=False)["input_ids"] if kept else []
+        ids = tokenize_once(kept, tokenizer, shared=shared)
         counts = {"read": len(texts), "under_min_chars": len(texts) - len(kept), "under_min_tokens": 0,
                   "over_max_tokens_dropped": 0, "truncated": 0}
         rows = []
