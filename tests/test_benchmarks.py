@@ -110,3 +110,22 @@ def test_int8_layers_prints_a_cosine_per_kept_set():
         mean = _number(out, rf"\| {re.escape(label)} \| \d+ \| ([\d.]+) \|")
         assert 0.5 < mean <= 1.0
     assert _number(out, r"\| none \| (\d+) \|") > _number(out, r"\| down_proj \| (\d+) \|")  # fewer int8 layers kept
+
+
+def test_gpu_check_runs_its_checks_on_cpu(tmp_path):
+    # the engines need GPUs; on CPU the script runs both stages without a launcher and checks what it would check there
+    import json
+
+    out = _run(BENCHMARKS / "gpu_check.py", "--shape", "tiny", "--engines", "none", "--output", tmp_path,
+               "--batch-size", "2", "--length", "64", "--steps", "3")
+    rows = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
+    assert [(r["engine"], r["stage"], r["result"]) for r in rows] == [("none", "kl", "pass"), ("none", "supervised", "pass")]
+    for row in rows:
+        assert row["step_s"] > 0 and len(row["losses"]) == 3 and all(math.isfinite(x) for x in row["losses"])
+        assert re.search(rf"none\s+{row['stage']}\s+pass\s+{row['step_s']:.3f}", out)
+    refused = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_check.py"), "--engines", "fsdp", "--output", str(tmp_path)],
+                             capture_output=True, text=True, timeout=300)
+    import torch
+
+    if not torch.cuda.is_available():
+        assert refused.returncode != 0 and "need a GPU" in refused.stderr

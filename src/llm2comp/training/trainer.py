@@ -12,6 +12,7 @@ import json
 import math
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -60,6 +61,31 @@ class TrainingModule(nn.Module):
         kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
         self.encoder.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.encoder.hf_model.enable_input_require_grads()
+
+
+@contextlib.contextmanager
+def peft_visible_to_trainer():
+    """While open, the Trainer's PEFT test (``transformers.trainer._is_peft_model``) also recognises a `TrainingModule`
+    with a LoRA adapter. Under DeepSpeed that test decides three things the Trainer does right for a PEFT model and
+    wrong for one it does not recognise: checkpoints leave out the frozen weights (``exclude_frozen_parameters``),
+    resuming loads them non-strictly, and the final ZeRO-3 save gathers the trainable tensors only (not a 16-bit
+    copy of the whole backbone). Used under DeepSpeed only: its other uses (signature columns, label smoothing,
+    FSDP's PEFT wrap policy) are not on that path."""
+    import transformers.trainer as hf_trainer
+
+    original = getattr(hf_trainer, "_is_peft_model", None)
+    if original is None:
+        raise RuntimeError("transformers.trainer._is_peft_model is gone in this transformers release: DeepSpeed "
+                           "checkpoints would carry the frozen weights; pin a tested transformers (requirements-lock.txt)")
+
+    def is_peft_model(model) -> bool:
+        return original(model) or (isinstance(model, TrainingModule) and model.encoder.peft_model is not None)
+
+    hf_trainer._is_peft_model = is_peft_model
+    try:
+        yield
+    finally:
+        hf_trainer._is_peft_model = original
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -156,6 +182,14 @@ class LLM2CompTrainer(Trainer):
     def encoder(self) -> LLM2Comp:
         return self.model.encoder
 
+    def train(self, *args, **kwargs):
+        with peft_visible_to_trainer() if self.is_deepspeed_enabled else contextlib.nullcontext():
+            return super().train(*args, **kwargs)
+
+    def save_model(self, *args, **kwargs):
+        with peft_visible_to_trainer() if self.is_deepspeed_enabled else contextlib.nullcontext():
+            return super().save_model(*args, **kwargs)
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The micro-batches of one optimizer step. Where the objective counts its loss terms (pretext: target tokens),
         each micro-batch gets the weight that turns the trainer's mean over micro-batches into the mean over every
@@ -216,14 +250,23 @@ class LLM2CompTrainer(Trainer):
 
 
 class LossLog(TrainerCallback):
-    """Appends every log record to a JSONL file (main process only)."""
+    """Appends every log record to a JSONL file (main process only), with the seconds since training began
+    (``elapsed_s``) and, on CUDA, the peak GPU memory allocated so far (``peak_gpu_gib``)."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.started = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
 
     def on_log(self, args: TrainingArguments, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             record = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            if self.started is not None:
+                record["elapsed_s"] = round(time.perf_counter() - self.started, 3)
+            if torch.cuda.is_available():
+                record["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
