@@ -60,6 +60,18 @@ def test_dtype_and_attention_pass_through(tiny_dir):
     assert model.encode("hello").dtype.name == "float32"
 
 
+def test_without_a_dtype_a_gpu_machine_loads_16_bits_and_a_cpu_fp32(tiny_dir, monkeypatch):
+    # a 7B model loaded without dtype or device on a GPU machine must not come up in fp32 (twice its memory)
+    assert LLM2Comp.from_pretrained(tiny_dir).dtype == torch.float32 or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert LLM2Comp.from_pretrained(tiny_dir).dtype == torch.bfloat16
+    assert LLM2Comp.from_pretrained(tiny_dir, device="cpu").dtype == torch.float32  # asked for the CPU: fp32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert LLM2Comp.from_pretrained(tiny_dir).dtype == torch.float16
+    assert LLM2Comp.from_pretrained(tiny_dir, dtype="float32").dtype == torch.float32
+
+
 def test_trust_remote_code_is_off_by_default(tiny_dir, monkeypatch):
     import transformers
 

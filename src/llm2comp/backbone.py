@@ -171,6 +171,16 @@ def _check_hub_id(repo_id: str) -> None:
         raise BackboneError(f"unknown model '{repo_id}': {_WHAT_A_MODEL_IS}; as a hub id: {problem}")
 
 
+def default_dtype(device: str | torch.device | None = None) -> torch.dtype:
+    """The precision a model is loaded in when none is asked for: bf16 (fp16 without bf16 support) for a CUDA device,
+    or, without a device, where CUDA is available (the model will be moved there: the Trainer and `encode` use it);
+    fp32 on CPU."""
+    on_gpu = str(device).startswith("cuda") if device is not None else torch.cuda.is_available()
+    if not on_gpu:
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def load_backbone(
     name_or_path: str,
     *,
@@ -193,8 +203,8 @@ def load_backbone(
         raise BackboneError(f"model '{name_or_path}' ({config.model_type}) is an encoder-decoder; llm2comp needs a decoder-only LLM")
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    if dtype is None:
-        dtype = torch.bfloat16 if device is not None and str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype is None:  # a GPU computes in 16 bits (a 7B model in fp32 would double its memory); a CPU in fp32
+        dtype = default_dtype(device)
     model_kwargs = dict(kwargs, dtype=dtype)
     if attn_implementation:
         model_kwargs["attn_implementation"] = attn_implementation
