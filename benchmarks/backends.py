@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-BACKENDS = ("torch", "torch-int8")
+from llm2comp.backends import BACKENDS
 
 
 def sentences(n: int) -> list[str]:
@@ -46,7 +46,7 @@ def resident_mib(model: str, backend: str) -> float:
         "rss = lambda: int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1));"
         "before = rss();"
         f"m = LLM2Comp.from_pretrained({model!r}, backend={backend!r}); m.merge_and_unload();"
-        "m.encode(['warm up'] * 4);"
+        "m.encode(['warm up'] * 4); import gc; gc.collect();"
         "print((rss() - before) / 1024)"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
@@ -64,17 +64,19 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated; torch is always measured")
     args = parser.parse_args()
+    backends = ["torch", *(b for b in args.backends.split(",") if b and b != "torch")]
 
     name = str(make_tiny_model_dir(tempfile.mkdtemp() + "/tiny")) if args.model == "tiny" else args.model
     texts = sentences(args.n)
     models = {}
-    for backend in BACKENDS:
+    for backend in backends:
         model = LLM2Comp.from_pretrained(name, backend=backend)
         model.merge_and_unload()
         model.encode(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
         models[backend] = model
-    seconds = {b: [] for b in BACKENDS}
+    seconds = {b: [] for b in backends}
     embeddings = {}
     for _ in range(args.rounds):
         for backend, model in models.items():
@@ -85,7 +87,7 @@ def main() -> None:
     reference = embeddings["torch"]
     print(f"{len(texts)} texts, batch {args.batch_size}, {args.rounds} interleaved rounds (median), model {args.model}")
     print(f"{'backend':<12} {'texts/s':>9} {'vs torch':>9} {'cos mean':>9} {'cos min':>9} {'RSS MiB':>9}")
-    for backend in BACKENDS:
+    for backend in backends:
         e = embeddings[backend]
         cosine = (e * reference).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(reference, axis=1)
         print(f"{backend:<12} {rates[backend]:>9.1f} {rates[backend] / rates['torch']:>8.2f}x {cosine.mean():>9.4f} "

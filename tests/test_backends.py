@@ -47,3 +47,62 @@ def test_backend_at_load_and_what_an_int8_model_refuses(tiny_dir, tmp_path):
     int8 = LLM2Comp.from_pretrained(tmp_path / "m", backend="torch-int8")
     assert int8.peft_model is None and int8.normalizer is not None
     assert _cosine(int8.encode(SAMPLE_TEXT, truncate_dim=8), fp32).min() > 0.95
+
+
+onnx_installed = pytest.mark.skipif(any(__import__("importlib").util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnxscript")),
+                                    reason="onnx / onnxruntime / onnxscript not installed")
+
+
+@onnx_installed
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_onnx_embeds_like_torch_and_int8_runs_int8_products(tiny_dir, tmp_path, monkeypatch, bidirectional):
+    from llm2comp.backends import onnx_int8_products
+
+    monkeypatch.setenv("LLM2COMP_CACHE", str(tmp_path / "cache"))
+    trained = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, bidirectional=bidirectional)
+    trained.add_lora(r=4, alpha=8)
+    from llm2comp.testing import perturb_lora
+
+    perturb_lora(trained)
+    trained.fit_normalizer(SAMPLE_TEXT)
+    trained.save(tmp_path / "m")
+    reference = LLM2Comp.from_pretrained(tmp_path / "m").encode(SAMPLE_TEXT)
+    onnx = LLM2Comp.from_pretrained(tmp_path / "m", backend="onnx")
+    assert onnx.backend == "onnx" and onnx.peft_model is None and onnx.normalizer is not None
+    assert len(onnx.body.layers) == 0  # the torch layers are freed: the graph runs them
+    embeddings = onnx.encode(SAMPLE_TEXT)
+    np.testing.assert_allclose(embeddings, reference, atol=2e-5, rtol=1e-4)  # the same network, another runtime
+    np.testing.assert_allclose(onnx.encode(SAMPLE_TEXT[:2], truncate_dim=8), LLM2Comp.from_pretrained(tmp_path / "m").encode(SAMPLE_TEXT[:2], truncate_dim=8), atol=2e-5, rtol=1e-4)
+    assert onnx_int8_products(onnx)[0] == 0
+    # the export is cached: a second load does not export again
+    cached = sorted(p.relative_to(tmp_path / "cache") for p in (tmp_path / "cache").rglob("model.onnx"))
+    LLM2Comp.from_pretrained(tmp_path / "m", backend="onnx")
+    assert sorted(p.relative_to(tmp_path / "cache") for p in (tmp_path / "cache").rglob("model.onnx")) == cached
+    int8 = LLM2Comp.from_pretrained(tmp_path / "m", backend="onnx-int8")
+    quantized, kept = onnx_int8_products(int8)
+    layers = trained.hf_model.config.num_hidden_layers
+    assert quantized == 6 * layers and kept >= layers  # q, k, v, o, gate, up per layer int8; down_proj (and attention) fp32
+    close = int8.encode(SAMPLE_TEXT)
+    assert _cosine(close, reference).min() > 0.95 and not np.allclose(close, reference)
+
+
+def test_onnx_backend_without_onnx_installed_says_what_to_install(tiny_dir, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(ValueError, match=r"pip install 'llm2comp\[onnx\]'"):
+        LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, backend="onnx")
+
+
+@onnx_installed
+def test_evaluate_loads_the_main_model_on_a_backend(tiny_dir, tmp_path, monkeypatch):
+    from llm2comp.evaluation.specs import model_spec
+
+    monkeypatch.setenv("LLM2COMP_CACHE", str(tmp_path / "cache"))
+    spec = model_spec(str(tiny_dir), backend="onnx")
+    assert spec.label.endswith("(onnx)")
+    encoder, model = spec.load()
+    assert model.backend == "onnx" and encoder is not None
+    with pytest.raises(ValueError, match="backend applies to models loaded by name"):
+        model_spec(LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3), backend="onnx")

@@ -94,8 +94,13 @@ def test_kl_step_overhead_compares_equal_losses():
     assert _number(out, r"\|loss difference\| ([\d.e+-]+)") < 1e-5  # the same computation
 
 
-def test_backends_benchmark_prints_consistent_measurements():
+def test_backends_benchmark_prints_consistent_measurements(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM2COMP_CACHE", str(tmp_path / "cache"))  # the ONNX exports of the tiny model go here
     out = _run(BENCHMARKS / "backends.py", "--model", "tiny", "--n", "16", "--batch-size", "4", "--rounds", "1")
+    for backend in ("onnx", "onnx-int8"):
+        if __import__("importlib").util.find_spec("onnxruntime") is not None:
+            rate = _number(out, rf"\n{backend}\s+([\d.]+)")
+            assert rate > 0 and 0.9 < _number(out, rf"\n{backend}\s+[\d.]+\s+[\d.]+x\s+([\d.]+)") <= 1.0001
     torch_rate = _number(out, r"\ntorch\s+([\d.]+)")
     int8_rate = _number(out, r"torch-int8\s+([\d.]+)")
     assert torch_rate > 0 and int8_rate > 0

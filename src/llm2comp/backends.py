@@ -9,6 +9,16 @@ normalizer, truncation) stays the model's own code path; a backend only changes 
   The embedding table and the LM head stay as they are. LoRA adapters are merged first; a quantised model embeds
   but does not train.
 
+- ``onnx``: the transformer body (input embeddings + attention mask -> last hidden states, LoRA merged, the model's
+  attention mode baked in) exported once with ``torch.onnx.export`` and run by ONNX Runtime's CPU provider; the
+  embedding lookup, memory tokens, pooling and normalizer stay in PyTorch, so what is embedded is the same code.
+  The export is cached under ``$LLM2COMP_CACHE/onnx/<model fingerprint>/`` (about a minute for 135M parameters).
+- ``onnx-int8``: that export with ONNX Runtime's dynamic int8 quantisation of its matrix products (weights int8 per
+  channel), ``down_proj`` kept fp32 for the reason above (found by shape: the products whose input is the MLP width).
+
+The torch layers of an ONNX model are freed (the embedding table and the final norm stay). Both ONNX backends need
+``pip install 'llm2comp[onnx]'`` (onnx, onnxruntime, onnxscript).
+
 PyTorch marks its ``torch.ao.quantization`` API deprecated in favour of torchao, whose int8 path targets GPUs; its
 own dynamic quantisation remains the fast CPU int8 path here, and its deprecation warnings are silenced for this call.
 """
@@ -16,12 +26,21 @@ own dynamic quantisation remains the fast CPU int8 path here, and its deprecatio
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import shutil
+import time
 import warnings
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 from torch import nn
 
-BACKENDS = ("torch", "torch-int8")
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 FP32_LAYERS = ("down_proj",)  # linear layers torch-int8 keeps in fp32 (see the module docstring)
 
 
@@ -47,7 +66,117 @@ def _quiet_quantization():
         yield
 
 
-def use_backend(model, name: str):
+# ---------------------------------------------------------------------------------------------- ONNX Runtime
+class _Body(nn.Module):
+    """What the ONNX graph holds: the body of ``model`` under its own attention mode."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from .attention import bidirectional
+
+        with bidirectional(self.model.hf_model, self.model.config.bidirectional) as attention_kwargs:
+            return self.model.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False,
+                                   **attention_kwargs).last_hidden_state
+
+
+def export_onnx(model, folder: str | Path) -> Path:
+    """Export the body of ``model`` (LoRA merged) to ``folder/model.onnx`` (+ external data), atomically; returns the
+    file. Inputs ``inputs_embeds`` (batch, tokens, hidden) float32 and ``attention_mask`` (batch, tokens) int64, both
+    axes dynamic; output ``last_hidden_state``."""
+    folder = Path(folder)
+    staging = folder.with_name(folder.name + f".partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    body = _Body(model).eval()
+    features = model.tokenize(["a short text", "another text, a little longer than the first one"])
+    embeds = model.embed_inputs(features).detach().float()
+    batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(body, (embeds, features["attention_mask"]), str(staging / "model.onnx"), dynamo=True,
+                          input_names=["inputs_embeds", "attention_mask"], output_names=["last_hidden_state"],
+                          dynamic_shapes={"inputs_embeds": {0: batch, 1: tokens}, "attention_mask": {0: batch, 1: tokens}},
+                          external_data=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return folder / "model.onnx"
+
+
+def quantize_onnx(source: Path, target: Path, intermediate_size: int) -> Path:
+    """ONNX Runtime's dynamic int8 quantisation of ``source``'s matrix products into ``target`` (weights per
+    channel), leaving out the MLP's down projections (their weight has the MLP width as input dimension)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+    down = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1
+            and shapes.get(n.input[1], (0,))[0] == intermediate_size]
+    staging = target.with_name(target.name + f".partial-{os.getpid()}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(source), str(staging), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=down, op_types_to_quantize=["MatMul"], use_external_data_format=False)
+    staging.rename(target)
+    return target
+
+
+class OnnxBody:
+    """Runs an exported body in ONNX Runtime (CPU); called like the torch body, returns ``.last_hidden_state``.
+    ``InferenceSession.run`` is thread-safe, so threads encoding at once share one session."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **ignored) -> SimpleNamespace:
+        feed = {"inputs_embeds": inputs_embeds.detach().float().cpu().numpy(),
+                "attention_mask": attention_mask.detach().cpu().numpy().astype(np.int64)}
+        (hidden,) = self.session.run(["last_hidden_state"], feed)
+        return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden))
+
+    def __deepcopy__(self, memo):  # replicas share the (thread-safe) session
+        return self
+
+
+def onnx_file(model, int8: bool) -> Path:
+    """The cached ONNX file of ``model`` (exported, and quantised for int8, on first use)."""
+    from .backbone import cache_dir
+    from .metadata import model_fingerprint
+
+    folder = cache_dir() / "onnx" / model_fingerprint(model, model.config)
+    fp32 = folder / "fp32" / "model.onnx"
+    if not fp32.is_file():
+        started = time.perf_counter()
+        export_onnx(model, fp32.parent)
+        logger.info("exported the model to ONNX in %.0f s: %s", time.perf_counter() - started, fp32)
+    if not int8:
+        return fp32
+    quantized = folder / "int8" / "model.onnx"
+    if not quantized.is_file():
+        quantized.parent.mkdir(parents=True, exist_ok=True)
+        quantize_onnx(fp32, quantized, model.hf_model.config.get_text_config().intermediate_size)
+    return quantized
+
+
+def _check_onnx_installed() -> None:
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"the ONNX backends need {', '.join(missing)}: pip install 'llm2comp[onnx]'")
+
+
+def use_backend(model, name: str, threads: int | None = None):
     """Switch a loaded `LLM2Comp` to backend ``name`` in place (returns it). From ``torch`` only; irreversible."""
     check_backend(name)
     current = getattr(model, "backend", "torch")
@@ -63,8 +192,29 @@ def use_backend(model, name: str):
         with _quiet_quantization():
             torch.ao.quantization.quantize_dynamic(model.body, int8_layers(model.body), dtype=torch.qint8, inplace=True)
         model.clear_replicas()
+    if name in ("onnx", "onnx-int8"):
+        _check_onnx_installed()
+        if model.device.type != "cpu":
+            raise ValueError(f"{name} runs on CPU (ONNX Runtime's CPU provider); load the model with device='cpu'")
+        model.merge_and_unload()
+        model.float()
+        model.body_runner = OnnxBody(onnx_file(model, int8=name == "onnx-int8"), threads=threads)
+        model.body.layers = nn.ModuleList()  # the graph holds them now: free the torch copy
+        model.clear_replicas()
     model.backend = name
     return model
+
+
+def onnx_int8_products(model) -> tuple[int, int]:
+    """(int8 matrix products, fp32 ones) in the graph an ONNX backend runs ((0, 0) for the others)."""
+    runner = getattr(model, "body_runner", None)
+    if runner is None:
+        return 0, 0
+    import onnx
+
+    nodes = onnx.load(str(runner.path), load_external_data=False).graph.node
+    return (sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in nodes),
+            sum(n.op_type == "MatMul" for n in nodes))
 
 
 def quantized_linear_layers(model) -> int:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .backbone import DEFAULT_ENCODER, DEFAULT_MODEL
+from .backends import BACKENDS
 from .pooling import pooling_modes
 
 
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=pooling_modes())
     p.add_argument("--prompt", help="text put before every input (an instruction)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
-    p.add_argument("--backend", default="torch", choices=["torch", "torch-int8"], help="what runs the network (default torch: fp32)")
+    p.add_argument("--backend", default="torch", choices=list(BACKENDS), help="what runs the network (default torch: fp32)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's, the number of cores)")
     p.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (a Matryoshka-trained model's sizes lose little)")
     p.add_argument("--skip-empty", action="store_true", help="drop empty lines (by default each line, empty too, gets a row)")
@@ -264,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require 'Authorization: Bearer KEY' (default: $LLM2COMP_API_KEY; none: open)")
     p.add_argument("--max-items", type=int, default=2048, help="texts per request (default 2048, as OpenAI)")
     p.add_argument("--max-body-mb", type=float, default=8.0, help="request body limit in MiB (default 8)")
-    p.add_argument("--backend", default="torch", choices=["torch", "torch-int8"], help="what runs the network (default torch: fp32)")
+    p.add_argument("--backend", default="torch", choices=list(BACKENDS), help="what runs the network (default torch: fp32)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's); /v1/models reports it")
     p.add_argument("--device")
     p.set_defaults(func=_serve)

@@ -55,6 +55,7 @@ class LLM2CompConfig:
 class LLM2Comp(nn.Module):
     config_class = LLM2CompConfig
     backend = "torch"  # what runs the network (backends.py); a runtime choice, not saved
+    body_runner = None  # set by an ONNX backend: runs in place of `body` (same call, same output)
 
     def __init__(self, hf_model: nn.Module, tokenizer, config: LLM2CompConfig, memory: MemoryTokens | None = None):
         super().__init__()
@@ -84,7 +85,7 @@ class LLM2Comp(nn.Module):
         **hf_kwargs,
     ) -> LLM2Comp:
         """Load a backbone (alias, hub id, directory, .gguf) or a directory written by `save`; ``backend`` picks what
-        runs the network for inference (`backends.py`: torch, torch-int8)."""
+        runs the network for inference (`backends.py`: torch, torch-int8, onnx, onnx-int8)."""
         if backend != "torch":
             from .backends import check_backend, use_backend
 
@@ -176,7 +177,8 @@ class LLM2Comp(nn.Module):
         features = {k: v.to(self.device) for k, v in features.items()}
         embeds = self.embed_inputs(features)
         with bidirectional(self.hf_model, self.config.bidirectional) as attention_kwargs:
-            output = self.body(inputs_embeds=embeds, attention_mask=features["attention_mask"], use_cache=False, **attention_kwargs)
+            output = (self.body_runner or self.body)(inputs_embeds=embeds, attention_mask=features["attention_mask"],
+                                                     use_cache=False, **attention_kwargs)
         features["token_embeddings"] = output.last_hidden_state
         embedding = self.pooling.pool(features, self.config)
         features["sentence_embedding"] = self.normalizer(embedding) if self.normalizer is not None else embedding

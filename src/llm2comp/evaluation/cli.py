@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..backends import BACKENDS
 from .runner import evaluate_model
 from .tasks import DEFAULT_SEED, DEFAULT_TASKS
 
@@ -32,6 +33,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... for models loaded by name")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy shared machine)")
+    parser.add_argument("--backend", default="torch", choices=list(BACKENDS),
+                        help="what runs the main model's network (backends.py; default torch)")
     parser.add_argument("--predictions", action="store_true",
                         help="keep per-item predictions and gold values (STS, classification) under --output/predictions, for `llm2comp compare`")
     return parser
@@ -102,6 +105,7 @@ def run_evaluate_cli(args) -> int:
             num_threads=get("threads"),
             pooling=get("pooling"),
             attention=get("attention"),
+            backend=get("backend") or "torch",
             save_predictions=bool(get("predictions", False)),
         )
     except (FileNotFoundError, ValueError, KeyError) as error:

@@ -207,6 +207,7 @@ def evaluate_model(
     num_threads: int | None = None,
     pooling: str | None = None,
     attention: str | None = None,
+    backend: str = "torch",
     save_predictions: bool = False,
     show_progress: bool = True,
     print_table: bool = True,
@@ -235,6 +236,8 @@ def evaluate_model(
         pooling: pooling of the main model when it is loaded by name (`mean`, `last`, `prompteol`, `memory`).
         attention: `causal` or `bidirectional`: the main model's attention mask when it is loaded by name
             (default: as saved; a bare backbone is causal except under memory pooling, see `LLM2Comp`).
+        backend: what runs the main model's network when it is loaded by name (`backends.py`: torch, torch-int8,
+            onnx, onnx-int8); its label says which.
         num_threads: torch CPU threads during the run (restored after). On a shared CPU machine use 1: OpenMP
             threads oversubscribed by other processes make a 2-thread run up to 10x slower than a 1-thread one.
         save_predictions: also keep each model's per-item predictions and the gold values under
@@ -250,7 +253,7 @@ def evaluate_model(
     specs = []
     if model_or_path is not None:
         specs.append(model_spec(model_or_path, batch_size=batch_size, adapter_kwargs=adapter_kwargs, device=device, pooling=pooling,
-                                attention=attention))
+                                attention=attention, backend=backend))
     for baseline in baselines:
         spec = baseline_spec(baseline, model_or_path, batch_size=batch_size, adapter_kwargs=adapter_kwargs, device=device)
         if any(s.label == spec.label for s in specs):

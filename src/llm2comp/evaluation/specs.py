@@ -87,6 +87,7 @@ def model_spec(
     device: str | None = None,
     pooling: str | None = None,
     attention: str | None = None,
+    backend: str = "torch",
 ) -> ModelSpec:
     """The main model: an LLM2Comp instance, a SentenceTransformer, `minilm`, an ST folder, or anything
     `LLM2Comp.from_pretrained` accepts (saved LLM2Comp dir, backbone alias/dir/hub id/.gguf). `pooling` and
@@ -106,19 +107,23 @@ def model_spec(
             raise ValueError("pooling applies to models loaded by name; set it on the LLM2Comp instance instead")
         if bidirectional is not None and bidirectional != model_or_path.config.bidirectional:
             raise ValueError("attention applies to models loaded by name; set it on the LLM2Comp instance instead")
+        if backend != model_or_path.backend:
+            raise ValueError("backend applies to models loaded by name; use llm2comp.backends.use_backend on the instance")
         return _llm2comp_spec(label or f"model ({model_or_path.config.pooling})", model_or_path, batch_size, adapter_kwargs)
     name = str(model_or_path)
     spec = _sentence_transformers_spec(model_or_path, label, device)
     if spec is not None:
-        if pooling is not None or attention is not None:
-            raise ValueError("pooling and attention apply to LLM2Comp models, not to sentence-transformers models")
+        if pooling is not None or attention is not None or backend != "torch":
+            raise ValueError("pooling, attention and backend apply to LLM2Comp models, not to sentence-transformers models")
         return spec
     default_label = Path(name).name or name
     note = _override_note(pooling, bidirectional)
+    if backend != "torch":
+        note = ", ".join(x for x in (note, backend) if x)
     if note:
         default_label = f"{default_label} ({note})"
     return _llm2comp_spec(label or default_label, name, batch_size, adapter_kwargs, device=device, pooling=pooling,
-                          bidirectional=bidirectional)
+                          bidirectional=bidirectional, **({"backend": backend} if backend != "torch" else {}))
 
 
 def _sentence_transformers_spec(model_or_path, label: str | None, device: str | None) -> ModelSpec | None:
