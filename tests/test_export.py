@@ -233,3 +233,16 @@ def test_export_in_lower_precision(tiny_dir, tmp_path):
     with safe_open(out / "backbone" / "model.safetensors", "pt") as weights:
         assert weights.get_tensor(next(iter(weights.keys()))).dtype == torch.bfloat16
     np.testing.assert_allclose(_load_st(out).encode(TEXTS), expected, atol=0.1)
+
+
+@pytest.mark.skipif(any(__import__("importlib").util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnxscript")),
+                    reason="onnx / onnxruntime / onnxscript not installed")
+def test_sentence_transformers_load_on_the_onnx_backend(trained, tmp_path, monkeypatch):
+    # SentenceTransformer(..., model_kwargs={"backend": ...}) runs the exported model on an llm2comp backend
+    from sentence_transformers import SentenceTransformer
+
+    monkeypatch.setenv("LLM2COMP_CACHE", str(tmp_path / "cache"))
+    st = SentenceTransformer(str(trained["out"]), trust_remote_code=True, device="cpu", local_files_only=True,
+                             model_kwargs={"backend": "onnx"})
+    assert st[0].model.backend == "onnx"
+    np.testing.assert_allclose(st.encode(TEXTS), trained["expected"]["plain"], atol=2e-5, rtol=1e-4)
