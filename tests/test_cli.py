@@ -21,6 +21,7 @@ TRAIN_FLAGS = [
     (["--probe-steps", "25"], "probe_steps", 25), (["--contrast-weight", "0.5"], "contrast_weight", 0.5),
     (["--decontaminate", "off"], "decontaminate", "off"), (["--global-batch-size", "64"], "global_batch_size", 64),
     (["--matryoshka-dims", "64,128", "--stage", "supervised"], "matryoshka_dims", [64, 128]),
+    (["--cosent-scale", "10", "--stage", "supervised"], "cosent_scale", 10.0),
 ]
 
 

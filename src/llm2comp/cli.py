@@ -75,6 +75,7 @@ def _train(args) -> int:
         "decontaminate": args.decontaminate, "memory_bridge": args.memory_bridge, "memory_lr": args.memory_lr,
         "probe_steps": args.probe_steps, "contrast_weight": args.contrast_weight,
         "matryoshka_dims": [int(d) for d in args.matryoshka_dims.split(",")] if args.matryoshka_dims else None,
+        "cosent_scale": args.cosent_scale,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_yaml(args.config, **flags) if args.config else TrainConfig.from_dict(flags)
@@ -216,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contrast-weight", type=float, help="stage 1: weight of the own-vs-other memory contrast term (default 0)")
     p.add_argument("--probe-steps", type=int, help="stage 1: run the compression probe every N steps (probe.jsonl, loss.png); 0: off")
     p.add_argument("--matryoshka-dims", metavar="N,N,...", help="contrastive stages: also train these leading sizes of the embedding (e.g. 256,128,64)")
+    p.add_argument("--cosent-scale", type=float, help="supervised: scale of CoSENT on graded pairs (a 'score' each); default 20")
     p.add_argument("--decontaminate", metavar="auto|DIR|off",
                    help="contrastive stages: leave out pairs/sentences sharing a text (case and space folded) with an "
                         "evaluation split of a benchmark folder; auto: the folder evaluation uses; default: auto")
