@@ -3,7 +3,10 @@ accelerate's TRANSFORMER_BASED_WRAP shards the module the Trainer gets, then the
 Trainer's final save passes it to `LLM2Comp.save`. (accelerate itself runs FSDP only on GPUs: on CPU it falls back to
 plain data parallelism, so the Trainer cannot be used for this on a CPU machine.)
 
-    torchrun --nproc_per_node=N tests/fsdp_worker.py CONFIG OUTPUT STEPS [--no-shard]
+    torchrun --nproc_per_node=N tests/fsdp_worker.py CONFIG OUTPUT STEPS [--no-shard] [--load CHECKPOINT]
+
+``--load``: after sharding, load a checkpoint's trainable weights the way the Trainer's resume does under FSDP
+(`load_training_state` on the wrapped model), before the steps.
 """
 
 import json
@@ -15,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 
-def main(config: str, output: str, steps: int, shard: bool = True) -> None:
+def main(config: str, output: str, steps: int, shard: bool = True, load: str | None = None) -> None:
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
@@ -24,7 +27,7 @@ def main(config: str, output: str, steps: int, shard: bool = True) -> None:
     from llm2comp.training.config import TrainConfig
     from llm2comp.training.engine import sharded_units
     from llm2comp.training.run import build_model, build_objective_and_data
-    from llm2comp.training.trainer import TrainingModule
+    from llm2comp.training.trainer import TrainingModule, load_training_state
 
     distributed = "RANK" in __import__("os").environ
     if distributed:
@@ -46,6 +49,8 @@ def main(config: str, output: str, steps: int, shard: bool = True) -> None:
         local = {name: p.to_local().numel() for name, p in module.named_parameters()}
         report["units"] = sharded_units(module)
         report["sharded_fraction"] = sum(local.values()) / sum(full_sizes.values())
+    if load:
+        load_training_state(encoder, load)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
     global_batch = 4
     losses = []
@@ -73,4 +78,5 @@ def main(config: str, output: str, steps: int, shard: bool = True) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), shard="--no-shard" not in sys.argv)
+    load = sys.argv[sys.argv.index("--load") + 1] if "--load" in sys.argv else None
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), shard="--no-shard" not in sys.argv, load=load)

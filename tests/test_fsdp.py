@@ -19,13 +19,13 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 
 
-def _run(config, output, processes, *extra):
+def _run(config, output, processes, *extra, steps=3):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if processes == 1:
-        command = [sys.executable, str(WORKER), str(config), str(output), "3", *extra]
+        command = [sys.executable, str(WORKER), str(config), str(output), str(steps), *extra]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--standalone",
-                   str(WORKER), str(config), str(output), "3", *extra]
+                   str(WORKER), str(config), str(output), str(steps), *extra]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((output / "fsdp_report.json").read_text())
@@ -56,3 +56,10 @@ def test_fsdp_shards_per_layer_and_matches_one_process(tmp_path, tiny_dir):
     saved = sorted(str(p.relative_to(tmp_path / "fsdp")) for p in (tmp_path / "fsdp").rglob("*.safetensors"))
     assert saved == ["adapters/0/adapter_model.safetensors", "memory_tokens.safetensors"]
     assert all("lora_" in k for k in a if k != "memory")
+    # resume under FSDP: a checkpoint's full tensors loaded into the sharded parameters (as the Trainer does after
+    # wrapping) give back exactly the checkpoint's weights
+    resumed = _run(config, tmp_path / "resumed", 2, "--load", str(tmp_path / "single"), steps=0)
+    assert resumed["units"] == layers + 1
+    c = _weights(tmp_path / "resumed")
+    for key in b:
+        torch.testing.assert_close(c[key], b[key], atol=0, rtol=0, msg=key)

@@ -139,18 +139,32 @@ def last_complete_checkpoint(folder: str | Path, remove_partial: bool | None = N
     return complete[-1] if complete else None
 
 
+def _like(target, full: torch.Tensor):
+    """``full`` as ``target`` holds it: sharded the same way where ``target`` is an FSDP2 DTensor shard (every rank
+    passes the same full tensor), else as is."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(target, DTensor):
+        return distribute_tensor(full.to(target.dtype), target.device_mesh, target.placements)
+    return full
+
+
 def load_training_state(encoder: LLM2Comp, checkpoint: str | Path) -> None:
-    """Load the trainable weights (active adapter, memory tokens) of a checkpoint into ``encoder``."""
-    from peft import set_peft_model_state_dict
+    """Load the trainable weights (active adapter, memory tokens) of a checkpoint into ``encoder``. Under FSDP (the
+    Trainer loads after wrapping) the parameters are shards: the full tensors of the checkpoint are sharded like them."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     checkpoint = Path(checkpoint)
     config = json.loads((checkpoint / CONFIG_NAME).read_text())
     with torch.no_grad():
-        encoder.memory.weight.copy_(load_file(checkpoint / MEMORY_NAME)["weight"])
+        encoder.memory.weight.copy_(_like(encoder.memory.weight, load_file(checkpoint / MEMORY_NAME)["weight"]))
         if encoder.memory_bridge is not None and (checkpoint / BRIDGE_NAME).is_file():
-            encoder.memory_bridge.load_state_dict(load_file(checkpoint / BRIDGE_NAME))
+            bridge = encoder.memory_bridge.state_dict()
+            encoder.memory_bridge.load_state_dict({k: _like(bridge[k], v) for k, v in load_file(checkpoint / BRIDGE_NAME).items()})
     if encoder.peft_model is not None and config["adapters"]:
         state = load_file(checkpoint / config["adapters"][-1] / "adapter_model.safetensors")
+        live = get_peft_model_state_dict(encoder.peft_model, save_embedding_layers=False)  # same keys, live tensors
+        state = {k: _like(live[k], v) if k in live else v for k, v in state.items()}
         result = set_peft_model_state_dict(encoder.peft_model, state)
         if getattr(result, "unexpected_keys", None):
             raise RuntimeError(f"checkpoint {checkpoint} does not match the model: unexpected {result.unexpected_keys[:3]}")
