@@ -20,9 +20,13 @@ ZERO_SHOT = ["zero-shot mean pooling", "zero-shot PromptEOL", "zero-shot memory 
 
 
 def test_default_recipe_is_the_shipped_models_recipe():
+    from llm2comp.quickstart import recipe_pairs
+
     cfg = TrainConfig.from_yaml(default_recipe())
+    assert recipe_pairs(cfg.data, "/d") == "builtin:shared-pairs:/d+builtin:stsb-scores:/d"  # the quickstart's --data-dir
+    assert recipe_pairs(cfg.data, None) == cfg.data and recipe_pairs("x.jsonl+builtin:news-pairs", "/d") == "x.jsonl+builtin:news-pairs"
     assert (cfg.stage, cfg.bidirectional, cfg.query_instructions) == ("supervised", False, False)
-    assert cfg.memory_init and cfg.data == "builtin:shared-pairs"
+    assert cfg.memory_init and cfg.data == "builtin:shared-pairs+builtin:stsb-scores" and cfg.cosent_scale == 20.0
     from llm2comp.persistence import TRAINED_ALIASES
 
     # the shipped default records the recipe it was trained with
@@ -30,8 +34,10 @@ def test_default_recipe_is_the_shipped_models_recipe():
     assert config["memory_init"] == cfg.memory_init and config["bidirectional"] is False
     assert [s["stage"] for s in config["stages"]] == ["supervised"] and config["stages"][0]["max_steps"] == cfg.max_steps
     assert config["normalizer"]["texts"] == cfg.fit_normalizer
+    assert config["stages"][0]["data"] == cfg.data
     # trained on decontaminated pairs: the STS-B train rows sharing a sentence with an evaluation split were left out
-    assert config["stages"][0]["decontamination"]["per_source"]["stsb"]["dropped"] > 3000
+    per_source = config["stages"][0]["decontamination"]["per_source"]
+    assert per_source["stsb"]["dropped"] > 3000 and per_source["stsb-scores"]["dropped"] == per_source["stsb"]["dropped"]
 
 
 def test_quickstart_with_pretraining_chains_two_stages(tiny_dir, tmp_path, monkeypatch, capsys):
@@ -50,7 +56,8 @@ def test_quickstart_with_pretraining_chains_two_stages(tiny_dir, tmp_path, monke
     kl = LLM2Comp.from_pretrained(output / "1-pretrain-kl")
     trained = LLM2Comp.from_pretrained(output / "supervised")
     assert [s["stage"] for s in trained.config.stages] == ["pretrain", "supervised"]
-    assert trained.config.stages[-1]["data"] == "builtin:shared-pairs"  # as given, not the resolved machine path
+    # the recipe's sources, as given, not the resolved machine path
+    assert trained.config.stages[-1]["data"] == "builtin:shared-pairs+builtin:stsb-scores"
     assert trained.config.bidirectional is False and kl.config.bidirectional is False
     assert abs(trained.encode(SAMPLE_TEXT[:3]) - kl.encode(SAMPLE_TEXT[:3])).max() > 1e-6
     assert (output / "supervised" / "loss.png").is_file() and (output / "plots" / "after-spectrum.png").is_file()

@@ -29,6 +29,14 @@ QUICKSTART_GRADCACHE_CHUNK = 8
 EVAL_PER_CLASS = 60
 
 
+def recipe_pairs(data: str, data_dir: str | None) -> str:
+    """The recipe's pair sources, the built-in ones read from ``data_dir`` where one was given."""
+    from .data.builtin_pairs import SHARED_PAIRS, STSB_SCORES
+
+    parts = data.split("+")
+    return "+".join(f"{p}:{data_dir}" if data_dir and p in (SHARED_PAIRS, STSB_SCORES) else p for p in parts)
+
+
 def default_recipe() -> Path:
     """The YAML recipe of the shipped default model (a package resource, so the quickstart and users share it)."""
     return Path(str(resources.files("llm2comp") / "resources" / "recipes" / "smollm2-135m-default.yaml"))
@@ -173,8 +181,7 @@ def run_quickstart(args) -> int:
 
     # recorded in the model's stages as the user gave it (no resolved machine path in a shareable artefact)
     given_dir = getattr(args, "data_dir", None)
-    pairs = (f"builtin:shared-pairs:{given_dir}" if given_dir else "builtin:shared-pairs") if data_dir is not None \
-        else str(bbc_news_pairs(output / "bbcnews-pairs.jsonl"))
+    pairs = recipe_pairs(recipe["data"], given_dir) if data_dir is not None else str(bbc_news_pairs(output / "bbcnews-pairs.jsonl"))
     steps = max(1, round(SUPERVISED_STEPS * scale))
     print(f"\n[{next(step)}/{total}] the default recipe: supervised contrastive, {steps} steps on {pairs}")
     final_dir = train(TrainConfig.from_dict({
