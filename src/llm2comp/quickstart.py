@@ -215,5 +215,5 @@ def run_quickstart(args) -> int:
     print(f"  loss curves       {', '.join(str(d / 'loss.png') for d in stage_dirs)}")
     print(f"  spectra, memory   {plots}/*-spectrum.png, {plots}/*-memory_correlation.png")
     print(f"  scores            {output / 'results.json'}, {output / 'results.txt'}")
-    print("  the shipped default (the same recipe, 160 steps): LLM2Comp.from_pretrained('smollm2-135m-sup')")
+    print(f"  the shipped default (the same recipe, {recipe['max_steps']} steps): LLM2Comp.from_pretrained('smollm2-135m-sup')")
     return 0
