@@ -6,6 +6,7 @@ input (compared with `encode(..., normalize_embeddings=True)` of that request's 
 
     python benchmarks/serve_load.py --model tiny                       # a tiny random model: server overhead
     python benchmarks/serve_load.py --model smollm2-135m-sup --clients 32 --requests 4
+    python benchmarks/serve_load.py --model smollm2-135m-sup --backend onnx-int8 --clients 32 --requests 4
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ import numpy as np
 import torch
 
 
-def _load(name: str):
+def _load(name: str, backend: str = "torch"):
     from llm2comp import LLM2Comp
 
     if name == "tiny":
         from llm2comp.testing import make_tiny_model_dir
 
-        return LLM2Comp.from_pretrained(make_tiny_model_dir(tempfile.mkdtemp() + "/tiny", "llama"), num_memory_tokens=4)
-    model = LLM2Comp.from_pretrained(name)
+        return LLM2Comp.from_pretrained(make_tiny_model_dir(tempfile.mkdtemp() + "/tiny", "llama"), num_memory_tokens=4, backend=backend)
+    model = LLM2Comp.from_pretrained(name, backend=backend)
     model.merge_and_unload()
     return model
 
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--time-limit", type=float, default=600, help="stop sending new requests after this many seconds")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--backend", default="torch", help="what runs the network (llm2comp.backends.BACKENDS)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,7 +78,7 @@ def main() -> None:
     from llm2comp.serving import create_app
     from llm2comp.testing import SAMPLE_TEXT
 
-    model = _load(args.model)
+    model = _load(args.model, args.backend)
     app = create_app(model, args.model, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms)
     server, url = _start(app)
     metrics = app.state.metrics
