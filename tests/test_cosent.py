@@ -114,6 +114,17 @@ def test_train_with_graded_and_ungraded_sources(tiny_dir, tmp_path, monkeypatch)
     records = [json.loads(line) for line in (output / "loss.jsonl").read_text().splitlines() if line.strip()]
     assert [r for r in records if "loss" in r] and all(math.isfinite(r["loss"]) for r in records if "loss" in r)
     assert json.loads((output / "train_config.json").read_text())["cosent_scale"] == 20.0
+    # the loss plot draws one curve per source (InfoNCE and CoSENT losses differ in scale)
+    from llm2comp.data.pairs import build_contrastive_dataset
+    from llm2comp.training.trainer import loss_series, plot_losses, step_sources_of
+
+    sources = step_sources_of(build_contrastive_dataset(cfg), output / "data_order.jsonl")
+    assert sorted(sources) == [1, 2, 3, 4] and set(sources.values()) <= {"stsb", "stsb-scores", "banking77", "scifact"}
+    points = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    series = loss_series(points, sources)
+    assert sum(len(v) for v in series.values()) == 4 and all(sources[step] == name for name, part in series.items() for step, _ in part)
+    assert loss_series(points, {step: "one" for step in sources}) == {"loss": points} and loss_series(points) == {"loss": points}
+    assert plot_losses(output / "loss.jsonl", tmp_path / "per-source.png", step_sources=sources).is_file()
     assert LLM2Comp.from_pretrained(str(output)).config.stages[-1]["decontamination"]["per_source"]["stsb-scores"]["checked"] > 0
     with pytest.raises(ValueError, match="cosent_scale"):
         TrainConfig.from_dict(dict(stage="supervised", cosent_scale=0))

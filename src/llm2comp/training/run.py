@@ -16,7 +16,7 @@ from ..persistence import CONFIG_NAME
 from ..objectives.registry import objective_spec
 from .config import TrainConfig
 from .trainer import (LLM2CompTrainer, LossLog, TrainingModule, end_training_length, last_complete_checkpoint, plot_losses,
-                      set_training_length, truncate_log)
+                      set_training_length, step_sources_of, truncate_log)
 
 logger = logging.getLogger(__name__)
 # transformers 5.x renamed gradient_checkpointing -> activation_checkpointing
@@ -183,7 +183,7 @@ def train(cfg: TrainConfig) -> Path:
     if trainer.args.should_save:
         what = f"{cfg.stage} ({cfg.objective})" if cfg.stage == "pretrain" else cfg.stage
         plot_losses(loss_log, output / "loss.png", title=f"{what}: {cfg.model} on {cfg.data}, batch {cfg.batch_size}",
-                    probe_path=output / "probe.jsonl")
+                    probe_path=output / "probe.jsonl", step_sources=step_sources_of(dataset, order_log))
     _close_process_group(trainer)
     return output
 

@@ -354,9 +354,35 @@ def running_mean(values, window: int) -> list[float]:
     return out
 
 
-def plot_losses(log_path: Path, png_path: Path, title: str = "training loss", probe_path: Path | None = None) -> Path | None:
-    """The loss curve; with a probe log, a second panel: the frozen decoder's loss with the own memory, another
-    text's memory and none, per probe step (the run compresses where 'own' falls below 'none' and 'other')."""
+def loss_series(points: list[tuple[int, float]], step_sources: dict[int, str] | None = None) -> dict[str, list[tuple[int, float]]]:
+    """The loss points per batching source (one series per source when batches come from several: their losses
+    differ in scale, InfoNCE vs CoSENT, so one line would zigzag between them), else one series."""
+    sources = {step_sources.get(step) for step, _ in points} if step_sources else set()
+    if len(sources) < 2 or None in sources:
+        return {"loss": points}
+    series: dict[str, list[tuple[int, float]]] = {}
+    for step, loss in points:
+        series.setdefault(step_sources[step], []).append((step, loss))
+    return dict(sorted(series.items()))
+
+
+def step_sources_of(dataset, order_path: Path) -> dict[int, str] | None:
+    """{optimizer step: batching source} of a source-grouped run, from its data-order log (None for other data)."""
+    if not hasattr(dataset, "sources"):
+        return None
+    sources = dataset.sources()
+    out = {}
+    for record in _read_jsonl(order_path):
+        if record.get("index"):
+            out[record["step"]] = sources[record["index"][0]]
+    return out or None
+
+
+def plot_losses(log_path: Path, png_path: Path, title: str = "training loss", probe_path: Path | None = None,
+                step_sources: dict[int, str] | None = None) -> Path | None:
+    """The loss curve (one per batching source with ``step_sources``); with a probe log, a second panel: the frozen
+    decoder's loss with the own memory, another text's memory and none, per probe step (the run compresses where
+    'own' falls below 'none' and 'other')."""
     points = [(r["step"], r["loss"]) for r in _read_jsonl(log_path) if "loss" in r and math.isfinite(r["loss"])]
     probes = _read_jsonl(probe_path)
     if not points:
@@ -369,14 +395,22 @@ def plot_losses(log_path: Path, png_path: Path, title: str = "training loss", pr
 
     fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(11 if probes else 6, 3.8), squeeze=False)
     ax = axes[0][0]
-    steps, losses = zip(*points)
-    window = smoothing_window(len(points))
-    if window > 1:  # the raw points faint, their running mean on top (source-homogeneous batches zigzag)
-        ax.plot(steps, losses, linewidth=0.6, alpha=0.3, label="per step")
-        ax.plot(steps, running_mean(losses, window), linewidth=1.5, label=f"running mean of {window} steps")
+    series = loss_series(points, step_sources)
+    for index, (name, part) in enumerate(series.items()):
+        steps, losses = zip(*part)
+        window = smoothing_window(len(part))
+        color = f"C{index}"
+        label = name if len(series) > 1 else "per step"
+        if window > 1:  # the raw points faint, their running mean on top
+            ax.plot(steps, losses, linewidth=0.6, alpha=0.3, color=color, marker="." if len(series) > 1 else None,
+                    label=label if len(series) == 1 else None)
+            ax.plot(steps, running_mean(losses, window), linewidth=1.5, color=color,
+                    label=f"{name}, running mean of {window}" if len(series) > 1 else f"running mean of {window} steps")
+        else:
+            ax.plot(steps, losses, linewidth=1, color=color, marker="o" if len(series) > 1 else None, markersize=3,
+                    label=label if len(series) > 1 else None)
+    if len(series) > 1 or smoothing_window(len(points)) > 1:
         ax.legend(fontsize=8)
-    else:
-        ax.plot(steps, losses, linewidth=1)
     ax.set_xlabel("optimizer step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
