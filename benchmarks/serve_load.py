@@ -2,7 +2,8 @@
 
 Prints requests/s, texts/s and p50/p99 latency for a single sequential client and for N concurrent clients, the
 number of model batches the server ran (dynamic batching at work), and whether every response matched its own
-input (compared with `encode(..., normalize_embeddings=True)` of that request's texts).
+input (compared with `encode(..., normalize_embeddings=True)` of that request's texts: equal on fp32 backends; on
+int8 backends, whose embeddings depend slightly on the batch, within cosine 0.95).
 
     python benchmarks/serve_load.py --model tiny                       # a tiny random model: server overhead
     python benchmarks/serve_load.py --model smollm2-135m-sup --clients 32 --requests 4
@@ -35,6 +36,16 @@ def _load(name: str, backend: str = "torch"):
     model = LLM2Comp.from_pretrained(name, backend=backend)
     model.merge_and_unload()
     return model
+
+
+def _own_rows(rows, texts, reference: dict, exact: bool) -> bool:
+    """Whether a response's rows are its own texts' embeddings: equal to them (fp32 backends), or within cosine 0.95
+    of them (int8 backends, batch-dependent; the request texts here are near-duplicates of each other, so this
+    catches a mix-up between different sentences, not between two suffixes of one)."""
+    own = np.stack([reference[t] for t in texts])
+    if exact:
+        return bool(np.allclose(rows, own, atol=1e-4))
+    return bool(((np.asarray(rows) * own).sum(1) > 0.95).all())
 
 
 def _start(app):
@@ -109,13 +120,16 @@ def main() -> None:
         results[label] = (done, seconds, metrics.batches - batches_before)
 
     texts = sorted({t for done, _, _ in results.values() for texts, _, _ in done for t in texts})
+    # int8 backends quantise each batch's activations with one scale: a text's embedding then depends a little on the
+    # other texts of its batch, so a response can only be checked as nearest to its own texts' reference rows
+    exact = not model.backend.endswith("int8")
     reference = dict(zip(texts, model.encode(texts, normalize_embeddings=True, batch_size=args.max_batch_size, show_progress_bar=False)))
     print(f"model={args.model}, {args.texts} texts per request, max batch {args.max_batch_size}, max wait {args.max_wait_ms} ms, "
           f"torch threads {torch.get_num_threads()}")
     print(f"{'clients':<12}{'requests':>9}{'req/s':>9}{'texts/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batches':>9}{'matched':>10}")
     for label, (done, seconds, batches) in results.items():
         latencies = sorted(1000 * latency for _, latency, _ in done)
-        matched = sum(np.allclose(rows, np.stack([reference[t] for t in texts]), atol=1e-4) for texts, _, rows in done)
+        matched = sum(_own_rows(rows, texts, reference, exact) for texts, _, rows in done)
         p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
         print(f"{label:<12}{len(done):>9}{len(done) / seconds:>9.1f}{len(done) * args.texts / seconds:>9.1f}"
               f"{statistics.median(latencies):>9.0f}{p99:>9.0f}{batches:>9}{f'{matched}/{len(done)}':>10}")
