@@ -5,7 +5,9 @@ every stage (KL compression pre-training, supervised contrastive), a few optimiz
 random-weight model of Llama-3.2-1B's shape; each run passes when it exits cleanly, the engine it reports is the
 one asked for (FSDP: one unit per decoder layer, plus the root), every loss is finite, and the saved model holds the
 adapter and the memory rows only and loads. Prints one table (pass/fail, step time, peak GPU memory) and writes it
-as JSON. About 5-7 minutes on one H200; DeepSpeed rows are skipped, saying so, where `deepspeed` is not installed.
+as JSON. One more row checks the bidirectional switch under FlashAttention-2 (a later token must change an earlier
+token's state when bidirectional, and must not when causal), where `flash_attn` is installed. About 5-7 minutes on
+one H200; DeepSpeed and FlashAttention rows are skipped, saying so, where their packages are not installed.
 
     python benchmarks/gpu_check.py [--output DIR] [--shape 1b] [--engines ddp,fsdp,zero3] [--stages kl,supervised]
 
@@ -130,6 +132,33 @@ def run_one(engine: str, stage: str, folder: Path, model: Path, data: tuple[Path
     return {**row, "result": "FAIL" if problems else "pass", **({"why": "; ".join(problems)} if problems else {})}
 
 
+def check_flash_attention_bidirectional(model_dir: Path) -> dict:
+    """The bidirectional switch under flash_attention_2 (bf16, CUDA): does a later token reach an earlier one?"""
+    import torch
+
+    row = {"engine": "-", "stage": "fa2-bidir"}
+    if importlib.util.find_spec("flash_attn") is None:
+        return {**row, "result": "skipped", "why": "flash_attn is not installed"}
+    from llm2comp import LLM2Comp
+    from llm2comp.attention import bidirectional
+
+    model = LLM2Comp.from_pretrained(str(model_dir), device="cuda", dtype="bfloat16", attn_implementation="flash_attention_2")
+    ids = torch.randint(3, 200, (2, 12), device="cuda")
+    changed = ids.clone()
+    changed[:, 8] = (changed[:, 8] + 1 - 3) % 197 + 3
+    mask = torch.ones_like(ids)
+    early = {}
+    with torch.no_grad():
+        for enabled in (False, True):
+            states = []
+            for batch in (ids, changed):
+                with bidirectional(model.hf_model, enabled) as kwargs:
+                    states.append(model.body(input_ids=batch, attention_mask=mask, **kwargs).last_hidden_state.float())
+            early[enabled] = (states[0][:, :8] - states[1][:, :8]).abs().amax().item()
+    ok = early[True] > 1e-3 and early[False] < 1e-6
+    return {**row, "result": "pass" if ok else "FAIL", "why": f"earlier-state change: bidirectional {early[True]:.3g}, causal {early[False]:.3g}"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default=os.environ.get("OUT", "runs/gpu-check"))
@@ -168,6 +197,9 @@ def main() -> int:
                 log = folder / f"{engine}-{stage}.log"
                 if log.exists():
                     (output / log.name).write_text(log.read_text()[-20000:])
+        if torch.cuda.is_available():  # while the model folder still exists
+            rows.append(check_flash_attention_bidirectional(model))
+            print(json.dumps(rows[-1]), flush=True)
     print(f"\n{'engine':<7} {'stage':<11} {'result':<8} {'step s':>7} {'peak GiB':>9}  note")
     for row in rows:
         print(f"{row['engine']:<7} {row['stage']:<11} {row['result']:<8} {row.get('step_s', float('nan')):>7.3f} "
