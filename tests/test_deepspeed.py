@@ -3,7 +3,6 @@ losses and weights as one process, checkpoints without the frozen backbone, resu
 the adapter and memory rows only. Skipped where deepspeed is not installed (`make install` installs it)."""
 
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -11,9 +10,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from llm2comp.testing import SAMPLE_TEXT
+from llm2comp.testing import assert_same_tensors, logged_losses, saved_trainable, write_kl_setup
 
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed not installed")
 
@@ -38,10 +36,7 @@ main_training_function: main
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_dir):
     root = tmp_path_factory.mktemp("zero3")
-    (root / "corpus.txt").write_text("\n\n".join(f"{a} {b}" for a in SAMPLE_TEXT for b in SAMPLE_TEXT))
-    (root / "config.yaml").write_text(
-        f"stage: pretrain\nobjective: kl\nmodel: {tiny_dir}\ndata: {root / 'corpus.txt'}\nlora_dropout: 0.0\n"
-        "min_chars: 0\nmax_length: 160\nnum_memory_tokens: 3\nsplit_margin: 3\nsave_steps: 2\nmax_steps: 3\n")
+    write_kl_setup(root, tiny_dir, "save_steps: 2\nmax_steps: 3\n")
     (root / "zero3.yaml").write_text(ZERO3)
     return root
 
@@ -58,30 +53,14 @@ def _run(root, output, zero3, *extra):
     return result.stdout + result.stderr
 
 
-def _losses(output):
-    return [json.loads(line)["loss"] for line in (output / "loss.jsonl").read_text().splitlines() if '"loss"' in line]
-
-
-def _weights(output):
-    tensors = load_file(output / "adapters" / "0" / "adapter_model.safetensors")
-    tensors["memory"] = load_file(output / "memory_tokens.safetensors")["weight"]
-    return tensors
-
-
-def _assert_same(a, b, atol=1e-6):
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=1e-5, msg=key)
-
-
 @needs_deepspeed
 def test_zero3_matches_one_process_saves_no_frozen_weights_and_resumes(setup):
     single, sharded = setup / "single", setup / "zero3"
     _run(setup, single, zero3=False)
     log = _run(setup, sharded, zero3=True)
     assert "engine: DEEPSPEED, 2 process(es)" in log
-    torch.testing.assert_close(torch.tensor(_losses(sharded)), torch.tensor(_losses(single)), atol=1e-7, rtol=1e-4)
-    _assert_same(_weights(sharded), _weights(single))
+    torch.testing.assert_close(torch.tensor(logged_losses(sharded)), torch.tensor(logged_losses(single)), atol=1e-7, rtol=1e-4)
+    assert_same_tensors(saved_trainable(sharded), saved_trainable(single))
     # checkpoints: DeepSpeed's module states hold the trainable tensors only (LoRA and memory rows), no frozen weight
     states = torch.load(sharded / "checkpoints/checkpoint-3/global_step3/zero_pp_rank_0_mp_rank_00_model_states.pt",
                         map_location="cpu", weights_only=False)
@@ -96,8 +75,8 @@ def test_zero3_matches_one_process_saves_no_frozen_weights_and_resumes(setup):
         path = resumed / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     _run(setup, resumed, True, "--resume")
-    _assert_same(_weights(resumed), _weights(sharded), atol=0)
-    assert len(_losses(resumed)) == 3
+    assert_same_tensors(saved_trainable(resumed), saved_trainable(sharded), atol=0)
+    assert len(logged_losses(resumed)) == 3
 
 
 def test_the_trainer_sees_the_peft_model_inside_the_training_module(tiny_dir):

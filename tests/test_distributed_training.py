@@ -8,9 +8,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from llm2comp.testing import SAMPLE_TEXT
+from llm2comp.testing import assert_same_tensors, logged_losses, saved_trainable, write_kl_setup
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
@@ -18,12 +17,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_dir):
     root = tmp_path_factory.mktemp("ddp")
-    (root / "corpus.txt").write_text("\n\n".join(f"{a} {b}" for a in SAMPLE_TEXT for b in SAMPLE_TEXT))
-    # no dropout, so that both layouts draw no randomness
-    (root / "config.yaml").write_text(
-        f"stage: pretrain\nobjective: kl\nmodel: {tiny_dir}\ndata: {root / 'corpus.txt'}\nlora_dropout: 0.0\n"
-        "min_chars: 0\nmax_length: 160\nnum_memory_tokens: 3\nsplit_margin: 3\nsave_steps: 2\nmax_steps: 3\n"
-    )
+    write_kl_setup(root, tiny_dir, "save_steps: 2\nmax_steps: 3\n")
     return root
 
 
@@ -46,31 +40,15 @@ def _run(root, output, processes, *extra):
     assert result.stdout.count("model saved to") == 1  # one process reports, not every rank
 
 
-def _losses(output):
-    return [json.loads(line)["loss"] for line in (output / "loss.jsonl").read_text().splitlines() if '"loss"' in line]
-
-
-def _weights(output):
-    tensors = load_file(output / "adapters" / "0" / "adapter_model.safetensors")
-    tensors["memory"] = load_file(output / "memory_tokens.safetensors")["weight"]
-    return tensors
-
-
-def _assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
-
-
 def test_two_processes_match_one_and_resume(setup):
     single, double = setup / "single", setup / "double"
     _run(setup, single, 1)
     _run(setup, double, 2)
     assert len(list((setup / "cache" / "tokenized").glob("*.arrow"))) == 1  # tokenized once, by the main process
     # same loss per step and same trained weights
-    assert len(_losses(single)) == 3
-    torch.testing.assert_close(torch.tensor(_losses(double)), torch.tensor(_losses(single)), atol=1e-7, rtol=1e-4)
-    _assert_same_weights(_weights(double), _weights(single))
+    assert len(logged_losses(single)) == 3
+    torch.testing.assert_close(torch.tensor(logged_losses(double)), torch.tensor(logged_losses(single)), atol=1e-7, rtol=1e-4)
+    assert_same_tensors(saved_trainable(double), saved_trainable(single))
     # one checkpoint set and one log, not one per rank; the data-order log holds the whole global batch
     assert sorted(p.name for p in (double / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-3"]
     order = [json.loads(line) for line in (double / "data_order.jsonl").read_text().splitlines()]
@@ -84,8 +62,8 @@ def test_two_processes_match_one_and_resume(setup):
         path = resumed / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     _run(setup, resumed, 2, "--resume")
-    _assert_same_weights(_weights(resumed), _weights(double))
-    assert len(_losses(resumed)) == 3
+    assert_same_tensors(saved_trainable(resumed), saved_trainable(double))
+    assert len(logged_losses(resumed)) == 3
 
 
 @pytest.mark.parametrize("stage_args", [("--objective", "mntp"), ("--stage", "simcse", "--pooling", "mean")],
@@ -94,10 +72,10 @@ def test_two_processes_train_stages_that_never_read_the_memory(setup, stage_args
     # these stages leave the memory tokens without gradient; DDP (find_unused_parameters=False) must still run
     output = setup / f"unused-{stage_args[1]}"
     _run(setup, output, 2, *stage_args)
-    losses = _losses(output)
+    losses = logged_losses(output)
     assert len(losses) == 3 and all(loss == loss and abs(loss) < 1e4 for loss in losses)
     if stage_args[1] == "mntp":  # deterministic (masks tied to example indices): equal to one process, exactly
         single = setup / "unused-mntp-single"
         _run(setup, single, 1, *stage_args)
-        torch.testing.assert_close(torch.tensor(losses), torch.tensor(_losses(single)), atol=1e-7, rtol=1e-4)
-        _assert_same_weights(_weights(output), _weights(single))
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(logged_losses(single)), atol=1e-7, rtol=1e-4)
+        assert_same_tensors(saved_trainable(output), saved_trainable(single))

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from llm2comp.testing import SAMPLE_TEXT
+from llm2comp.testing import assert_same_tensors, saved_trainable, write_kl_setup
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 WORKER = Path(__file__).with_name("fsdp_worker.py")
@@ -31,27 +30,17 @@ def _run(config, output, processes, *extra, steps=3):
     return json.loads((output / "fsdp_report.json").read_text())
 
 
-def _weights(output):
-    tensors = load_file(output / "adapters" / "0" / "adapter_model.safetensors")
-    tensors["memory"] = load_file(output / "memory_tokens.safetensors")["weight"]
-    return tensors
-
-
 def test_fsdp_shards_per_layer_and_matches_one_process(tmp_path, tiny_dir):
-    (tmp_path / "corpus.txt").write_text("\n\n".join(f"{a} {b}" for a in SAMPLE_TEXT for b in SAMPLE_TEXT))
-    config = tmp_path / "config.yaml"
-    config.write_text(f"stage: pretrain\nobjective: kl\nmodel: {tiny_dir}\ndata: {tmp_path / 'corpus.txt'}\nlora_dropout: 0.0\n"
-                      "min_chars: 0\nmax_length: 160\nnum_memory_tokens: 3\nsplit_margin: 3\n")
+    config = write_kl_setup(tmp_path, tiny_dir)
     single = _run(config, tmp_path / "single", 1, "--no-shard")
     sharded = _run(config, tmp_path / "fsdp", 2)
     layers = json.loads((Path(tiny_dir) / "config.json").read_text())["num_hidden_layers"]
     assert sharded["units"] == layers + 1  # each decoder layer, and the root for the rest
     assert 0.45 < sharded["sharded_fraction"] < 0.6  # each of 2 ranks holds about half of every parameter
     torch.testing.assert_close(torch.tensor(sharded["losses"]), torch.tensor(single["losses"]), atol=1e-7, rtol=1e-4)
-    a, b = _weights(tmp_path / "fsdp"), _weights(tmp_path / "single")
-    assert a.keys() == b.keys() and any("lora_A" in k for k in a)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+    a, b = saved_trainable(tmp_path / "fsdp"), saved_trainable(tmp_path / "single")
+    assert any("lora_A" in k for k in a)
+    assert_same_tensors(a, b)
     # the save holds the adapter and the memory rows only, never the frozen backbone
     saved = sorted(str(p.relative_to(tmp_path / "fsdp")) for p in (tmp_path / "fsdp").rglob("*.safetensors"))
     assert saved == ["adapters/0/adapter_model.safetensors", "memory_tokens.safetensors"]
@@ -60,6 +49,4 @@ def test_fsdp_shards_per_layer_and_matches_one_process(tmp_path, tiny_dir):
     # wrapping) give back exactly the checkpoint's weights
     resumed = _run(config, tmp_path / "resumed", 2, "--load", str(tmp_path / "single"), steps=0)
     assert resumed["units"] == layers + 1
-    c = _weights(tmp_path / "resumed")
-    for key in b:
-        torch.testing.assert_close(c[key], b[key], atol=0, rtol=0, msg=key)
+    assert_same_tensors(saved_trainable(tmp_path / "resumed"), b, atol=0, rtol=0)

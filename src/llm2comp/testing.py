@@ -112,6 +112,39 @@ def perturb_lora(model, seed: int = 0) -> None:
         model.memory.weight.add_(torch.randn(model.memory.weight.shape, generator=generator))
 
 
+def write_kl_setup(root: str | Path, model_dir: str | Path, extra: str = "") -> Path:
+    """A corpus of SAMPLE_TEXT pairs and a tiny KL stage-1 config reading it (no dropout, so that every process layout
+    draws no randomness), in ``root``; ``extra`` adds YAML lines. Returns the config file (the distributed tests)."""
+    root = Path(root)
+    (root / "corpus.txt").write_text("\n\n".join(f"{a} {b}" for a in SAMPLE_TEXT for b in SAMPLE_TEXT))
+    config = root / "config.yaml"
+    config.write_text(f"stage: pretrain\nobjective: kl\nmodel: {model_dir}\ndata: {root / 'corpus.txt'}\nlora_dropout: 0.0\n"
+                      f"min_chars: 0\nmax_length: 160\nnum_memory_tokens: 3\nsplit_margin: 3\n{extra}")
+    return config
+
+
+def logged_losses(output: str | Path) -> list[float]:
+    """The per-step losses of a training run's ``loss.jsonl``."""
+    lines = (Path(output) / "loss.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines if '"loss"' in line]
+
+
+def saved_trainable(output: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors a one-stage run saved for its trainable part: its adapter (`adapters/0`) and the memory tokens (as ``memory``)."""
+    from safetensors.torch import load_file
+
+    output = Path(output)
+    tensors = load_file(output / "adapters" / "0" / "adapter_model.safetensors")
+    tensors["memory"] = load_file(output / "memory_tokens.safetensors")["weight"]
+    return tensors
+
+
+def assert_same_tensors(a: dict, b: dict, atol: float = 1e-6, rtol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=rtol, msg=key)
+
+
 WORDS = "the a man woman dog cat plays runs eats guitar ball food park street music red blue small big".split()
 
 

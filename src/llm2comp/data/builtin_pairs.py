@@ -22,6 +22,16 @@ logger = logging.getLogger(__name__)
 SHARED_PAIRS = "builtin:shared-pairs"
 NEWS_PAIRS = "builtin:news-pairs"
 STSB_SCORES = "builtin:stsb-scores"
+FOLDER_SOURCES = (SHARED_PAIRS, STSB_SCORES)  # built-in pair sets read from a benchmark folder: NAME or NAME:DIR
+
+
+def split_folder_source(source: str) -> tuple[str, str | None] | None:
+    """(name, folder or None) of a built-in pair set read from a benchmark folder (``NAME[:DIR]``); None otherwise."""
+    for name in FOLDER_SOURCES:
+        if source == name or source.startswith(name + ":"):
+            return name, source[len(name) + 1 :] or None
+    return None
+
 
 def data_dir(folder: str | Path | None = None) -> Path:
     """The benchmark data directory: `folder`, else as `llm2comp.data.benchmark_dir` resolves it; a clear error
@@ -38,15 +48,19 @@ def data_dir(folder: str | Path | None = None) -> Path:
     return path
 
 
+def _stsb_train_rows(root: Path, clean: Decontaminator | None, source: str) -> list[dict]:
+    """STSBenchmark *train* rows; with ``clean``, those with an evaluation sentence left out (counted for ``source``)."""
+    rows = read_jsonl(root / "mteb" / "STSBenchmark" / "train.jsonl")
+    return rows if clean is None else [r for r in rows if clean.keeps(source, r["sentence1"], r["sentence2"])]
+
+
 def stsb_pairs(root: Path, rng: random.Random, clean: Decontaminator | None = None, min_score: float = 4.0,
                max_negative_score: float = 2.0) -> list[dict]:
     """STSBenchmark *train*: pairs scored >= ``min_score`` are positives (direction drawn at random); a sentence
     that some train pair scores <= ``max_negative_score`` against the query (or the positive) is its hard
     negative, where one exists. Keys: paraphrase clusters (connected components of the positive pairs).
     With ``clean``, train rows with an evaluation sentence are left out before anything is built from them."""
-    rows = read_jsonl(root / "mteb" / "STSBenchmark" / "train.jsonl")
-    if clean is not None:
-        rows = [r for r in rows if clean.keeps("stsb", r["sentence1"], r["sentence2"])]
+    rows = _stsb_train_rows(root, clean, "stsb")
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -83,12 +97,9 @@ def stsb_pairs(root: Path, rng: random.Random, clean: Decontaminator | None = No
 def stsb_scored_pairs(root: str | Path | None = None, seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
     """``builtin:stsb-scores``: every STSBenchmark *train* pair with its 0-5 similarity score (CoSENT's graded
     pairs; sides in a seeded random order). With ``clean``, rows with an evaluation sentence are left out."""
-    rows = read_jsonl(data_dir(root) / "mteb" / "STSBenchmark" / "train.jsonl")
     rng = random.Random(f"{seed}:stsb-scores")
     pairs = []
-    for row in rows:
-        if clean is not None and not clean.keeps("stsb-scores", row["sentence1"], row["sentence2"]):
-            continue
+    for row in _stsb_train_rows(data_dir(root), clean, "stsb-scores"):
         first, second = (row["sentence1"], row["sentence2"]) if rng.random() < 0.5 else (row["sentence2"], row["sentence1"])
         pairs.append({"query": first, "positive": second, "score": float(row["score"]), "source": "stsb-scores",
                       "instruction": SHARED_INSTRUCTIONS["stsb"]})

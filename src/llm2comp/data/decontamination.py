@@ -130,16 +130,16 @@ class Decontaminator:
 
 def resolve_decontaminator(setting: str | None, data_source: str = "") -> Decontaminator | None:
     """The `Decontaminator` of a ``decontaminate`` setting (module docstring), or None for none."""
-    from .builtin_pairs import SHARED_PAIRS, STSB_SCORES
+    from .builtin_pairs import split_folder_source
 
     if setting is None or str(setting).lower() in OFF:
         return None
     if str(setting).lower() == "auto":
         folder = None
         for part in data_source.split("+"):  # builtin:shared-pairs:DIR names the folder (also among joined sources)
-            for name in (SHARED_PAIRS, STSB_SCORES):
-                if part.startswith(name + ":"):
-                    folder = part[len(name) + 1 :]
+            builtin = split_folder_source(part)
+            if builtin is not None and builtin[1]:
+                folder = builtin[1]
         try:
             root = resolve_data_dir(folder)
         except FileNotFoundError:

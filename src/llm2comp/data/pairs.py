@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .builtin_pairs import NEWS_PAIRS, SHARED_PAIRS, STSB_SCORES, news_pairs, shared_pairs, stsb_scored_pairs
+from .builtin_pairs import NEWS_PAIRS, SHARED_PAIRS, news_pairs, shared_pairs, split_folder_source, stsb_scored_pairs
 from .corpus import DataError, iter_jsonl, load_texts, seeded_subset
 from .decontamination import Decontaminator, resolve_decontaminator
 from .instructions import INSTRUCTIONS, batch_source, format_query, instruction_for
@@ -133,12 +133,13 @@ def load_pairs(source: str, seed: int = 0, clean: Decontaminator | None = None) 
     folder: the benchmark data directory that evaluation uses); with ``clean``, no record with an evaluation text."""
     if "+" in source and not Path(source).expanduser().exists():
         return [pair for part in source.split("+") for pair in load_pairs(part, seed=seed, clean=clean)]
-    if source == SHARED_PAIRS or source.startswith(SHARED_PAIRS + ":"):
-        return shared_pairs(source[len(SHARED_PAIRS) + 1 :] or None, seed=seed, clean=clean)
+    builtin = split_folder_source(source)
+    if builtin is not None:
+        name, folder = builtin
+        build = shared_pairs if name == SHARED_PAIRS else stsb_scored_pairs
+        return build(folder, seed=seed, clean=clean)
     if source == NEWS_PAIRS:
         return news_pairs(seed=seed, clean=clean)
-    if source == STSB_SCORES or source.startswith(STSB_SCORES + ":"):
-        return stsb_scored_pairs(source[len(STSB_SCORES) + 1 :] or None, seed=seed, clean=clean)
     path = Path(source).expanduser()
     if path.is_dir():
         pairs = load_e5_dir(path)
@@ -244,7 +245,7 @@ def is_pair_source(source: str) -> bool:
     """Whether a data source holds (query, positive) pairs rather than sentences."""
     if "+" in source and not Path(source).expanduser().exists():
         return all(is_pair_source(part) for part in source.split("+"))
-    if source in (NEWS_PAIRS,) or any(source == name or source.startswith(name + ":") for name in (SHARED_PAIRS, STSB_SCORES)):
+    if source == NEWS_PAIRS or split_folder_source(source) is not None:
         return True
     path = Path(source).expanduser()
     if path.is_dir():

@@ -123,7 +123,7 @@ def model_spec(
     if note:
         default_label = f"{default_label} ({note})"
     return _llm2comp_spec(label or default_label, name, batch_size, adapter_kwargs, device=device, pooling=pooling,
-                          bidirectional=bidirectional, **({"backend": backend} if backend != "torch" else {}))
+                          bidirectional=bidirectional, backend=backend)
 
 
 def _sentence_transformers_spec(model_or_path, label: str | None, device: str | None) -> ModelSpec | None:

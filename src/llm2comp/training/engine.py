@@ -27,9 +27,14 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+def engine_kind(accelerator) -> str:
+    """accelerate's distributed type by name: NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED, ..."""
+    return str(getattr(accelerator, "distributed_type", "NO")).split(".")[-1].upper()
+
+
 def sharded_engine(accelerator) -> str | None:
     """'FSDP' or 'DeepSpeed ZeRO-3' when the engine shards parameters, else None."""
-    kind = str(getattr(accelerator, "distributed_type", "")).split(".")[-1].upper()
+    kind = engine_kind(accelerator)
     if kind == "FSDP":
         return "FSDP"
     if kind == "DEEPSPEED":
@@ -64,9 +69,9 @@ def check_engine(cfg, accelerator, reads_decoder: bool) -> None:
                          "unsharded parameters. Use DDP or DeepSpeed ZeRO-1/2 with GradCache, or drop gradcache_chunk "
                          "and lower batch_size / raise gradient_accumulation_steps")
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and engine != "FSDP":
-        kind = str(getattr(accelerator, "distributed_type", "NO")).split(".")[-1]
         logger.warning("the accelerate config asks for FSDP but the run is %s: accelerate runs FSDP only on GPUs and other "
-                       "accelerators, so parameters are not sharded here (each process holds the whole model)", kind)
+                       "accelerators, so parameters are not sharded here (each process holds the whole model)",
+                       engine_kind(accelerator))
     checkpointing = engine_checkpointing(accelerator)
     if checkpointing and reads_decoder:
         raise ValueError(f"{checkpointing} would recompute the frozen decoder's pass with the LoRA adapter on (wrong "
@@ -75,20 +80,16 @@ def check_engine(cfg, accelerator, reads_decoder: bool) -> None:
 
 def sharded_units(model: torch.nn.Module) -> int:
     """How many FSDP units wrap parts of ``model`` (FSDP2 ``fully_shard`` modules, or FSDP1 wrappers)."""
-    kinds = []
     try:
         from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
-        kinds = [FSDPModule, FullyShardedDataParallel]
     except ImportError:  # a torch without FSDP
         return 0
-    return sum(isinstance(module, tuple(kinds)) for module in model.modules())
+    return sum(isinstance(module, (FSDPModule, FullyShardedDataParallel)) for module in model.modules())
 
 
 def describe_engine(accelerator, model: torch.nn.Module) -> str:
     """One line on how the run is distributed (printed at the start): engine, processes, FSDP units."""
-    kind = str(getattr(accelerator, "distributed_type", "NO")).split(".")[-1]
-    line = f"engine: {kind}, {getattr(accelerator, 'num_processes', 1)} process(es)"
+    line = f"engine: {engine_kind(accelerator)}, {getattr(accelerator, 'num_processes', 1)} process(es)"
     if sharded_engine(accelerator) == "FSDP":
         line += f", {sharded_units(model)} FSDP unit(s)"
     return line

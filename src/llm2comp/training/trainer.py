@@ -396,20 +396,20 @@ def plot_losses(log_path: Path, png_path: Path, title: str = "training loss", pr
     fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(11 if probes else 6, 3.8), squeeze=False)
     ax = axes[0][0]
     series = loss_series(points, step_sources)
+    several = len(series) > 1  # one colour per source, named in the legend
     for index, (name, part) in enumerate(series.items()):
         steps, losses = zip(*part)
         window = smoothing_window(len(part))
-        color = f"C{index}"
-        label = name if len(series) > 1 else "per step"
+        style = {"color": f"C{index}", "marker": ("." if window > 1 else "o") if several else None}
+        if window == 1:
+            style["markersize"] = 3
         if window > 1:  # the raw points faint, their running mean on top
-            ax.plot(steps, losses, linewidth=0.6, alpha=0.3, color=color, marker="." if len(series) > 1 else None,
-                    label=label if len(series) == 1 else None)
-            ax.plot(steps, running_mean(losses, window), linewidth=1.5, color=color,
-                    label=f"{name}, running mean of {window}" if len(series) > 1 else f"running mean of {window} steps")
+            ax.plot(steps, losses, linewidth=0.6, alpha=0.3, label=None if several else "per step", **style)
+            ax.plot(steps, running_mean(losses, window), linewidth=1.5, color=style["color"],
+                    label=f"{name}, running mean of {window}" if several else f"running mean of {window} steps")
         else:
-            ax.plot(steps, losses, linewidth=1, color=color, marker="o" if len(series) > 1 else None, markersize=3,
-                    label=label if len(series) > 1 else None)
-    if len(series) > 1 or smoothing_window(len(points)) > 1:
+            ax.plot(steps, losses, linewidth=1, label=name if several else None, **style)
+    if several or smoothing_window(len(points)) > 1:
         ax.legend(fontsize=8)
     ax.set_xlabel("optimizer step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
