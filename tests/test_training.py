@@ -57,9 +57,33 @@ def test_yaml_config_and_overrides(tmp_path):
         TrainConfig.from_dict({"stage": "pretrain", "pooling": "mean"})
 
 
+def test_recipe_base_overrides_and_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("stage: pretrain\nobjective: nll\nmax_steps: 7\nlearning_rate: 0.001\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "variant.yaml").write_text("base: ../base.yaml\nmax_steps: 9\n")
+    cfg = TrainConfig.from_yaml(tmp_path / "sub" / "variant.yaml", learning_rate=0.01)
+    assert (cfg.objective, cfg.max_steps, cfg.learning_rate) == ("nll", 9, 0.01)  # base < variant < overrides
+    (tmp_path / "base.yaml").write_text("base: sub/variant.yaml\nstage: pretrain\n")
+    with pytest.raises(ValueError, match="cycle"):
+        TrainConfig.from_yaml(tmp_path / "sub" / "variant.yaml")
+    (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ValueError, match="not found"):
+        TrainConfig.from_yaml(tmp_path / "lost.yaml")
+
+
+def test_recipe_variants_differ_from_the_default_only_where_they_say():
+    recipes = Path(__file__).parent.parent / "src" / "llm2comp" / "resources" / "recipes"
+    default = TrainConfig.from_yaml(recipes / "smollm2-135m-default.yaml").to_dict()
+    for name, changed in [("smollm2-135m-default-matryoshka.yaml", {"output", "matryoshka_dims"}),
+                          ("gemma3-270m-default.yaml", {"output", "model"})]:
+        variant = TrainConfig.from_yaml(recipes / name).to_dict()
+        assert {k for k in default if default[k] != variant[k]} == changed, name
+
+
 def test_shipped_configs_parse():
     root = Path(__file__).parent.parent / "configs"
-    configs = sorted([*root.glob("paper/*.yaml"), *root.glob("smollm2-135m/*.yaml")])
+    recipes = root.parent / "src" / "llm2comp" / "resources" / "recipes"
+    configs = sorted([*root.glob("paper/*.yaml"), *root.glob("smollm2-135m/*.yaml"), *recipes.glob("*.yaml")])
     assert configs
     for path in configs:
         with warnings.catch_warnings():

@@ -137,9 +137,9 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a YAML mapping of training settings is expected")
+        """Settings from a YAML recipe; ``base: other.yaml`` (a path relative to the recipe) starts from another recipe's
+        settings, which this one's keys then override, so that a variant states only what it changes."""
+        data = read_recipe(Path(path))
         return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
 
     @classmethod
@@ -167,3 +167,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def read_recipe(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe's settings with its ``base:`` chain resolved (later files override earlier ones)."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a YAML mapping of training settings is expected")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = (path.parent / base).resolve()
+    chain = (*_chain, path.resolve())
+    if base_path in chain:
+        raise ValueError(f"{path}: recipe base cycle ({' -> '.join(p.name for p in (*chain, base_path))})")
+    if not base_path.is_file():
+        raise ValueError(f"{path}: base recipe {base} not found (looked for {base_path})")
+    return {**read_recipe(base_path, chain), **data}
+
