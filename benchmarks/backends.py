@@ -2,7 +2,12 @@
 interleaved over rounds, the speed-up over fp32 torch, the cosine between each text's fp32 and backend embedding
 (mean, minimum), and the resident memory of each loaded model (each measured in a fresh subprocess).
 
+Several models (comma-separated) are measured in the same interleaved rounds, each against its own fp32 torch and
+against the first model's, with the tokens per text of each tokenizer and the peak resident memory of loading it and
+encoding the texts (VmHWM of a fresh process).
+
     python benchmarks/backends.py                                # the shipped default on STS-B test sentences
+    python benchmarks/backends.py --model smollm2-135m-sup,runs/gemma3-default --backends torch   # two backbones
     python benchmarks/backends.py --model tiny --n 32 --rounds 1  # smoke run
 """
 
@@ -38,19 +43,24 @@ def sentences(n: int) -> list[str]:
     return mixed_texts(n)
 
 
-def resident_mib(model: str, backend: str) -> float:
-    """Resident-memory growth of a fresh process that loads the model on the backend (MiB; Linux)."""
-    # current RSS (VmRSS), not the peak: a forked child starts with its parent's peak, which hides the model
+def resident_mib(model: str, backend: str, texts: list[str], batch_size: int) -> tuple[float, float]:
+    """(resident-memory growth of a fresh process that loads the model on the backend, that process's peak resident
+    memory after encoding the texts), in MiB (Linux)."""
+    # VmRSS (current) for the loaded model, not the peak: a forked child starts with its parent's peak, which hides it;
+    # VmHWM after exec is this process's own peak (loading, merging and encoding)
     code = (
-        "import re; from llm2comp import LLM2Comp;"
-        "rss = lambda: int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1));"
-        "before = rss();"
+        "import json, re, sys; from llm2comp import LLM2Comp;"
+        "status = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1));"
+        "texts = json.load(sys.stdin); before = status('VmRSS');"
         f"m = LLM2Comp.from_pretrained({model!r}, backend={backend!r}); m.merge_and_unload();"
-        "m.encode(['warm up'] * 4); import gc; gc.collect();"
-        "print((rss() - before) / 1024)"
+        "m.encode(['warm up'] * 4); import gc; gc.collect(); loaded = status('VmRSS');"
+        f"m.encode(texts, batch_size={batch_size});"
+        "print((loaded - before) / 1024, status('VmHWM') / 1024)"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         input=json.dumps(texts)).stdout
+    resident, peak = out.strip().splitlines()[-1].split()
+    return float(resident), float(peak)
 
 
 def main() -> None:
@@ -60,7 +70,7 @@ def main() -> None:
     from llm2comp.testing import make_tiny_model_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-sup", help="alias/path, or 'tiny'")
+    parser.add_argument("--model", default="smollm2-135m-sup", help="alias/path, or 'tiny'; comma-separated for several")
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
@@ -68,30 +78,39 @@ def main() -> None:
     args = parser.parse_args()
     backends = ["torch", *(b for b in args.backends.split(",") if b and b != "torch")]
 
-    name = str(make_tiny_model_dir(tempfile.mkdtemp() + "/tiny")) if args.model == "tiny" else args.model
+    names = {label: str(make_tiny_model_dir(tempfile.mkdtemp() + "/tiny")) if label == "tiny" else label
+             for label in args.model.split(",")}
     texts = sentences(args.n)
-    models = {}
-    for backend in backends:
-        model = LLM2Comp.from_pretrained(name, backend=backend)
-        model.merge_and_unload()
-        model.encode(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
-        models[backend] = model
-    seconds = {b: [] for b in backends}
+    models, tokens = {}, {}
+    for label, name in names.items():
+        for backend in backends:
+            model = LLM2Comp.from_pretrained(name, backend=backend)
+            model.merge_and_unload()
+            model.encode(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
+            models[label, backend] = model
+        tokens[label] = statistics.mean(len(row) for row in model.token_ids(texts)) + model.pooling.memory_slots(model.config)
+    seconds = {key: [] for key in models}
     embeddings = {}
     for _ in range(args.rounds):
-        for backend, model in models.items():
+        for key, model in models.items():
             start = time.perf_counter()
-            embeddings[backend] = model.encode(texts, batch_size=args.batch_size)
-            seconds[backend].append(time.perf_counter() - start)
-    rates = {b: len(texts) / statistics.median(s) for b, s in seconds.items()}
-    reference = embeddings["torch"]
-    print(f"{len(texts)} texts, batch {args.batch_size}, {args.rounds} interleaved rounds (median), model {args.model}")
-    print(f"{'backend':<12} {'texts/s':>9} {'vs torch':>9} {'cos mean':>9} {'cos min':>9} {'RSS MiB':>9}")
-    for backend in backends:
-        e = embeddings[backend]
-        cosine = (e * reference).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(reference, axis=1)
-        print(f"{backend:<12} {rates[backend]:>9.1f} {rates[backend] / rates['torch']:>8.2f}x {cosine.mean():>9.4f} "
-              f"{cosine.min():>9.4f} {resident_mib(name, backend):>9.0f}")
+            embeddings[key] = model.encode(texts, batch_size=args.batch_size)
+            seconds[key].append(time.perf_counter() - start)
+    rates = {key: len(texts) / statistics.median(s) for key, s in seconds.items()}
+    first = next(iter(names))
+    print(f"{len(texts)} texts, batch {args.batch_size}, {args.rounds} interleaved rounds (median)")
+    for label, name in names.items():
+        reference = embeddings[label, "torch"]
+        print(f"\nmodel {label}: {tokens[label]:.1f} tokens per text (memory tokens included)")
+        print(f"{'backend':<12} {'texts/s':>9} {'vs torch':>9} {'cos mean':>9} {'cos min':>9} {'RSS MiB':>9} "
+              f"{'peak MiB':>9} {'vs ' + first[:20]:>12}")
+        for backend in backends:
+            e = embeddings[label, backend]
+            cosine = (e * reference).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(reference, axis=1)
+            resident, peak = resident_mib(name, backend, texts, args.batch_size)
+            relative = rates[label, backend] / rates[first, backend]
+            print(f"{backend:<12} {rates[label, backend]:>9.1f} {rates[label, backend] / rates[label, 'torch']:>8.2f}x "
+                  f"{cosine.mean():>9.4f} {cosine.min():>9.4f} {resident:>9.0f} {peak:>9.0f} {relative:>11.2f}x")
 
 
 if __name__ == "__main__":

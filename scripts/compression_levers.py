@@ -45,8 +45,8 @@ def train_levers(args) -> None:
         if (output / "llm2comp_config.json").is_file():
             print(f"[{name}] done already: {output}")
             continue
-        settings = {**BASE, **LEVERS[name], "output": str(output), "max_steps": args.steps, "probe_steps": args.probe_steps,
-                    "seed": args.seed, "resume": (output / "checkpoints").is_dir()}
+        settings = {**BASE, **LEVERS[name], "model": args.model, "output": str(output), "max_steps": args.steps,
+                    "probe_steps": args.probe_steps, "seed": args.seed, "resume": (output / "checkpoints").is_dir()}
         started = time.time()
         train(TrainConfig.from_dict(settings))
         (output / "train_time.json").write_text(json.dumps({"seconds": time.time() - started, "steps": args.steps}))
@@ -77,13 +77,14 @@ def report(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
+    rows, backbones = [], set()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in LEVERS:
         output = Path(args.runs) / name
         if not (output / "llm2comp_config.json").is_file():
             continue
         final = final_probe(output, args.ceiling_passages)
+        backbones.add(json.loads((output / "llm2comp_config.json").read_text()).get("base_model", "?"))
         probes = [json.loads(line) for line in (output / "probe.jsonl").read_text().splitlines() if line.strip()]
         timing = json.loads((output / "train_time.json").read_text()) if (output / "train_time.json").is_file() else {}
         ax.plot([p["step"] for p in probes], [p["gain"] for p in probes], "-o", markersize=3, label=name)
@@ -95,11 +96,11 @@ def report(args) -> None:
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_xlabel("optimizer step (batch 8, 64-token texts)")
     ax.set_ylabel("compression gain 1 - own/none (64 passages)")
-    ax.set_title("stage-1 levers on SmolLM2-135M: does the memory carry the text?", fontsize=9)
+    ax.set_title(f"stage-1 levers on {', '.join(sorted(backbones))}: does the memory carry the text?", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    figure = ROOT / "docs" / "figures" / "compression-levers.png"
+    figure = ROOT / "docs" / "figures" / f"{args.figure}.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=120)
     print("| lever | metric | own | other | none | gain | specificity | share of ceiling | minutes |")
@@ -116,11 +117,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--probe-steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--model", default=BASE["model"], help="backbone (alias, hub id or local dir)")
     p.add_argument("--runs", default="runs/levers")
     p.set_defaults(func=train_levers)
     p = sub.add_parser("report")
     p.add_argument("--runs", default="runs/levers")
     p.add_argument("--ceiling-passages", type=int, default=32)
+    p.add_argument("--figure", default="compression-levers", help="name of the PNG under docs/figures")
     p.set_defaults(func=report)
     args = parser.parse_args()
     args.func(args)

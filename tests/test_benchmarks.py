@@ -134,3 +134,20 @@ def test_gpu_check_runs_its_checks_on_cpu(tmp_path):
 
     if not torch.cuda.is_available():
         assert refused.returncode != 0 and "need a GPU" in refused.stderr
+
+
+def test_backends_benchmark_puts_two_models_side_by_side(tmp_path):
+    from llm2comp.testing import make_tiny_model_dir
+
+    other = make_tiny_model_dir(tmp_path / "other", num_hidden_layers=4)  # a deeper twin: slower, same tokenizer
+    out = _run(BENCHMARKS / "backends.py", "--model", f"tiny,{other}", "--n", "16", "--batch-size", "4", "--rounds", "1",
+               "--backends", "torch")
+    rates = [float(r) for r in re.findall(r"\ntorch\s+([\d.]+)", out)]
+    assert len(rates) == 2 and min(rates) > 0
+    assert _number(out, r"\ntorch(?:\s+\S+){6}\s+([\d.]+)x") == pytest.approx(1.0)  # the first model against itself
+    assert float(re.findall(r"\ntorch(?:\s+\S+){6}\s+([\d.]+)x", out)[1]) == pytest.approx(rates[1] / rates[0], abs=0.01)
+    tokens = [float(t) for t in re.findall(r"model .*: ([\d.]+) tokens per text", out)]
+    assert tokens[0] == pytest.approx(tokens[1]) and tokens[0] > 8  # text tokens plus the memory slots
+    peak = [float(p) for p in re.findall(r"\ntorch(?:\s+\S+){5}\s+([\d.]+)", out)]
+    resident = [float(p) for p in re.findall(r"\ntorch(?:\s+\S+){4}\s+([\d.]+)", out)]
+    assert all(p > r > 0 for p, r in zip(peak, resident))
