@@ -5,7 +5,9 @@
 Every test sentence of the STS tasks (STS-B, STS13-15, SICK-R, as far as the data folder has them) is embedded once
 at full size; each size d then scores the cosine of the first d dimensions, renormalised (what
 `encode(truncate_dim=d)` and serve's `dimensions` return), as mteb's STS evaluator does: Spearman of cosine against
-the gold scores, test split. At full size this is `llm2comp evaluate`'s number (tests/test_scripts.py checks it).
+the gold scores, test split. At full size this is `llm2comp evaluate`'s number (tests/test_scripts.py checks it). For a model whose normalizer
+rotates onto principal axes (`llm2comp fit-normalizer --pca`), a second row cuts the same embeddings before that
+rotation: what the rotation buys, from the same encoding pass.
 """
 
 from __future__ import annotations
@@ -29,10 +31,18 @@ def sts_rows(root: Path, task: str) -> list[dict] | None:
 
 def size_scores(model, root: Path, dims: list[int], batch_size: int = 32, tasks=TASKS) -> dict[str, dict[str, float]]:
     """{str(size): {task: Spearman x 100, "STS avg": ...}} for the full size and every size in ``dims``."""
+    return score_sizes(*sts_embeddings(model, root, batch_size, tasks), dims)
+
+
+def sts_embeddings(model, root: Path, batch_size: int = 32, tasks=TASKS) -> tuple[dict, dict, np.ndarray]:
+    """(test rows per task, row of each sentence, the full embedding of every sentence), one encoding pass."""
     data = {task: rows for task in tasks if (rows := sts_rows(root, task))}
     texts = sorted({r[k] for rows in data.values() for r in rows for k in ("sentence1", "sentence2")})
     full = np.asarray(model.encode(texts, batch_size=batch_size, show_progress_bar=True), dtype=np.float64)
-    row_of = {t: i for i, t in enumerate(texts)}
+    return data, {t: i for i, t in enumerate(texts)}, full
+
+
+def score_sizes(data: dict, row_of: dict, full: np.ndarray, dims: list[int]) -> dict[str, dict[str, float]]:
     out = {}
     for size in [full.shape[1], *dims]:
         cut = full[:, :size]
@@ -77,7 +87,11 @@ def main() -> None:
     results = {}
     for name in args.models:
         model = LLM2Comp.from_pretrained(name).merge_and_unload()
-        results[name] = size_scores(model, root, dims, args.batch_size, tasks=args.tasks.split(","))
+        data, row_of, full = sts_embeddings(model, root, args.batch_size, tasks=args.tasks.split(","))
+        results[name] = score_sizes(data, row_of, full, dims)
+        rotation = getattr(model.normalizer, "rotation", None)
+        if rotation is not None:  # the same embeddings before the orthogonal turn onto the principal axes
+            results[f"{name} (not rotated)"] = score_sizes(data, row_of, full @ rotation.double().numpy().T, dims)
     print(markdown(results))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

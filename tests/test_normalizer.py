@@ -80,3 +80,67 @@ def test_cli_fit_normalizer_on_pairs(tiny_dir, tmp_path):
     assert model.config.pooling == "mean" and model.normalizer is not None
     assert model.config.normalizer["texts"] == 10
     assert main(["fit-normalizer", str(tiny_dir), "--data", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "x")]) == 2
+
+
+def test_pca_rotation_keeps_cosines_and_orders_variance():
+    x = torch.randn(200, 6) @ torch.randn(6, 6) + 3
+    plain, rotated = Normalizer.fit(x), Normalizer.fit(x, pca=True)
+    assert plain.rotation is None and rotated.rotation.shape == (6, 6)
+    torch.testing.assert_close(rotated.rotation.T @ rotated.rotation, torch.eye(6), atol=1e-5, rtol=0)  # orthogonal
+    a, b = plain(x), rotated(x)
+    cos = lambda e: torch.nn.functional.normalize(e, dim=1) @ torch.nn.functional.normalize(e, dim=1).T  # noqa: E731
+    torch.testing.assert_close(cos(a), cos(b), atol=1e-5, rtol=0)  # full-size similarities unchanged
+    variances = b.var(0)
+    assert (variances[:-1] >= variances[1:] - 1e-5).all() and variances[0] > 1.5 * variances[-1]  # largest first
+    # the first n rotated dimensions carry at least as much variance as any n standardised ones
+    assert variances[:2].sum() >= a.var(0).sort(descending=True).values[:2].sum() - 1e-4
+    with pytest.raises(ValueError, match="rotation"):
+        Normalizer(torch.zeros(3), torch.ones(3), torch.eye(2))
+
+
+def test_pca_normalizer_saved_loaded_and_cut(tiny_dir, tmp_path):
+    model = LLM2Comp.from_pretrained(tiny_dir)
+    model.fit_normalizer(FIT)
+    plain = model.encode(FIT, normalize_embeddings=True)
+    model.fit_normalizer(FIT, source="unit test", pca=True)
+    assert model.config.normalizer == {"source": "unit test", "texts": len(FIT), "rotation": "pca"}
+    rotated = model.encode(FIT, normalize_embeddings=True)
+    np.testing.assert_allclose(rotated @ rotated.T, plain @ plain.T, atol=1e-4)
+    model.save(tmp_path / "m")
+    loaded = LLM2Comp.from_pretrained(tmp_path / "m")
+    assert loaded.normalizer.rotation is not None
+    np.testing.assert_allclose(loaded.encode(SAMPLE_TEXT), model.encode(SAMPLE_TEXT), atol=1e-5)
+    cut = loaded.encode(FIT, truncate_dim=4)
+    full = loaded.encode(FIT)
+    np.testing.assert_allclose(cut, full[:, :4], atol=1e-5)  # the cut keeps the leading principal axes
+    assert cut.var(0).sum() >= np.sort(model.encode(FIT)[:, :4].var(0)).sum() - 1e-4
+
+
+def test_training_config_fits_a_rotating_normalizer(tiny_dir, tmp_path):
+    import json
+
+    from llm2comp.training.config import TrainConfig
+    from llm2comp.training.run import train
+
+    with pytest.raises(ValueError, match="fit_normalizer too"):
+        TrainConfig.from_dict({"stage": "supervised", "normalizer_pca": True, "warmup_steps": 0, "max_steps": 2})
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"query": a, "positive": b}) for a, b in zip(FIT, FIT[1:])))
+    cfg = TrainConfig.from_dict(dict(stage="supervised", model=str(tiny_dir), data=str(data), output=str(tmp_path / "run"),
+                                     max_steps=1, batch_size=4, warmup_steps=0, save_steps=1, min_chars=0,
+                                     num_memory_tokens=2, max_length=48, fit_normalizer=20, normalizer_pca=True))
+    model = LLM2Comp.from_pretrained(train(cfg))
+    assert model.normalizer.rotation is not None and model.config.normalizer["rotation"] == "pca"
+
+
+def test_cli_fit_normalizer_pca_records_cut_sizes(tiny_dir, tmp_path):
+    import json
+
+    from llm2comp.cli import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"query": a, "positive": b}) for a, b in zip(FIT, FIT[1:])))
+    assert main(["fit-normalizer", str(tiny_dir), "--data", str(data), "--output", str(tmp_path / "m"),
+                 "--samples", "20", "--pca", "--matryoshka-dims", "4,8"]) == 0
+    model = LLM2Comp.from_pretrained(tmp_path / "m")
+    assert model.normalizer.rotation is not None and model.config.matryoshka_dims == [8, 4]

@@ -165,3 +165,12 @@ def test_matryoshka_sizes_scores_like_evaluate_and_cuts_like_encode(tiny_dir, tm
     expected = 100 * spearmanr((a * b).sum(1), [r["score"] for r in rows])[0]
     assert scores["8"]["SICK-R"] == pytest.approx(expected, abs=1e-3)
     assert "| 8 |" in script.markdown({"tiny": scores})
+    # a rotating normalizer: "not rotated" cuts equal those of the plain normalizer fitted on the same texts
+    fit = [r[k] for r in rows for k in ("sentence1", "sentence2")][:40]
+    model.fit_normalizer(fit)
+    plain = script.size_scores(model, data, [8])
+    model.fit_normalizer(fit, pca=True)
+    task_rows, row_of, rotated = script.sts_embeddings(model, data)
+    unrotated = script.score_sizes(task_rows, row_of, rotated @ model.normalizer.rotation.double().numpy().T, [8])
+    assert unrotated["8"]["STS avg"] == pytest.approx(plain["8"]["STS avg"], abs=1e-3)
+    assert script.score_sizes(task_rows, row_of, rotated, [8])[full]["STS avg"] == pytest.approx(plain[full]["STS avg"], abs=1e-3)

@@ -51,7 +51,12 @@ def _fit_normalizer(args) -> int:
     texts = source_texts(args.data, args.samples, seed=args.seed, max_pairs_per_source=args.max_pairs_per_source,
                          query_instructions=not args.no_instructions, decontaminate=args.decontaminate)
     model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling)
-    model.fit_normalizer(texts, source=f"{len(texts)} texts of {args.data}", show_progress_bar=True)
+    model.fit_normalizer(texts, source=f"{len(texts)} texts of {args.data}", show_progress_bar=True, pca=args.pca)
+    if args.matryoshka_dims:
+        from .objectives.contrastive import check_matryoshka_dims
+
+        model.config.matryoshka_dims = check_matryoshka_dims([int(d) for d in args.matryoshka_dims.split(",")],
+                                                             model.get_sentence_embedding_dimension())
     model.save(args.output)
     print(f"fitted on {len(texts)} texts of {args.data}; wrote {args.output} (load it with LLM2Comp.from_pretrained)")
     return 0
@@ -252,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pairs-per-source", type=int, help="pairs: at most this many per source (as in training)")
     p.add_argument("--no-instructions", action="store_true", help="pairs: bare queries, without their task instruction")
     p.add_argument("--decontaminate", default="auto", metavar="auto|DIR|off", help="as in train (default: auto)")
+    p.add_argument("--pca", action="store_true", help="then rotate onto the texts' principal axes (cosines unchanged; "
+                   "the first n dimensions keep the most variance, for --truncate-dim / serve's dimensions)")
+    p.add_argument("--matryoshka-dims", metavar="N,N,...", help="record these sizes as the ones to cut to "
+                   "(serve's dimensions field accepts them); measure them first (scripts/matryoshka_sizes.py)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device")
     p.set_defaults(func=_fit_normalizer)

@@ -39,7 +39,9 @@ class LLM2CompConfig:
     merged_adapters: int = 0  # the first n adapters are folded into the weights on load
     trust_remote_code: bool = False
     memory_bridge: str | None = None  # stage 1: a MemoryBridge kind between memory states and the frozen decoder
-    matryoshka_dims: list[int] = dataclasses.field(default_factory=list)  # trained sizes for encode(truncate_dim=)
+    # sizes the embedding is made to be cut to (encode(truncate_dim=), serve's dimensions): Matryoshka-trained, or
+    # recorded with a principal-axes normalizer (llm2comp fit-normalizer --pca --matryoshka-dims)
+    matryoshka_dims: list[int] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         mode = get_pooling(self.pooling)
@@ -185,14 +187,18 @@ class LLM2Comp(nn.Module):
         return features
 
     # ------------------------------------------------------------------ fitted normalizer
-    def fit_normalizer(self, texts: Sequence[str], source: str = "", batch_size: int = 32, show_progress_bar: bool | None = None) -> Normalizer:
+    def fit_normalizer(self, texts: Sequence[str], source: str = "", batch_size: int = 32, show_progress_bar: bool | None = None,
+                       pca: bool = False) -> Normalizer:
         """Fit per-dimension standardisation of the embeddings on ``texts`` (training text, never the evaluation
-        sentences); `encode` applies it from then on and `save` keeps it. Training the model further drops it."""
+        sentences); `encode` applies it from then on and `save` keeps it. Training the model further drops it.
+        ``pca``: then rotate onto the principal axes of those texts' embeddings (full-size cosines unchanged; the
+        first n dimensions keep the most variance, for ``encode(truncate_dim=n)``)."""
         self.drop_normalizer()
         texts = list(texts)
         embeddings = self.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=show_progress_bar)
-        self.normalizer = Normalizer.fit(embeddings).to(self.device)
-        self.config = dataclasses.replace(self.config, normalizer={"source": source, "texts": len(texts)})
+        self.normalizer = Normalizer.fit(embeddings, pca=pca).to(self.device)
+        self.config = dataclasses.replace(self.config, normalizer={"source": source, "texts": len(texts),
+                                                                   **({"rotation": "pca"} if pca else {})})
         self.clear_replicas()
         return self.normalizer
 

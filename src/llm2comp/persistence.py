@@ -80,7 +80,7 @@ def load_saved(cls, path: Path, overrides: dict, device=None, dtype=None, **hf_k
         if not (path / NORMALIZER_NAME).is_file():
             raise FileNotFoundError(f"{path}: the config names a fitted normalizer but {NORMALIZER_NAME} is missing")
         stats = load_file(path / NORMALIZER_NAME)
-        model.normalizer = Normalizer(stats["mean"], stats["scale"]).to(hf_model.device)
+        model.normalizer = Normalizer(stats["mean"], stats["scale"], stats.get("rotation")).to(hf_model.device)
     if config.memory_bridge is not None:
         load_bridge(model, path)
     for index, adapter in enumerate(config.adapters):
@@ -105,8 +105,7 @@ def load_bridge(model, path: Path) -> None:
 def save_normalizer(model, folder: Path) -> None:
     """The fitted normalizer's statistics (`normalizer.safetensors`), where the model has one."""
     if model.normalizer is not None:
-        stats = {"mean": model.normalizer.mean.cpu().contiguous(), "scale": model.normalizer.scale.cpu().contiguous()}
-        save_file(stats, folder / NORMALIZER_NAME)
+        save_file(model.normalizer.state(), folder / NORMALIZER_NAME)
 
 
 def save_model(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:

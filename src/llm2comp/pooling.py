@@ -147,21 +147,43 @@ class Normalizer(nn.Module):
     """Per-dimension standardisation of sentence embeddings, (e - mean) / std, fitted once on a *training* corpus
     and saved with the model. A text embedding of an LLM shares a large common component and a few dominant
     dimensions; cosine similarity then measures those instead of the text. Fitting on the sentences being
-    evaluated would leak test statistics: fit on training text only (`LLM2Comp.fit_normalizer`)."""
+    evaluated would leak test statistics: fit on training text only (`LLM2Comp.fit_normalizer`).
 
-    def __init__(self, mean: torch.Tensor, scale: torch.Tensor):
+    With ``rotation`` (``fit(..., pca=True)``), the standardised embedding is then turned onto the principal axes of
+    the training embeddings, largest variance first. The rotation is orthogonal, so cosine similarities (and
+    distances) of the full embedding do not change; what changes is that its first n dimensions hold the n
+    directions of largest variance, so that cutting it (``encode(truncate_dim=n)``) keeps as much as n dimensions can."""
+
+    def __init__(self, mean: torch.Tensor, scale: torch.Tensor, rotation: torch.Tensor | None = None):
         super().__init__()
         if mean.shape != scale.shape or mean.dim() != 1:
             raise ValueError(f"normalizer mean {tuple(mean.shape)} and scale {tuple(scale.shape)} must be equal 1-D shapes")
+        if rotation is not None and tuple(rotation.shape) != (mean.shape[0], mean.shape[0]):
+            raise ValueError(f"normalizer rotation {tuple(rotation.shape)} must be {mean.shape[0]} x {mean.shape[0]}")
         self.register_buffer("mean", mean.detach().float().clone())
         self.register_buffer("scale", scale.detach().float().clone())
+        self.register_buffer("rotation", None if rotation is None else rotation.detach().float().clone())
 
     @classmethod
-    def fit(cls, embeddings: torch.Tensor, eps: float = 1e-6) -> Normalizer:
+    def fit(cls, embeddings: torch.Tensor, eps: float = 1e-6, pca: bool = False) -> Normalizer:
         embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
         if embeddings.dim() != 2 or embeddings.shape[0] < 2:
             raise ValueError(f"fitting a normalizer needs at least 2 embeddings, got shape {tuple(embeddings.shape)}")
-        return cls(embeddings.mean(0), embeddings.std(0).clamp(min=eps))
+        mean, scale = embeddings.mean(0), embeddings.std(0).clamp(min=eps)
+        rotation = None
+        if pca:
+            standardised = ((embeddings - mean) / scale).double()
+            variances, axes = torch.linalg.eigh(standardised.T @ standardised / (len(standardised) - 1))
+            rotation = axes[:, variances.argsort(descending=True)].float()  # columns: principal axes, largest first
+        return cls(mean, scale, rotation)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return ((embeddings.float() - self.mean) / self.scale).to(embeddings.dtype)
+        standardised = (embeddings.float() - self.mean) / self.scale
+        if self.rotation is not None:
+            standardised = standardised @ self.rotation
+        return standardised.to(embeddings.dtype)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """What `normalizer.safetensors` holds."""
+        names = ("mean", "scale") if self.rotation is None else ("mean", "scale", "rotation")
+        return {name: getattr(self, name).cpu().contiguous() for name in names}

@@ -71,6 +71,9 @@ class TrainConfig:
     # after training: fit per-dimension standardisation of the embeddings on up to this many of the stage's own
     # training texts (contrastive stages), saved with the model; 0 = none
     fit_normalizer: int = 0
+    # with fit_normalizer: also rotate the standardised embedding onto the principal axes of those texts' embeddings
+    # (full-size cosines unchanged; its first n dimensions then hold the most variance, for encode(truncate_dim=n))
+    normalizer_pca: bool = False
     # stage 1 levers (docs/RESULTS.md 3.5): a bridge between memory states and the frozen decoder (affine | linear;
     # stage 1 only), and a learning rate of its own for the memory tokens and the bridge (None: learning_rate)
     memory_bridge: str | None = None
@@ -124,6 +127,8 @@ class TrainConfig:
             raise ValueError(f"cosent_scale must be > 0, got {self.cosent_scale}")
         if self.fit_normalizer < 0:
             raise ValueError(f"fit_normalizer must be >= 0, got {self.fit_normalizer}")
+        if self.normalizer_pca and not self.fit_normalizer:
+            raise ValueError("normalizer_pca rotates the fitted normalizer: set fit_normalizer too")
         if self.global_batch_size is not None and self.global_batch_size < 1:
             raise ValueError(f"global_batch_size must be >= 1, got {self.global_batch_size}")
         for name in ("max_steps", "batch_size", "save_steps", "gradient_accumulation_steps"):
