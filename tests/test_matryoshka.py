@@ -92,3 +92,15 @@ def test_sentence_transformers_export_cuts_the_same_way(trained, tmp_path):
     st = SentenceTransformer(str(out), trust_remote_code=True, device="cpu", local_files_only=True, truncate_dim=8)
     np.testing.assert_allclose(st.encode(SAMPLE_TEXT[:3]), model.encode(SAMPLE_TEXT[:3], truncate_dim=8), atol=1e-5)
     assert "8" in (out / "README.md").read_text().split("Matryoshka")[1][:200]
+
+
+def test_model_card_says_how_the_sizes_were_made():
+    from llm2comp.model_card import model_card
+
+    base = {"base_model": "smollm2-135m", "pooling": "memory", "num_memory_tokens": 8, "max_length": 512,
+            "bidirectional": False, "matryoshka_dims": [128, 64], "stages": []}
+    trained = model_card(base, 576)
+    rotated = model_card({**base, "normalizer": {"source": "t", "texts": 10, "rotation": "pca"}}, 576)
+    assert "trained to be cut to" in trained and "principal axes" not in trained
+    assert "principal axes" in rotated and "truncate_dim=64" in rotated
+    assert "Matryoshka" not in model_card({**base, "matryoshka_dims": []}, 576)

@@ -142,8 +142,10 @@ def model_card(config: dict[str, Any], dimension: int, scores=({}, None), name: 
         + (f" (the text is truncated to {config['max_length'] - k}, then the {k} memory tokens follow)" if pooling == "memory" else "")
         + " |",
         f"| embedding dimension | {dimension} |",
-        *([f"| Matryoshka dimensions | {', '.join(str(d) for d in config['matryoshka_dims'])} (trained to be cut to; "
-           f"`SentenceTransformer(..., truncate_dim={config['matryoshka_dims'][-1]})`) |"] if config.get("matryoshka_dims") else []),
+        *([f"| Matryoshka dimensions | {', '.join(str(d) for d in config['matryoshka_dims'])} ("
+           + ("the normalizer turns the embedding onto principal axes of training text, largest first"
+              if (config.get("normalizer") or {}).get("rotation") else "trained to be cut to")
+           + f"; `SentenceTransformer(..., truncate_dim={config['matryoshka_dims'][-1]})`) |"] if config.get("matryoshka_dims") else []),
         "| similarity | cosine |",
         f"| llm2comp version | {__version__} |",
         "",
