@@ -98,3 +98,14 @@ def test_pretext_path_matches_gemma_and_a_kl_step_runs(gemma):
     print(f"gemma3-270m KL step, 2 x 48 tokens: loss {loss.item():.3f}, peak RSS growth {peak_mib:.0f} MiB")
     assert torch.isfinite(loss) and loss.item() > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.hf_model.named_parameters() if "lora_" in n)
+
+
+def test_shipped_gemma_encoder_loads_and_ranks_paraphrases_first():
+    # the shipped adapter (fp16) of the default recipe on Gemma 3 (docs/RESULTS.md 3.11)
+    from llm2comp import LLM2Comp
+
+    model = LLM2Comp.from_pretrained("gemma3-270m-sup")
+    assert model.config.base_model == "gemma3-270m" and model.normalizer is not None
+    e = model.encode(["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today."],
+                     normalize_embeddings=True)
+    assert e.shape == (3, 640) and e[0] @ e[1] > e[0] @ e[2] + 0.2
