@@ -87,6 +87,38 @@ def test_onnx_embeds_like_torch_and_int8_runs_int8_products(tiny_dir, tmp_path, 
     assert cosine.mean() > 0.95 and cosine.min() > 0.85 and not np.allclose(close, reference)
 
 
+def test_int8_saturation_is_read_off_the_cpu_flags():
+    from llm2comp.backends import int8_saturates
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert int8_saturates(avx2)  # VPMADDUBSW: pairwise sums saturate at int16
+    assert not int8_saturates(avx2.replace("avx2", "avx2 avx512f avx512_vnni"))
+    assert not int8_saturates(avx2.replace("avx2", "avx2 avx_vnni"))
+    assert int8_saturates("")  # flags unknown: the safe side
+
+
+@onnx_installed
+def test_onnx_int8_weights_take_7_bits_where_8_would_saturate(tiny_dir, tmp_path, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    import llm2comp.backends as backends
+
+    monkeypatch.setenv("LLM2COMP_CACHE", str(tmp_path / "cache"))
+    reference = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3).encode(SAMPLE_TEXT)
+    largest = {}
+    for saturates in (False, True):
+        monkeypatch.setattr(backends, "int8_saturates", lambda: saturates)
+        model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, backend="onnx-int8")
+        assert model.body_runner.path.parent.name == ("int8-7bit-weights" if saturates else "int8")
+        weights = [numpy_helper.to_array(i) for i in onnx.load(str(model.body_runner.path)).graph.initializer
+                   if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("_quantized")]
+        assert len(weights) == 6 * model.hf_model.config.num_hidden_layers
+        largest[saturates] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+        assert _cosine(model.encode(SAMPLE_TEXT), reference).mean() > 0.95
+    assert largest[False] == 127 and largest[True] <= 64  # per channel, symmetric: the largest weight takes the top level
+
+
 def test_onnx_backend_without_onnx_installed_says_what_to_install(tiny_dir, monkeypatch):
     import importlib.util
 

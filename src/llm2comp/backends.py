@@ -15,6 +15,8 @@ normalizer, truncation) stays the model's own code path; a backend only changes 
   The export is cached under ``$LLM2COMP_CACHE/onnx/<model fingerprint>/`` (about a minute for 135M parameters).
 - ``onnx-int8``: that export with ONNX Runtime's dynamic int8 quantisation of its matrix products (weights int8 per
   channel), ``down_proj`` kept fp32 for the reason above (found by shape: the products whose input is the MLP width).
+  On x86 CPUs without VNNI the weights take 7 bits (`int8_saturates`: ORT's kernels there would overflow with 8),
+  cached apart from the 8-bit file.
 
 The torch layers of an ONNX model are freed (the embedding table and the final norm stay). Both ONNX backends need
 ``pip install 'llm2comp[onnx]'`` (onnx, onnxruntime, onnxscript).
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import time
 import warnings
@@ -106,9 +109,32 @@ def export_onnx(model, folder: str | Path) -> Path:
     return folder / "model.onnx"
 
 
-def quantize_onnx(source: Path, target: Path, intermediate_size: int) -> Path:
+def int8_saturates(cpuinfo: str | None = None) -> bool:
+    """Whether ONNX Runtime's u8 x s8 kernels can overflow on this CPU: on x86-64 without VNNI they multiply with
+    VPMADDUBSW, whose pairwise sums saturate at int16, and a full-range int8 weight times a large activation does
+    (a tiny model's embeddings fell to cosine 0.37 to fp32 on such a CPU, 0.98 on one with VNNI). Weights in 7 bits
+    (``reduce_range``) cannot saturate there. ARM CPUs and x86 with AVX-VNNI / AVX512-VNNI accumulate in int32.
+    ``cpuinfo``: the text of /proc/cpuinfo (read when not given; an x86 CPU whose flags cannot be read counts as
+    saturating, the safe side)."""
+    import platform
+
+    if cpuinfo is None:
+        if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+            return False
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return True
+    flags = set(re.findall(r"\b[a-z0-9_]+\b", " ".join(line for line in cpuinfo.splitlines() if line.startswith("flags"))))
+    if not flags:
+        return True
+    return not flags & {"avx512_vnni", "avx_vnni", "avx10_1", "amx_int8"}
+
+
+def quantize_onnx(source: Path, target: Path, intermediate_size: int, reduce_range: bool = False) -> Path:
     """ONNX Runtime's dynamic int8 quantisation of ``source``'s matrix products into ``target`` (weights per
-    channel), leaving out the MLP's down projections (their weight has the MLP width as input dimension)."""
+    channel), leaving out the MLP's down projections (their weight has the MLP width as input dimension).
+    ``reduce_range``: weights in 7 bits, for CPUs where 8 bits saturate (`int8_saturates`)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -120,7 +146,8 @@ def quantize_onnx(source: Path, target: Path, intermediate_size: int) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(str(source), str(staging), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_exclude=down, op_types_to_quantize=["MatMul"], use_external_data_format=False)
+                         nodes_to_exclude=down, op_types_to_quantize=["MatMul"], use_external_data_format=False,
+                         reduce_range=reduce_range)
     staging.rename(target)
     return target
 
@@ -161,10 +188,11 @@ def onnx_file(model, int8: bool) -> Path:
         logger.info("exported the model to ONNX in %.0f s: %s", time.perf_counter() - started, fp32)
     if not int8:
         return fp32
-    quantized = folder / "int8" / "model.onnx"
+    reduce_range = int8_saturates()
+    quantized = folder / ("int8-7bit-weights" if reduce_range else "int8") / "model.onnx"
     if not quantized.is_file():
         quantized.parent.mkdir(parents=True, exist_ok=True)
-        quantize_onnx(fp32, quantized, model.hf_model.config.get_text_config().intermediate_size)
+        quantize_onnx(fp32, quantized, model.hf_model.config.get_text_config().intermediate_size, reduce_range)
     return quantized
 
 
