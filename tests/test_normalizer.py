@@ -124,13 +124,17 @@ def test_training_config_fits_a_rotating_normalizer(tiny_dir, tmp_path):
 
     with pytest.raises(ValueError, match="fit_normalizer too"):
         TrainConfig.from_dict({"stage": "supervised", "normalizer_pca": True, "warmup_steps": 0, "max_steps": 2})
+    with pytest.raises(ValueError, match="normalizer_pca too"):
+        TrainConfig.from_dict({"stage": "supervised", "fit_normalizer": 20, "normalizer_dims": [4], "warmup_steps": 0, "max_steps": 2})
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps({"query": a, "positive": b}) for a, b in zip(FIT, FIT[1:])))
     cfg = TrainConfig.from_dict(dict(stage="supervised", model=str(tiny_dir), data=str(data), output=str(tmp_path / "run"),
                                      max_steps=1, batch_size=4, warmup_steps=0, save_steps=1, min_chars=0,
-                                     num_memory_tokens=2, max_length=48, fit_normalizer=20, normalizer_pca=True))
+                                     num_memory_tokens=2, max_length=48, fit_normalizer=20, normalizer_pca=True,
+                                     normalizer_dims=[4, 8, 4096]))
     model = LLM2Comp.from_pretrained(train(cfg))
     assert model.normalizer.rotation is not None and model.config.normalizer["rotation"] == "pca"
+    assert model.config.matryoshka_dims == [8, 4]  # declared, so serve accepts dimensions 8 and 4; 4096 > tiny: left out
 
 
 def test_cli_fit_normalizer_pca_records_cut_sizes(tiny_dir, tmp_path):

@@ -173,7 +173,7 @@ def _parse_request(payload: Any, model_name: str, dimension: int, max_items: int
     dimensions = payload.get("dimensions")
     if dimensions is not None and (isinstance(dimensions, bool) or dimensions not in (dimension, *trained_dims)):
         sizes = ", ".join(str(d) for d in (dimension, *trained_dims))
-        raise APIError(400, f"'dimensions' must be omitted or one of the sizes this model was trained for: {sizes}",
+        raise APIError(400, f"'dimensions' must be omitted or one of the sizes this model declares (config matryoshka_dims): {sizes}",
                        param="dimensions")
     return texts, encoding, dimensions
 

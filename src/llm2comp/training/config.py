@@ -74,6 +74,10 @@ class TrainConfig:
     # with fit_normalizer: also rotate the standardised embedding onto the principal axes of those texts' embeddings
     # (full-size cosines unchanged; its first n dimensions then hold the most variance, for encode(truncate_dim=n))
     normalizer_pca: bool = False
+    # with normalizer_pca: the sizes the rotated embedding declares it can be cut to (config.matryoshka_dims: serve's
+    # `dimensions`, the model card), chosen by measuring the cuts (scripts/matryoshka_sizes.py), not trained; sizes
+    # >= the embedding size (the recipe on a smaller backbone) are left out with a warning
+    normalizer_dims: list[int] | None = None
     # stage 1 levers (docs/RESULTS.md 3.5): a bridge between memory states and the frozen decoder (affine | linear;
     # stage 1 only), and a learning rate of its own for the memory tokens and the bridge (None: learning_rate)
     memory_bridge: str | None = None
@@ -129,6 +133,12 @@ class TrainConfig:
             raise ValueError(f"fit_normalizer must be >= 0, got {self.fit_normalizer}")
         if self.normalizer_pca and not self.fit_normalizer:
             raise ValueError("normalizer_pca rotates the fitted normalizer: set fit_normalizer too")
+        if self.normalizer_dims:
+            from ..objectives.contrastive import check_matryoshka_dims
+
+            if not self.normalizer_pca:
+                raise ValueError("normalizer_dims are cut sizes of the rotated normalizer: set normalizer_pca too")
+            check_matryoshka_dims(self.normalizer_dims)
         if self.global_batch_size is not None and self.global_batch_size < 1:
             raise ValueError(f"global_batch_size must be >= 1, got {self.global_batch_size}")
         for name in ("max_steps", "batch_size", "save_steps", "gradient_accumulation_steps"):

@@ -168,10 +168,14 @@ def train(cfg: TrainConfig) -> Path:
     check_engine(cfg, trainer.accelerator, reads_decoder=cfg.stage == "pretrain" and cfg.objective in ("kl", "nll", "rc"))
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     end_training_length(model)
-    if cfg.stage != "pretrain":  # the sizes the embedding was trained to be cut to (none: only the full size)
+    if cfg.stage != "pretrain":  # the sizes the embedding can be cut to: trained, or those of a rotated normalizer
         from ..objectives.contrastive import check_matryoshka_dims
 
-        model.config.matryoshka_dims = check_matryoshka_dims(cfg.matryoshka_dims)
+        size = model.get_sentence_embedding_dimension()
+        declared = [d for d in cfg.normalizer_dims or [] if d < size]  # a recipe's sizes on a smaller backbone: dropped
+        if len(declared) < len(cfg.normalizer_dims or []):
+            logger.warning("normalizer_dims %s: sizes >= the embedding size (%d) left out", cfg.normalizer_dims, size)
+        model.config.matryoshka_dims = check_matryoshka_dims([*(cfg.matryoshka_dims or []), *declared], size)
     if cfg.fit_normalizer:  # on every rank: under ZeRO-3 / FSDP each forward needs all ranks (the main process saves)
         from ..data.pairs import stage_texts
 
