@@ -70,6 +70,7 @@ def test_onnx_embeds_like_torch_and_int8_runs_int8_products(tiny_dir, tmp_path, 
     onnx = LLM2Comp.from_pretrained(tmp_path / "m", backend="onnx")
     assert onnx.backend == "onnx" and onnx.peft_model is None and onnx.normalizer is not None
     assert len(onnx.body.layers) == 0  # the torch layers are freed: the graph runs them
+    assert onnx.body_runner.session.get_session_options().enable_cpu_mem_arena is False  # no arena that only grows
     embeddings = onnx.encode(SAMPLE_TEXT)
     np.testing.assert_allclose(embeddings, reference, atol=2e-5, rtol=1e-4)  # the same network, another runtime
     np.testing.assert_allclose(onnx.encode(SAMPLE_TEXT[:2], truncate_dim=8), LLM2Comp.from_pretrained(tmp_path / "m").encode(SAMPLE_TEXT[:2], truncate_dim=8), atol=2e-5, rtol=1e-4)
