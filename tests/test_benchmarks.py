@@ -31,8 +31,12 @@ def test_encode_throughput_prints_consistent_measurements():
     unsorted = _number(out, r"unsorted batching \(input order\)\s+([\d.]+)")
     assert min(bare, encode, unsorted) > 0
     overhead = _number(out, r"encode overhead over bare forward: ([+-][\d.]+)%")
-    assert overhead == pytest.approx(100 * (bare / encode - 1), abs=0.2)  # the ratio of the printed rates
-    assert _number(out, r"length-sorted speed-up over unsorted: ([\d.]+)x") == pytest.approx(encode / unsorted, abs=0.01)
+    # the ratios of the printed rates, within what rounding the rates to 0.1 and the ratios to their digits can move
+    # them (slow rates on a loaded machine move them most)
+    rounding = lambda a, b: (a / b) * (0.05 / a + 0.05 / b)
+    assert overhead == pytest.approx(100 * (bare / encode - 1), abs=100 * rounding(bare, encode) + 0.05 + 1e-6)
+    speedup = _number(out, r"length-sorted speed-up over unsorted: ([\d.]+)x")
+    assert speedup == pytest.approx(encode / unsorted, abs=rounding(encode, unsorted) + 0.005 + 1e-6)
 
 
 def test_one_copy_memory_smoke():
