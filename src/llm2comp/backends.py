@@ -164,7 +164,8 @@ class OnnxBody:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # no CPU arena: it keeps the largest batch's buffers for good (texts vary in length, so it only grows);
-        # RESULTS 6: -58 MiB (fp32) / -70 MiB (int8) after a few batches, for a speed cost within the noise
+        # RESULTS 6: the session alone -58 MiB (fp32) / -70 MiB (int8) after a few batches, end to end -26 to -43 MiB
+        # for int8; the speed cost within the noise
         options.enable_cpu_mem_arena = False
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -146,7 +146,7 @@ class DynamicBatcher:
 
 
 def _parse_request(payload: Any, model_name: str, dimension: int, max_items: int,
-                   trained_dims: Sequence[int] = ()) -> tuple[list[str], str, int | None]:
+                   declared_dims: Sequence[int] = ()) -> tuple[list[str], str, int | None]:
     if not isinstance(payload, dict):
         raise APIError(400, "the request body must be a JSON object")
     if "input" not in payload:
@@ -171,8 +171,8 @@ def _parse_request(payload: Any, model_name: str, dimension: int, max_items: int
     if encoding not in ("float", "base64"):
         raise APIError(400, f"'encoding_format' must be 'float' or 'base64', got {encoding!r}", param="encoding_format")
     dimensions = payload.get("dimensions")
-    if dimensions is not None and (isinstance(dimensions, bool) or dimensions not in (dimension, *trained_dims)):
-        sizes = ", ".join(str(d) for d in (dimension, *trained_dims))
+    if dimensions is not None and (isinstance(dimensions, bool) or dimensions not in (dimension, *declared_dims)):
+        sizes = ", ".join(str(d) for d in (dimension, *declared_dims))
         raise APIError(400, f"'dimensions' must be omitted or one of the sizes this model declares (config matryoshka_dims): {sizes}",
                        param="dimensions")
     return texts, encoding, dimensions
