@@ -140,3 +140,20 @@ def test_evaluate_loads_the_main_model_on_a_backend(tiny_dir, tmp_path, monkeypa
     assert model.backend == "onnx" and encoder is not None
     with pytest.raises(ValueError, match="backend applies to models loaded by name"):
         model_spec(LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3), backend="onnx")
+
+
+def _mapped(folder) -> bool:
+    return str(folder) in open("/proc/self/maps").read()
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads /proc/self/maps (Linux)")
+def test_a_converted_model_lets_go_of_its_weight_file(tmp_path):
+    from llm2comp.testing import make_tiny_model_dir
+
+    folder = make_tiny_model_dir(tmp_path / "mapped")  # a folder of its own: no other model maps this file
+    model = LLM2Comp.from_pretrained(folder, num_memory_tokens=3)
+    assert _mapped(folder)  # loaded weights are views of the memory-mapped safetensors file
+    reference = model.encode(SAMPLE_TEXT)
+    use_backend(model, "torch-int8")  # quantising replaces most weights; the embedding table would keep the file
+    assert not _mapped(folder)
+    assert _cosine(model.encode(SAMPLE_TEXT), reference).min() > 0.98
