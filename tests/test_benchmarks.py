@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
@@ -155,3 +156,33 @@ def test_backends_benchmark_puts_two_models_side_by_side(tmp_path):
     peak = [float(p) for p in re.findall(r"\ntorch(?:\s+\S+){5}\s+([\d.]+)", out)]
     resident = [float(p) for p in re.findall(r"\ntorch(?:\s+\S+){4}\s+([\d.]+)", out)]
     assert all(p > r > 0 for p, r in zip(peak, resident))
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen3", "gemma3_text"])
+def test_cpu_ceiling_counts_every_product_of_a_layer(architecture):
+    sys.path.insert(0, str(BENCHMARKS))
+    from cpu_ceiling import layer_shapes
+    from transformers import AutoModelForCausalLM
+
+    from llm2comp.testing import tiny_config
+
+    config = tiny_config(architecture, head_dim=24) if architecture != "llama" else tiny_config(architecture)
+    model = AutoModelForCausalLM.from_config(config)
+    linear = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    assert config.num_hidden_layers * sum(i * o for i, o in layer_shapes(config).values()) == linear
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")
+def test_cpu_ceiling_prints_a_bound_consistent_with_its_timings():
+    out = _run(BENCHMARKS / "cpu_ceiling.py", "--model", "tiny", "--n", "16", "--batch-size", "4", "--rounds", "1",
+               "--min-seconds", "0.01")
+    bounds = {}
+    for kernel in ("torch fp32", "onnx fp32", "onnx int8", "torch int8"):
+        gflops, share, bound = (_number(out, rf"\n{kernel}\s+([\d.]+)\s+[\d.]+\s+\d+%"),
+                                _number(out, rf"\n{kernel}\s+[\d.]+\s+[\d.]+\s+(\d+)%"),
+                                _number(out, rf"\n{kernel}\s+[\d.]+\s+[\d.]+\s+\d+%\s+([\d.]+)x"))
+        assert gflops > 0 and share > 0
+        # the bound is 1 / share; within what printing the share in whole % and the bound to 0.01 can move it
+        assert bound == pytest.approx(100 / share, abs=0.005 + 100 / share * 0.5 / share + 1e-6)
+        bounds[kernel] = bound
+    assert _number(out, r"ceiling: .* would be ([\d.]+)x") == max(bounds.values())
