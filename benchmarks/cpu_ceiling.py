@@ -60,8 +60,7 @@ class Products:
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
 
-        from llm2comp.backends import int8_saturates
-        from llm2comp.backends import _quiet_quantization
+        from llm2comp.backends import _quiet_quantization, int8_saturates
 
         generator = torch.Generator().manual_seed(inputs * 7 + outputs)
         weight = torch.randn(outputs, inputs, generator=generator) / inputs**0.5
@@ -167,7 +166,7 @@ def main() -> None:
         # every layer runs each product once per call of `rows` rows, i.e. rows / tokens texts
         per_text = layers * sum(per_call[kernel, p] for p in shapes) / (rows / tokens)
         bounds[kernel] = encode_s / per_text
-        print(f"{kernel:<12} {flops_per_text / per_text / 1e9:>8.1f} {per_text * 1e3:>17.2f} {per_text / encode_s:>15.0%} "
+        print(f"{kernel:<12} {flops_per_text / per_text / 1e9:>8.1f} {per_text * 1e3:>17.2f} {100 * per_text / encode_s:>15.2f}% "
               f"{bounds[kernel]:>21.2f}x")
     best = max(bounds, key=bounds.get)
     print(f"\nceiling: a backend running every product at the {best} rate and nothing else would be "
