@@ -201,3 +201,36 @@ def test_sigterm_finishes_in_flight_requests(tiny_dir, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_the_batcher_takes_everything_already_waiting_even_past_its_wait_window():
+    """Requests that queued while the model ran join the next batch without waiting: the wait window only bounds how
+    long to wait for new arrivals (a saturated server used to miss them once the event loop spent the window on
+    writing responses, and ran batches of two requests with thirty waiting)."""
+    import asyncio
+
+    from llm2comp.serving import DynamicBatcher
+
+    class CountingModel:
+        batches: list[int] = []
+
+        def encode_token_ids(self, token_ids, **kwargs):
+            import torch
+
+            self.batches.append(len(token_ids))
+            return torch.ones(len(token_ids), 4)
+
+    async def scenario():
+        model = CountingModel()
+        batcher = DynamicBatcher(model, max_batch_size=8, max_wait_ms=0.0)
+        batcher.queue = asyncio.Queue()  # fill it before the worker starts: all of it is waiting at once
+        answers = [asyncio.ensure_future(batcher.embed([[1, 2]] * n)) for n in (1, 2, 1, 3, 2, 1)]
+        await asyncio.sleep(0)  # the requests are in the queue
+        batcher.worker = asyncio.create_task(batcher._run())
+        rows = await asyncio.gather(*answers)
+        await batcher.stop()
+        return model.batches, [len(r) for r in rows]
+
+    batches, rows = asyncio.run(scenario())
+    assert rows == [1, 2, 1, 3, 2, 1]
+    assert batches == [9, 1]  # up to the limit (8 texts), the job that crosses it included; the rest next

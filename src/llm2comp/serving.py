@@ -4,8 +4,8 @@ Endpoints: ``POST /v1/embeddings`` (OpenAI's request and response, ``encoding_fo
 ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text format).
 
 Each request is tokenized once (in a thread: the token rows give the usage count, the truncation report and the
-model input). Requests are queued; one worker merges what is waiting into a batch (up to ``max_batch_size`` texts,
-or whatever arrived within ``max_wait_ms`` of the first), runs `LLM2Comp.encode_token_ids` on it in a thread (the
+model input). Requests are queued; one worker merges what is waiting into a batch (everything queued, up to
+``max_batch_size`` texts, plus what arrives within ``max_wait_ms`` of the first), runs `LLM2Comp.encode_token_ids` on it in a thread (the
 event loop keeps serving), and hands every request exactly its own rows; the merged rows are sorted by length and a
 text that occurs in several requests is embedded once. Responses equal ``encode(texts, normalize_embeddings=True)``.
 """
@@ -111,10 +111,17 @@ class DynamicBatcher:
             jobs = [await self.queue.get()]
             size, deadline = len(jobs[0].token_ids), loop.time() + self.max_wait
             while size < self.max_batch_size:
+                # what is already waiting joins at once, whatever the time: under load the event loop can spend the
+                # whole window writing responses, and wait_for(timeout=0) never takes a queued job
                 try:
-                    job = await asyncio.wait_for(self.queue.get(), timeout=max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    break
+                    job = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    if loop.time() >= deadline:
+                        break
+                    try:
+                        job = await asyncio.wait_for(self.queue.get(), timeout=deadline - loop.time())
+                    except asyncio.TimeoutError:
+                        break
                 jobs.append(job)
                 size += len(job.token_ids)
             self.metrics.queued -= size
