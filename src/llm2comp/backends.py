@@ -105,10 +105,29 @@ def export_onnx(model, folder: str | Path) -> Path:
                           input_names=["inputs_embeds", "attention_mask"], output_names=["last_hidden_state"],
                           dynamic_shapes={"inputs_embeds": {0: batch, 1: tokens}, "attention_mask": {0: batch, 1: tokens}},
                           external_data=True)
+    _forget_rewriter_matches()
     if folder.exists():
         shutil.rmtree(folder)
     staging.rename(folder)
     return folder / "model.onnx"
+
+
+def _forget_rewriter_matches() -> None:
+    """Drop the exported graph that onnxscript's pattern matchers keep after optimising it.
+
+    onnxscript's rewrite rules are module-level objects whose matchers hold their last graph and match (onnxscript
+    0.7), and that graph's initializers are the exported model's torch weights: without this, every layer stays alive
+    in the process that exported, until the next export (tested: the weight file is no longer mapped)."""
+    import gc
+
+    try:
+        from onnxscript.rewriter._matcher import PatternMatcher
+    except ImportError:  # another onnxscript layout: nothing known to forget
+        return
+    for matcher in [obj for obj in gc.get_objects() if isinstance(obj, PatternMatcher)]:
+        for attribute in ("_graph", "_match", "_current_node"):
+            if hasattr(matcher, attribute):
+                setattr(matcher, attribute, None)
 
 
 def int8_saturates(cpuinfo: str | None = None) -> bool:
