@@ -160,3 +160,17 @@ def test_a_converted_model_lets_go_of_its_weight_file(tmp_path, monkeypatch, bac
     use_backend(model, backend)  # most weights are replaced; the embedding table alone would keep the whole file
     assert not _mapped(folder)
     assert _cosine(model.encode(SAMPLE_TEXT), reference).min() > 0.98
+
+
+def test_conversion_hands_freed_memory_back(tiny_dir, monkeypatch):
+    import platform
+
+    import llm2comp.backends as backends
+
+    calls = []
+    real = backends.return_freed_memory
+    monkeypatch.setattr(backends, "return_freed_memory", lambda: calls.append(1) or real())
+    use_backend(LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3), "torch-int8")
+    assert calls == [1]
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert real() is True  # glibc's malloc_trim was found and called

@@ -243,6 +243,22 @@ def release_weight_file(model) -> None:
     gc.collect()
 
 
+def return_freed_memory() -> bool:
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``; elsewhere a no-op, returns False).
+
+    glibc keeps what a conversion freed: after an ONNX export in the same process, 1.6 GiB resident fell to 0.74 GiB
+    with it (SmolLM2; RESULTS 6)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
+
+
 def use_backend(model, name: str, threads: int | None = None):
     """Switch a loaded `LLM2Comp` to backend ``name`` in place (returns it). From ``torch`` only; irreversible."""
     check_backend(name)
@@ -271,6 +287,7 @@ def use_backend(model, name: str, threads: int | None = None):
         model.clear_replicas()
         release_weight_file(model)
         model.body_runner = OnnxBody(path, threads=threads)
+    return_freed_memory()
     model.backend = name
     return model
 
