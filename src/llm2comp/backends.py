@@ -19,8 +19,8 @@ normalizer, truncation) stays the model's own code path; a backend only changes 
   cached apart from the 8-bit file.
 
 The torch layers of an ONNX model are freed (the embedding table and the final norm stay), what stays is copied out
-of the memory-mapped weight file (`release_weight_file`; torch-int8 too), and ONNX Runtime runs without its CPU memory
-arena. Both ONNX backends need
+of the memory-mapped weight file (`release_weight_file`; torch-int8 too), the heap's freed pages go back to the OS,
+and ONNX Runtime runs without its CPU memory arena. Both ONNX backends need
 ``pip install 'llm2comp[onnx]'`` (onnx, onnxruntime, onnxscript).
 
 PyTorch marks its ``torch.ao.quantization`` API deprecated in favour of torchao, whose int8 path targets GPUs; its
