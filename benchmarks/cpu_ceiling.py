@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 KERNELS = ("torch fp32", "onnx fp32", "onnx int8", "torch int8")
@@ -77,7 +76,6 @@ class Products:
         int8 = folder / f"{inputs}x{outputs}-int8.onnx"
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer suggests pre-processing, per graph
         quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"], reduce_range=int8_saturates())
         options = ort.SessionOptions()
@@ -100,13 +98,10 @@ class Products:
         return lambda: session.run(["y"], self.feed)
 
 
-def encode_seconds_per_text(model, texts: list[str], batch_size: int, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        model.encode(texts, batch_size=batch_size, show_progress_bar=False)
-        times.append((time.perf_counter() - start) / len(texts))
-    return statistics.median(times)
+def encode_seconds_per_text(model, texts: list[str], batch_size: int) -> float:
+    start = time.perf_counter()
+    model.encode(texts, batch_size=batch_size, show_progress_bar=False)
+    return (time.perf_counter() - start) / len(texts)
 
 
 def main() -> None:
@@ -125,6 +120,7 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=0.3, help="per kernel and shape, per round")
     args = parser.parse_args()
     threads = torch.get_num_threads()
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's quantizer suggests pre-processing, once per graph
 
     name = str(make_tiny_model_dir(tempfile.mkdtemp() + "/tiny")) if args.model == "tiny" else args.model
     model = LLM2Comp.from_pretrained(name)
@@ -143,7 +139,7 @@ def main() -> None:
         encode = []
         model.encode(texts[: args.batch_size], batch_size=args.batch_size, show_progress_bar=False)
         for _ in range(args.rounds):
-            encode.append(encode_seconds_per_text(model, texts, args.batch_size, 1))
+            encode.append(encode_seconds_per_text(model, texts, args.batch_size))
             for kernel in KERNELS:
                 for product, runner in products.items():
                     seconds[kernel, product].append(_timed(runner.call(kernel), args.min_seconds))

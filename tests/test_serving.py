@@ -212,7 +212,8 @@ def test_the_batcher_takes_everything_already_waiting_even_past_its_wait_window(
     from llm2comp.serving import DynamicBatcher
 
     class CountingModel:
-        batches: list[int] = []
+        def __init__(self):
+            self.batches: list[int] = []
 
         def encode_token_ids(self, token_ids, **kwargs):
             import torch

@@ -274,8 +274,8 @@ def use_backend(model, name: str, threads: int | None = None):
         model.float()
         with _quiet_quantization():
             torch.ao.quantization.quantize_dynamic(model.body, int8_layers(model.body), dtype=torch.qint8, inplace=True)
-        release_weight_file(model)
         model.clear_replicas()
+        release_weight_file(model)
     if name in ("onnx", "onnx-int8"):
         _check_onnx_installed()
         if model.device.type != "cpu":

@@ -7,7 +7,8 @@ Each request is tokenized once (in a thread: the token rows give the usage count
 model input). Requests are queued; one worker merges what is waiting into a batch (everything queued, up to
 ``max_batch_size`` texts, plus what arrives within ``max_wait_ms`` of the first), runs `LLM2Comp.encode_token_ids`
 on it in a thread (the event loop keeps serving), and hands every request exactly its own rows; the merged rows are
-sorted by length and a text that occurs in several requests is embedded once. Responses equal ``encode(texts, normalize_embeddings=True)``.
+sorted by length and a text that occurs in several requests is embedded once. Responses equal
+``encode(texts, normalize_embeddings=True)``.
 """
 
 # no `from __future__ import annotations` here: FastAPI reads the handlers' annotations (Request) at definition time
