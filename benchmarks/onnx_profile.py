@@ -56,13 +56,12 @@ def fuse_for_ort(source: Path, target: Path) -> dict[str, int]:
 
 
 def session(path: Path, threads: int, profile_prefix: str | None = None):
-    """A session with the options `OnnxBody` uses (profiling on when ``profile_prefix`` is given)."""
+    """A session with the ONNX backends' options (profiling on when ``profile_prefix`` is given)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_cpu_mem_arena = False
+    from llm2comp.backends import session_options
+
+    options = session_options(threads)
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
@@ -124,9 +123,8 @@ def main() -> None:
     feeds = record_feeds(model, sentences(args.n), args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        paths = {"plain": model.body_runner.path}
-        applied = fuse_for_ort(paths["plain"], folder / "fused" / "model.onnx")
-        paths["fused"] = folder / "fused" / "model.onnx"
+        paths = {"plain": model.body_runner.path, "fused": folder / "fused" / "model.onnx"}
+        applied = fuse_for_ort(paths["plain"], paths["fused"])
         sessions = {graph: session(path, threads) for graph, path in paths.items()}
         outputs = {graph: run_all(s, feeds) for graph, s in sessions.items()}  # also the warm-up
         seconds = {graph: [] for graph in paths}

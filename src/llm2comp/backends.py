@@ -173,6 +173,20 @@ def quantize_onnx(source: Path, target: Path, intermediate_size: int, reduce_ran
     return target
 
 
+def session_options(threads: int | None = None):
+    """The ONNX Runtime session options of the ONNX backends (``threads``: intra-op threads, default torch's)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no CPU arena: it keeps the largest batch's buffers for good (texts vary in length, so it only grows);
+    # RESULTS 6: the session alone -58 MiB (fp32) / -70 MiB (int8) after a few batches, end to end -26 to -43 MiB
+    # for int8; the speed cost within the noise
+    options.enable_cpu_mem_arena = False
+    return options
+
+
 class OnnxBody:
     """Runs an exported body in ONNX Runtime (CPU); called like the torch body, returns ``.last_hidden_state``.
     ``InferenceSession.run`` is thread-safe, so threads encoding at once share one session."""
@@ -180,15 +194,8 @@ class OnnxBody:
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no CPU arena: it keeps the largest batch's buffers for good (texts vary in length, so it only grows);
-        # RESULTS 6: the session alone -58 MiB (fp32) / -70 MiB (int8) after a few batches, end to end -26 to -43 MiB
-        # for int8; the speed cost within the noise
-        options.enable_cpu_mem_arena = False
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
     def __call__(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **ignored) -> SimpleNamespace:
         feed = {"inputs_embeds": inputs_embeds.detach().float().cpu().numpy(),
