@@ -351,3 +351,73 @@ def test_the_corpus_is_tokenized_once_for_all_processes(tmp_path, monkeypatch, t
     # one process: no file, no wait
     monkeypatch.delenv("LOCAL_RANK")
     assert tokenize_once(texts, tokenizer) == direct
+
+
+# ---------------------------------------------------------------------------------------------- NLI and paraphrase pairs
+def test_nli_and_msrp_pairs_from_a_folder(tmp_path, monkeypatch):
+    from llm2comp.data.builtin_pairs import msrp_pairs, nli_pairs
+    from llm2comp.testing import make_tiny_benchmark_dir
+
+    folder = make_tiny_benchmark_dir(tmp_path / "bench")
+    rows = [json.loads(line) for line in (folder / "train/allnli.jsonl").read_text().splitlines()]
+    monkeypatch.setenv("LLM2COMP_DATA_DIR", str(folder))
+    nli = load_pairs("builtin:nli-pairs", seed=1)
+    assert nli == nli_pairs(folder, seed=1) == load_pairs(f"builtin:nli-pairs:{folder}", seed=1)
+    assert [(p["query"], p["positive"], p.get("negative")) for p in nli] == [(r["query"], r["positive"], r.get("negative")) for r in rows]
+    assert {p["source"] for p in nli} == {"allnli"} and sum("negative" in p for p in nli) == 32
+    # E5's two allnli instructions, alternating; the premise is the key (its other hypotheses are not negatives)
+    assert {p["instruction"] for p in nli} == {E5_INSTRUCTIONS["allnli_split1"], E5_INSTRUCTIONS["allnli_split2"]}
+    assert all(p["key"] == " ".join(p["query"].lower().split()) for p in nli)
+    msrp = load_pairs("builtin:msrp-pairs", seed=1)
+    assert msrp == msrp_pairs(folder, seed=1) and len(msrp) == 24 and {p["source"] for p in msrp} == {"msrp"}
+    assert msrp != msrp_pairs(folder, seed=2)  # sides drawn in a seeded order
+    # joined with the other built-in sets, batched one source per step
+    joined = load_pairs("builtin:nli-pairs+builtin:msrp-pairs+builtin:shared-pairs", seed=1)
+    assert set(Counter(p["source"] for p in joined)) == {"allnli", "msrp", "stsb", "banking77", "scifact"}
+
+
+def test_nli_pairs_missing_file_is_a_clear_error(tmp_path, monkeypatch):
+    from llm2comp.testing import make_tiny_benchmark_dir
+
+    folder = make_tiny_benchmark_dir(tmp_path / "bench")
+    (folder / "train/msrp.jsonl").unlink()
+    with pytest.raises(DataError, match=r"builtin:msrp-pairs needs .*train/msrp.jsonl"):
+        load_pairs(f"builtin:msrp-pairs:{folder}")
+    monkeypatch.setenv("LLM2COMP_DATA_DIR", str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="LLM2COMP_DATA_DIR"):
+        load_pairs("builtin:nli-pairs")
+
+
+def test_nli_pairs_are_decontaminated(tmp_path, monkeypatch):
+    """A planted test sentence must not survive, on any side of a pair, and the drop is counted and recorded."""
+    from llm2comp.testing import make_tiny_benchmark_dir
+
+    folder = make_tiny_benchmark_dir(tmp_path / "bench")
+    test_sentence = json.loads((folder / "mteb/STSBenchmark/test.jsonl").read_text().splitlines()[0])["sentence1"]
+    planted = [{"query": "  " + test_sentence.upper(), "positive": "A planted entailment.", "source": "allnli"},
+               {"query": "A planted premise.", "positive": "Its hypothesis.", "negative": test_sentence, "source": "allnli"},
+               {"query": "Another planted premise.", "positive": test_sentence, "source": "allnli"}]
+    with (folder / "train/allnli.jsonl").open("a") as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in planted))
+    with (folder / "train/msrp.jsonl").open("a") as handle:
+        handle.write(json.dumps({"query": test_sentence, "positive": "A paraphrase of it.", "source": "msrp"}) + "\n")
+    monkeypatch.setenv("LLM2COMP_DATA_DIR", str(folder))
+    assert len(load_pairs("builtin:nli-pairs")) == 51  # undecontaminated, all of them
+
+    cfg = TrainConfig.from_dict(dict(stage="supervised", data="builtin:nli-pairs+builtin:msrp-pairs", batch_size=8))
+    dataset = build_contrastive_dataset(cfg)
+    texts = {" ".join(str(p.get(k, "")).lower().split()) for p in dataset.pairs for k in ("query", "positive", "negative")}
+    assert " ".join(test_sentence.lower().split()) not in texts
+    assert dataset.decontamination["per_source"]["allnli"] == {"checked": 51, "dropped": 3}
+    assert dataset.decontamination["per_source"]["msrp"] == {"checked": 25, "dropped": 1}
+
+
+@pytest.mark.skipif(_real_data_dir() is None or not (_real_data_dir() / "train/allnli.jsonl").is_file(), reason="train/ pairs absent")
+def test_real_nli_pairs_decontaminated():
+    from llm2comp.data.decontamination import Decontaminator
+
+    clean = Decontaminator.from_folder(_real_data_dir())
+    nli = load_pairs("builtin:nli-pairs", clean=clean)
+    msrp = load_pairs("builtin:msrp-pairs", clean=clean)
+    assert 19000 < len(nli) < 19649 and 2000 < len(msrp) < 2407  # the README's overlap (dozens of sentences) is gone
+    assert not any(t in clean for p in nli + msrp for t in (p["query"], p["positive"], p.get("negative", "")) if t)

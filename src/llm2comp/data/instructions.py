@@ -35,6 +35,7 @@ SHARED_INSTRUCTIONS = {
     "banking77": "Given a online banking query, find the corresponding intents",
     "scifact": "Given a scientific claim, retrieve documents that support or refute the claim",
     "news": "Given a news headline, retrieve the opening of its article",
+    "msrp": "Retrieve semantically similar text",
 }
 INSTRUCTIONS = {**E5_INSTRUCTIONS, **SHARED_INSTRUCTIONS}
 _SPLIT = re.compile(r"_split\d+$")

