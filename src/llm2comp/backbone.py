@@ -172,6 +172,14 @@ def _check_hub_id(repo_id: str) -> None:
         raise BackboneError(f"unknown model '{repo_id}': {_WHAT_A_MODEL_IS}; as a hub id: {problem}")
 
 
+def default_device() -> str:
+    """Where a model runs when no device is named: this process's CUDA device where CUDA is available (under a
+    multi-process launcher, LOCAL_RANK's), else the CPU."""
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
 def default_dtype(device: str | torch.device | None = None) -> torch.dtype:
     """The precision a model is loaded in when none is asked for: bf16 (fp16 without bf16 support) for a CUDA device,
     or, without a device, where CUDA is available (the model will be moved there: the Trainer and `encode` use it);

@@ -17,10 +17,11 @@ from torch import nn
 
 from . import adapters, features, inference
 from .attention import bidirectional
-from .backbone import DEFAULT_MODEL, load_backbone
+from .backbone import ALIASES, DEFAULT_MODEL, default_device, load_backbone
 from .memory import MemoryBridge, MemoryTokens
 from .persistence import CONFIG_NAME, TRAINED_ALIASES, load_saved, save_model
 from .pooling import PROMPTEOL_TEMPLATE, Normalizer, Pooling, get_pooling
+from .prompts import check_prompts, prompts_property
 
 
 @dataclasses.dataclass
@@ -42,8 +43,13 @@ class LLM2CompConfig:
     # sizes the embedding is made to be cut to (encode(truncate_dim=), serve's dimensions): Matryoshka-trained, or
     # recorded with a principal-axes normalizer (llm2comp fit-normalizer --pca --matryoshka-dims)
     matryoshka_dims: list[int] = dataclasses.field(default_factory=list)
+    # sentence-transformers' prompts: name -> text put before each text (a template with "{text}" places it), e.g. the
+    # query format a supervised stage trained with; encode(prompt_name=), encode_query / encode_document (inference.py)
+    prompts: dict[str, str] = dataclasses.field(default_factory=dict)
+    default_prompt_name: str | None = None  # the prompt `encode` applies when given none
 
     def __post_init__(self):
+        check_prompts(self.prompts, self.default_prompt_name)
         mode = get_pooling(self.pooling)
         if self.bidirectional is None:
             self.bidirectional = mode.bidirectional_default
@@ -84,16 +90,24 @@ class LLM2Comp(nn.Module):
         trust_remote_code: bool = False,
         memory_init: str | None = None,
         backend: str = "torch",
+        base_model: str | None = None,
         **hf_kwargs,
     ) -> LLM2Comp:
         """Load a backbone (alias, hub id, directory, .gguf) or a directory written by `save`; ``backend`` picks what
-        runs the network for inference (`backends.py`: torch, torch-int8, onnx, onnx-int8)."""
+        runs the network for inference (`backends.py`: torch, torch-int8, onnx, onnx-int8).
+
+        ``device``: where the model runs; None: CUDA where available, else the CPU (as sentence-transformers).
+        ``trust_remote_code``: the caller's word alone decides whether a backbone's own Python runs; a saved folder
+        that needs it is refused without it. ``base_model``: for a saved folder, the backbone to load it on instead
+        of the one its config names (a folder moved between machines)."""
         if backend != "torch":
             from .backends import check_backend, use_backend
 
             check_backend(backend)
             return use_backend(cls.from_pretrained(name_or_path, num_memory_tokens, max_length, pooling, device, dtype,
-                                                   bidirectional, trust_remote_code, memory_init, **hf_kwargs), backend)
+                                                   bidirectional, trust_remote_code, memory_init, base_model=base_model,
+                                                   **hf_kwargs), backend)
+        device = default_device() if device is None else device
         overrides = {
             k: v
             for k, v in dict(num_memory_tokens=num_memory_tokens, max_length=max_length, pooling=pooling,
@@ -104,8 +118,14 @@ class LLM2Comp(nn.Module):
             name_or_path = TRAINED_ALIASES[str(name_or_path)]()
         saved = Path(str(name_or_path)).expanduser() / CONFIG_NAME
         if saved.is_file():
-            return load_saved(cls, saved.parent, overrides, device=device, dtype=dtype, **hf_kwargs)
-        config = LLM2CompConfig(base_model=str(name_or_path), trust_remote_code=trust_remote_code, **overrides)
+            return load_saved(cls, saved.parent, overrides, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                              base_model=base_model, **hf_kwargs)
+        if base_model is not None:
+            raise ValueError("base_model= applies to a folder written by llm2comp; to load a backbone, name it first")
+        local = Path(str(name_or_path)).expanduser()
+        # a local backbone is recorded by its absolute path: a saved model never names a path relative to where it ran
+        name = str(local.resolve()) if local.exists() and str(name_or_path) not in ALIASES else str(name_or_path)
+        config = LLM2CompConfig(base_model=name, trust_remote_code=trust_remote_code, **overrides)
         hf_model, tokenizer = load_backbone(
             config.base_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **hf_kwargs
         )
@@ -211,7 +231,11 @@ class LLM2Comp(nn.Module):
 
     # ------------------------------------------------------------------ inference (inference.py)
     encode = inference.encode
+    encode_query = inference.encode_query
+    encode_document = inference.encode_document
     encode_token_ids = inference.encode_token_ids
+    prompts = prompts_property("prompts")  # the config's, as sentence-transformers' attributes (prompts.py)
+    default_prompt_name = prompts_property("default_prompt_name")
     _evaluating = inference.evaluating
 
     def clear_replicas(self) -> None:

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .atomic import staging_dir
-from .backbone import TRAINED_ALIAS_NAMES, load_backbone
+from .backbone import ALIASES, TRAINED_ALIAS_NAMES, load_backbone
 from .memory import MemoryBridge, MemoryTokens
 from .pooling import Normalizer
 from .version import __version__
@@ -51,26 +51,78 @@ def quiet_peft():
         yield
 
 
-def load_saved(cls, path: Path, overrides: dict, device=None, dtype=None, **hf_kwargs):
+def _inside(folder: Path, entry: str, what: str) -> Path:
+    """``folder / entry`` where that stays inside ``folder``; a saved config never points elsewhere by itself."""
+    target = (folder / entry).resolve()
+    if Path(entry).is_absolute() or not target.is_relative_to(folder.resolve()):
+        raise ValueError(f"{folder}: the saved config's {what} '{entry}' points outside the model folder; refusing it")
+    return target
+
+
+def resolve_base_model(folder: Path, saved: str, given: str | None = None) -> str:
+    """The backbone a saved folder is loaded on: ``given`` (the caller's word) when passed; else the saved entry
+    when it is a folder bundled inside ``folder``, an absolute path, or a name (an alias or a hub id); a relative
+    path that leaves the folder, or that would be read against the working directory, is refused."""
+    if given is not None:
+        return str(given)
+    entry = Path(saved).expanduser()
+    if entry.is_absolute() or saved in ALIASES:
+        return str(entry) if entry.is_absolute() else saved
+    if (folder / entry / "config.json").is_file():  # a bundled backbone (export)
+        return str(_inside(folder, saved, "base_model"))
+    if ".." in entry.parts or saved.startswith((".", "~")) or entry.exists():
+        raise ValueError(
+            f"{folder}: the saved config's base_model '{saved}' is a relative path outside the model folder (it would be "
+            "read against the working directory); pass the backbone yourself: from_pretrained(..., base_model=PATH_OR_HUB_ID)")
+    return saved  # a hub id
+
+
+def check_config_keys(data: dict, known: set[str], path: Path) -> None:
+    """Warn about keys this llm2comp does not know (they are dropped) and about a config written by a newer one."""
+    from packaging.version import InvalidVersion, Version
+
+    unknown = sorted(set(data) - known - {"llm2comp_version"})
+    if unknown:
+        warnings.warn(f"{path / CONFIG_NAME}: unknown key(s) {', '.join(unknown)} ignored", UserWarning, stacklevel=3)
+    written = data.get("llm2comp_version")
+    try:
+        newer = written is not None and Version(str(written)) > Version(__version__)
+    except InvalidVersion:
+        newer = True
+    if newer:
+        warnings.warn(f"{path} was written by llm2comp {written}, newer than this {__version__}: it may not load or "
+                      "embed as intended; upgrade llm2comp", UserWarning, stacklevel=3)
+
+
+def load_saved(cls, path: Path, overrides: dict, device=None, dtype=None, trust_remote_code: bool = False,
+               base_model: str | None = None, **hf_kwargs):
     """An `LLM2Comp` (`cls`) from a directory written by `save_model`: backbone, tokenizer, memory tokens,
-    normalizer and adapters (the first `merged_adapters` folded into the weights)."""
+    normalizer and adapters (the first `merged_adapters` folded into the weights).
+
+    The folder decides nothing about trust: remote code runs only with the caller's ``trust_remote_code=True``
+    (a folder saved from such a backbone is refused without it), and the backbone and adapters it names must lie
+    inside it, or be a name or an absolute path (`resolve_base_model`); ``base_model`` replaces the saved one."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
     data = json.loads((path / CONFIG_NAME).read_text())
     config_class = cls.config_class
     known = {f.name for f in dataclasses.fields(config_class)}
+    check_config_keys(data, known, path)
     config = config_class(**{k: v for k, v in data.items() if k in known})
+    if config.trust_remote_code and not trust_remote_code:
+        raise ValueError(f"{path} was saved from a backbone that runs its own Python code (trust_remote_code); llm2comp "
+                         "never runs it because a folder says so. If you trust it, pass trust_remote_code=True "
+                         "(CLI: --trust-remote-code)")
     # a saved model keeps its attention under another pooling unless told otherwise (replace keeps the field)
-    config = dataclasses.replace(config, **overrides)
-    base = Path(config.base_model).expanduser()
-    if not base.is_absolute() and (path / base / "config.json").is_file():  # a bundled backbone (export)
-        config = dataclasses.replace(config, base_model=str((path / base).resolve()))
+    config = dataclasses.replace(config, **overrides, trust_remote_code=trust_remote_code,
+                                 base_model=resolve_base_model(path, config.base_model, base_model))
+    adapter_dirs = [_inside(path, adapter, "adapter") for adapter in config.adapters]
     hf_model, tokenizer = load_backbone(
-        config.base_model, dtype=dtype, device=device, trust_remote_code=config.trust_remote_code, **hf_kwargs
+        config.base_model, dtype=dtype, device=device, trust_remote_code=trust_remote_code, **hf_kwargs
     )
     if (path / "tokenizer_config.json").is_file():  # else (a shipped adapter) the backbone's own tokenizer
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     memory_weight = load_file(path / MEMORY_NAME)["weight"]
     memory = MemoryTokens(memory_weight.shape[0], memory_weight.shape[1], init=memory_weight)
     if memory.num_tokens != config.num_memory_tokens:
@@ -83,9 +135,9 @@ def load_saved(cls, path: Path, overrides: dict, device=None, dtype=None, **hf_k
         model.normalizer = Normalizer(stats["mean"], stats["scale"], stats.get("rotation")).to(hf_model.device)
     if config.memory_bridge is not None:
         load_bridge(model, path)
-    for index, adapter in enumerate(config.adapters):
+    for index, adapter in enumerate(adapter_dirs):
         with quiet_peft():
-            peft_model = PeftModel.from_pretrained(model.hf_model, path / adapter, is_trainable=True)
+            peft_model = PeftModel.from_pretrained(model.hf_model, adapter, is_trainable=True)
         model.__dict__["_peft"] = peft_model
         if index < config.merged_adapters:
             model.merge_and_unload()

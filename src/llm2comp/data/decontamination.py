@@ -140,12 +140,14 @@ def resolve_decontaminator(setting: str | None, data_source: str = "") -> Decont
             builtin = split_folder_source(part)
             if builtin is not None and builtin[1]:
                 folder = builtin[1]
-        try:
+        try:  # a folder named (in the source or $LLM2COMP_DATA_DIR) that is not there is an error, never a log line
             root = resolve_data_dir(folder)
-        except FileNotFoundError:
-            root = None
+        except FileNotFoundError as error:
+            raise DataError(f"decontaminate: auto cannot check: {error} (name an existing benchmark folder, or "
+                            "decontaminate: off to train without the check)") from None
         if root is None:
-            logger.info("decontamination: no benchmark folder found, nothing to check against")
+            logger.warning("decontamination: no benchmark folder named or found beside the project (../shared/data), "
+                           "nothing to check against; training data is used as it is")
             return None
         return Decontaminator.from_folder(root)
     path = Path(setting).expanduser()

@@ -35,7 +35,8 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
     # frozen weights in the training precision (a 7B backbone in fp32 doubles its memory for nothing); peft keeps
     # the LoRA weights in fp32, and so are the memory tokens
     dtype = cfg.dtype or ("bfloat16" if _use_bf16(cfg.bf16) else None)
-    kwargs = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    # loaded on the CPU: the Trainer (accelerate, FSDP, DeepSpeed) places the model itself
+    kwargs = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code, "device": "cpu"}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.pooling is not None:
@@ -133,6 +134,12 @@ def train(cfg: TrainConfig) -> Path:
          **({"decontamination": dataset.decontamination} if getattr(dataset, "decontamination", None) else {}),
          **({"probe_holdout": dataset.held_out} if getattr(dataset, "held_out", 0) else {})}
     ]
+    if cfg.stage == "supervised":  # the query formats it trains, as prompts: the model embeds queries as trained
+        from ..data.instructions import trained_prompts
+
+        model.config.prompts = trained_prompts(dataset.pairs[i] for i in dataset.order)
+        if model.config.default_prompt_name not in model.config.prompts:
+            model.config.default_prompt_name = None
     output.mkdir(parents=True, exist_ok=True)
     (output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     # logs keep the steps of the checkpoint training continues from (none: a fresh start, e.g. killed before the
