@@ -19,6 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import features
+from .data.instructions import apply_prompt
+from .prompts import DOCUMENT_PROMPTS, mteb_prompt, resolve_prompt
 from .replicas import model_replicas
 
 if TYPE_CHECKING:
@@ -67,37 +69,72 @@ def similarity_pairwise(a, b) -> torch.Tensor:
     return pairwise_cos_sim(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]))
 
 
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")  # sentence-transformers' `quantize_embeddings`
+# what mteb's encoder protocol passes with a DataLoader (besides batch_size, show_progress_bar, precision): it picks
+# the model's prompt for the task and side (`mteb_prompt`); nothing else is accepted silently
+MTEB_ARGUMENTS = ("task_metadata", "hf_split", "hf_subset", "prompt_type")
+
+
 def encode(
     model,
     texts: str | Sequence[str],
-    batch_size: int = 32,
+    prompt_name: str | None = None,
     prompt: str | None = None,
-    normalize_embeddings: bool = False,
+    batch_size: int = 32,
+    show_progress_bar: bool | None = None,
+    output_value: str = "sentence_embedding",
+    precision: str = "float32",
     convert_to_numpy: bool = True,
     convert_to_tensor: bool = False,
-    show_progress_bar: bool | None = None,
-    devices: Sequence[str | torch.device] | None = None,
+    device: str | torch.device | Sequence[str | torch.device] | None = None,
+    normalize_embeddings: bool = False,
     truncate_dim: int | None = None,
-    **_ignored,
+    devices: Sequence[str | torch.device] | None = None,
+    calibration_embeddings: np.ndarray | None = None,
+    ranges: np.ndarray | None = None,
+    **mteb_arguments,
 ):
-    """Embed texts: float32 numpy (n, d) by default, (d,) for a single string, a torch tensor on request.
+    """Embed texts: float32 numpy (n, d) by default, (d,) for a single string, a torch tensor on request; the arguments
+    of sentence-transformers' ``SentenceTransformer.encode`` mean what they mean there.
 
     Texts are batched by token length (longest first) and returned in input order; a text that occurs more
     than once is embedded once. Empty or whitespace
     strings are valid input (they are embedded like any text; with memory pooling the memory tokens
-    alone). Non-string items raise TypeError; batch_size < 1 raises ValueError.
+    alone). Non-string items raise TypeError; batch_size < 1 raises ValueError; an argument encode does not know
+    raises TypeError (it is never silently ignored).
 
-    ``devices`` (opt-in, e.g. ``["cuda:0", "cuda:1"]``) spreads the batches over model replicas on those
-    devices, one thread each; without it, nothing runs anywhere but on the model's own device.
+    ``prompt`` (a text put before each text, or a template with ``{text}``) wins over ``prompt_name`` (a key of
+    ``model.prompts``; an unknown one is a ValueError); with neither, ``model.default_prompt_name``'s prompt applies.
+
+    ``precision``: ``float32``, or ``int8`` / ``uint8`` / ``binary`` / ``ubinary`` through sentence-transformers'
+    ``quantize_embeddings``: int8/uint8 buckets per dimension come from ``ranges`` ((2, d) min/max), else from
+    ``calibration_embeddings``, else from the embeddings of this call (then a single text cannot be quantized).
+
+    ``device``: run on this device (the model's own, or a copy of it kept there, see ``devices``); a list of devices is
+    ``devices``. ``devices`` (opt-in, e.g. ``["cuda:0", "cuda:1"]``) spreads the batches over model replicas on those
+    devices, one thread each; without either, nothing runs anywhere but on the model's own device.
 
     ``truncate_dim`` keeps the first n dimensions (cut after pooling and the fitted normalizer, then
     L2-normalised when ``normalize_embeddings``): a model trained with ``matryoshka_dims`` loses little at
     those sizes (``config.matryoshka_dims``); any other model may be cut too, at a larger loss.
+
+    mteb (its encoder protocol) passes a DataLoader of ``{"text": [...]}`` batches with ``task_metadata``,
+    ``hf_split``, ``hf_subset`` and ``prompt_type``: the prompt is then the model's for that task and side
+    (`mteb_prompt`), and the result a (n, d) array.
     """
+    unknown = sorted(set(mteb_arguments) - set(MTEB_ARGUMENTS))
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise TypeError(f"encode() got unexpected keyword argument{'s' if len(unknown) > 1 else ''} {names}")
+    if output_value != "sentence_embedding":
+        raise ValueError(f"output_value={output_value!r}: an LLM2Comp model gives sentence embeddings only")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if isinstance(texts, torch.utils.data.DataLoader):  # mteb's encoder protocol: batches of {"text": [...]}
         texts = texts_of_batches(texts)
-        show_progress_bar = bool(show_progress_bar or _ignored.get("show_progress_bar")) and len(texts) >= 4 * batch_size
-        return np.asarray(encode(model, texts, batch_size=batch_size, show_progress_bar=show_progress_bar), dtype=np.float32).reshape(len(texts), -1)
+        if prompt is None and prompt_name is None and mteb_arguments.get("task_metadata") is not None:
+            prompt = mteb_prompt(model, mteb_arguments["task_metadata"], mteb_arguments.get("prompt_type"))
+        show_progress_bar = bool(show_progress_bar) and len(texts) >= 4 * batch_size
     single = isinstance(texts, str)
     if single:
         texts = [texts]
@@ -109,24 +146,68 @@ def encode(
             raise TypeError(f"texts[{index}] is {type(text).__name__}, not str")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    devices = run_devices(device, devices)
+    prompt = resolve_prompt(model.prompts, model.default_prompt_name, prompt, prompt_name)
     dim = check_truncate_dim(truncate_dim, model.get_sentence_embedding_dimension())
     if not texts:
         empty = torch.empty(0, dim)
         return empty if convert_to_tensor or not convert_to_numpy else empty.numpy()
     slot: dict[str, int] = {}
     inverse = [slot.setdefault(text, len(slot)) for text in texts]
-    unique = list(slot)  # a repeated text is tokenized and embedded once (STS sets repeat up to half their sentences)
-    token_ids = model.token_ids(unique, prompt)
-    features.report_truncation(model, unique, token_ids, prompt)
+    unique = [apply_prompt(prompt, text) for text in slot]  # a repeated text is embedded once (STS repeats many)
+    token_ids = model.token_ids(unique)
+    features.report_truncation(model, unique, token_ids, None)
     result = model.encode_token_ids(token_ids, batch_size=batch_size, normalize_embeddings=normalize_embeddings,
                                    show_progress_bar=show_progress_bar, devices=devices, truncate_dim=truncate_dim)
     if len(unique) < len(texts):
         result = result[torch.tensor(inverse)]
+    if precision != "float32":
+        from sentence_transformers import quantize_embeddings
+
+        result = torch.from_numpy(quantize_embeddings(result.numpy(), precision=precision, ranges=ranges,
+                                                      calibration_embeddings=calibration_embeddings))
     if single:
         result = result[0]
     if convert_to_tensor or not convert_to_numpy:
         return result
     return result.numpy()
+
+
+def encode_query(model, texts: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+    """`encode` for queries (retrieval): without ``prompt_name`` or ``prompt``, the model's ``"query"`` prompt, as
+    sentence-transformers' ``encode_query`` (none when the model has none: like there, not the default prompt)."""
+    if prompt_name is None and prompt is None:
+        prompt_name, prompt = ("query", None) if "query" in model.prompts else (None, "")
+    return encode(model, texts, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+
+def encode_document(model, texts: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None, **kwargs):
+    """`encode` for documents (a retrieval corpus): without ``prompt_name`` or ``prompt``, the first of the model's
+    ``"document"``, ``"passage"``, ``"corpus"`` prompts, as sentence-transformers' ``encode_document``."""
+    if prompt_name is None and prompt is None:
+        prompt_name = next((name for name in DOCUMENT_PROMPTS if name in model.prompts), None)
+        prompt = "" if prompt_name is None else None
+    return encode(model, texts, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+
+def run_devices(device, devices) -> list[str | torch.device] | None:
+    """Where `encode` runs: ``devices``, or ``device`` (one device, or a list as sentence-transformers takes it)."""
+    if device is None:
+        return list(devices) if devices else None
+    if devices:
+        raise ValueError("give device= or devices=, not both")
+    return [check_device(d) for d in (device if isinstance(device, (list, tuple)) else [device])]
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A device this machine has, or a ValueError naming it."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"invalid device {device!r}: {error}") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device!r} is not available ({torch.cuda.device_count()} CUDA device(s) here)")
+    return parsed
 
 def encode_token_ids(
     model,

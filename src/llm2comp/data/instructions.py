@@ -8,6 +8,8 @@ LLM2Vec and the LLM2Comp release use them, and those of the built-in pair sets.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Iterable
 
 # Task instructions of the public E5 data, as LLM2Vec uses them (llm2vec/dataset/E5Data.py); the LLM2Comp release
 # uses the same strings (its quora file alternates the two quora instructions). Query side only.
@@ -58,8 +60,48 @@ def instruction_for(source: str | None, row: int = 0) -> str:
 
 
 QUERY_TEMPLATE = "{instruction}: {text}\n"  # the recipe's query format; evaluation uses the same by default
+TEXT_SLOT = "{text}"  # where a prompt that is a template puts the text (a prompt without it goes before the text)
 
 
 def format_query(query: str, instruction: str = "") -> str:
     """``"{instruction}: {query}\\n"``; an empty instruction gives the bare query."""
     return QUERY_TEMPLATE.format(instruction=instruction, text=query) if instruction else query
+
+
+def query_prompt(instruction: str, template: str = QUERY_TEMPLATE) -> str:
+    """The prompt of an instruction: ``template`` with the instruction in place and ``{text}`` kept
+    (``"Retrieve semantically similar text: {text}\\n"``); an empty instruction gives no prompt ("")."""
+    return template.replace("{instruction}", instruction) if instruction else ""
+
+
+def apply_prompt(prompt: str | None, text: str) -> str:
+    """A text with its prompt: a prompt with ``{text}`` is a template (the text goes there, once; braces in the text
+    are kept), any other prompt goes before the text, as sentence-transformers puts it. None or "" leave the text."""
+    if not prompt:
+        return text
+    if TEXT_SLOT in prompt:
+        head, tail = prompt.split(TEXT_SLOT, 1)
+        return head + text + tail
+    return prompt + text
+
+
+def trained_prompts(pairs: Iterable[dict]) -> dict[str, str]:
+    """The prompts of the query formats a supervised stage trained with (pairs as `PairDataset` holds them): one per
+    source, named by the source (``source_1``, ``source_2``, ... for a source that alternates instructions), and
+    ``"query"``, the one most queries had (the first seen of equals). Pairs trained without instructions: none."""
+    counts: Counter[str] = Counter()
+    by_source: dict[str, list[str]] = {}
+    for pair in pairs:
+        instruction = pair.get("instruction") or ""
+        if instruction:
+            counts[instruction] += 1
+            seen = by_source.setdefault(str(pair.get("source") or "default"), [])
+            if instruction not in seen:
+                seen.append(instruction)
+    prompts = {}
+    for source, instructions in by_source.items():
+        for index, instruction in enumerate(instructions, 1):
+            prompts[source if len(instructions) == 1 else f"{source}_{index}"] = query_prompt(instruction)
+    if counts:
+        prompts["query"] = query_prompt(counts.most_common(1)[0][0])
+    return prompts
