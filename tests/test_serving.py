@@ -235,3 +235,114 @@ def test_the_batcher_takes_everything_already_waiting_even_past_its_wait_window(
     batches, rows = asyncio.run(scenario())
     assert rows == [1, 2, 1, 3, 2, 1]
     assert batches == [9, 1]  # up to the limit (8 texts), the job that crosses it included; the rest next
+
+
+# ---------------------------------------------------------------------------------------------- limits and failures
+class _Running:
+    """An app served by uvicorn in a thread for the length of a with-block."""
+
+    def __init__(self, app):
+        self.app, self.port = app, _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert self.server.started
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+class _GatedModel:
+    """Wraps a model: every model batch waits for `gate` (so requests pile up), or raises when `fail` is set."""
+
+    def __init__(self, model):
+        self.model, self.gate, self.fail, self.config = model, threading.Event(), False, model.config
+        self.backend = model.backend
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def encode_token_ids(self, token_ids, **kwargs):
+        if self.fail:
+            raise RuntimeError("the model broke")
+        assert self.gate.wait(timeout=60)
+        return self.model.encode_token_ids(token_ids, **kwargs)
+
+
+def _get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, json.loads(response.read()), response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), error.headers
+
+
+def test_more_requests_than_the_limit_get_429_and_none_is_lost(model):
+    gated = _GatedModel(model)
+    app = create_app(gated, "tiny", max_concurrent_requests=2, max_wait_ms=1)
+    with _Running(app) as url, ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(_post, url, {"input": [f"text {i}"]}, None) for i in range(6)]
+        deadline = time.time() + 30
+        while app.state.metrics.requests.get(429, 0) < 4 and time.time() < deadline:
+            time.sleep(0.05)
+        gated.gate.set()
+        answers = [f.result() for f in futures]
+        statuses = sorted(status for status, _, _ in answers)
+        assert statuses == [200, 200, 429, 429, 429, 429]
+        for status, body, headers in answers:
+            if status == 429:
+                assert body["error"]["type"] == "rate_limit_error" and body["error"]["code"] == "rate_limit_exceeded"
+                assert headers["Retry-After"] == "1"
+            else:
+                assert len(body["data"]) == 1
+        assert app.state.metrics.requests == {200: 2, 429: 4}
+        assert _post(url, {"input": ["afterwards"]}, None)[0] == 200  # the slots were given back
+        status, health, _ = _get(url + "/health")
+        assert status == 200 and health["status"] == "ok" and health["in_flight"] == 0
+
+
+def test_unexpected_failures_are_openai_errors_counted_and_health_says_when_it_cannot_serve(model):
+    gated = _GatedModel(model)
+    gated.gate.set()
+    app = create_app(gated, "tiny")
+    with _Running(app) as url:
+        dim = model.get_sentence_embedding_dimension()
+        status, body, _ = _post(url, {"input": ["x"], "dimensions": float(dim)}, None)  # 256.0 is not 256
+        assert status == 400 and body["error"]["param"] == "dimensions"
+        gated.fail = True
+        status, body, _ = _post(url, {"input": ["x"]}, None)
+        assert status == 500 and body["error"]["type"] == "server_error" and "RuntimeError" in body["error"]["message"]
+        gated.fail = False
+        status, body, _ = _get(url + "/no/such/route")
+        assert status == 404 and body["error"]["code"] == "http_404"
+        assert app.state.metrics.requests == {400: 1, 500: 1, 404: 1}
+        assert "llm2comp_requests_total{status=\"500\"} 1" in urllib.request.urlopen(url + "/metrics").read().decode()
+        assert _get(url + "/health")[0] == 200
+        app.state.batcher.worker.cancel()  # the batcher is gone: health says so, requests are refused, not hung
+        time.sleep(0.2)
+        status, health, headers = _get(url + "/health")
+        assert status == 503 and health["status"] == "unavailable" and "stopped" in health["reason"]
+        status, body, _ = _post(url, {"input": ["x"]}, None)
+        assert status == 503 and body["error"]["code"] == "unavailable"
+
+
+def test_each_thread_tokenizes_with_its_own_tokenizer(model):
+    from llm2comp.features import thread_tokenizer
+
+    here = thread_tokenizer(model.tokenizer)
+    assert thread_tokenizer(model.tokenizer) is here
+    with ThreadPoolExecutor(2) as pool:
+        theirs = set(map(id, pool.map(lambda _: thread_tokenizer(model.tokenizer), range(8))))
+    assert id(here) not in theirs and 1 <= len(theirs) <= 2  # one copy per worker thread, made once
+    texts = [" ".join(SAMPLE_TEXT)] * 3 + ["short"] * 3  # truncating and measuring, all at once: every row right
+    expected = [model.token_ids([t]) for t in texts]
+    with ThreadPoolExecutor(6) as pool:
+        for _ in range(5):
+            assert list(pool.map(lambda t: model.token_ids([t]), texts)) == expected

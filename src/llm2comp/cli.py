@@ -11,6 +11,7 @@ from pathlib import Path
 from .backbone import DEFAULT_ENCODER, DEFAULT_MODEL
 from .backends import BACKENDS
 from .pooling import pooling_modes
+from .serving import LIMITS
 
 
 def _common(parser: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL) -> None:
@@ -18,6 +19,12 @@ def _common(parser: argparse.ArgumentParser, model_default: str | None = DEFAULT
     parser.add_argument("--config", help="YAML file of settings; command-line flags override it")
     parser.add_argument("--output", help="output path")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    _trust_flag(parser)
+
+
+def _trust_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let transformers run the model's own Python code (off unless given; a saved folder never turns it on)")
 
 
 def _encode(args) -> int:
@@ -32,7 +39,7 @@ def _encode(args) -> int:
 
         torch.set_num_threads(args.threads)
     model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling, max_length=args.max_length,
-                                     backend=args.backend)
+                                     backend=args.backend, trust_remote_code=args.trust_remote_code)
     if args.skip_empty:
         texts = [t for t in texts if t.strip()]
     model.merge_and_unload()
@@ -80,7 +87,7 @@ def _train(args) -> int:
         "decontaminate": args.decontaminate, "memory_bridge": args.memory_bridge, "memory_lr": args.memory_lr,
         "probe_steps": args.probe_steps, "contrast_weight": args.contrast_weight,
         "matryoshka_dims": [int(d) for d in args.matryoshka_dims.split(",")] if args.matryoshka_dims else None,
-        "cosent_scale": args.cosent_scale,
+        "cosent_scale": args.cosent_scale, "trust_remote_code": args.trust_remote_code or None,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
     cfg = TrainConfig.from_yaml(args.config, **flags) if args.config else TrainConfig.from_dict(flags)
@@ -95,11 +102,12 @@ def _train(args) -> int:
 
 
 def _serve(args) -> int:
-    from .serving import serve
+    from .serving import ServeLimits, serve
 
-    serve(args.model, args.host, args.port, device=args.device, name=args.name, max_batch_size=args.max_batch_size,
-          max_wait_ms=args.max_wait_ms, api_key=args.api_key, max_items=args.max_items,
-          max_body_bytes=int(args.max_body_mb * 2**20), backend=args.backend, threads=args.threads)
+    limits = ServeLimits(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_items=args.max_items,
+                         max_body_bytes=int(args.max_body_mb * 2**20), max_concurrent_requests=args.max_concurrent_requests)
+    serve(args.model, args.host, args.port, device=args.device, name=args.name, limits=limits, api_key=args.api_key,
+          backend=args.backend, threads=args.threads, trust_remote_code=args.trust_remote_code)
     return 0
 
 
@@ -270,15 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", help="the model id clients send and /v1/models lists (default: MODEL as given)")
-    p.add_argument("--max-batch-size", type=int, default=64, help="texts per model batch (default 64)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests (default 5)")
+    p.add_argument("--max-batch-size", type=int, default=LIMITS.max_batch_size, help=f"texts per model batch (default {LIMITS.max_batch_size})")
+    p.add_argument("--max-wait-ms", type=float, default=LIMITS.max_wait_ms,
+                   help=f"how long a batch waits for more requests (default {LIMITS.max_wait_ms:g})")
     p.add_argument("--api-key", default=os.environ.get("LLM2COMP_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $LLM2COMP_API_KEY; none: open)")
-    p.add_argument("--max-items", type=int, default=2048, help="texts per request (default 2048, as OpenAI)")
-    p.add_argument("--max-body-mb", type=float, default=8.0, help="request body limit in MiB (default 8)")
+    p.add_argument("--max-items", type=int, default=LIMITS.max_items, help=f"texts per request (default {LIMITS.max_items}, as OpenAI)")
+    p.add_argument("--max-body-mb", type=float, default=LIMITS.max_body_bytes / 2**20,
+                   help=f"request body limit in MiB (default {LIMITS.max_body_bytes / 2**20:g})")
+    p.add_argument("--max-concurrent-requests", type=int, default=LIMITS.max_concurrent_requests,
+                   help=f"embedding requests admitted at once; more are answered 429 with Retry-After (default {LIMITS.max_concurrent_requests})")
     p.add_argument("--backend", default="torch", choices=list(BACKENDS), help="what runs the network (default torch: fp32)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's); /v1/models reports it")
-    p.add_argument("--device")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    _trust_flag(p)
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("probe", help="compression probe: does the memory carry the text? (own vs another text's vs no memory, and the ceiling)")

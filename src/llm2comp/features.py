@@ -7,8 +7,10 @@ goes through these functions, so they all cut texts in the same place.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,10 +22,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # A fast tokenizer's truncation is state on the tokenizer (each call with truncation=True/False sets it, then
-# encodes), so two threads tokenizing at once, one truncating and one measuring full lengths, can each get the
-# other's setting: rows longer than max_length, or cut token counts. Every tokenizer call of the encode path takes
-# this lock (one for all models: a lock on the model would break deepcopy/pickle; tokenizing is the cheap part).
-TOKENIZER_LOCK = threading.RLock()
+# encodes), so two threads tokenizing with one tokenizer, one truncating and one measuring full lengths, can each get
+# the other's setting. Rather than one lock that queues every request behind the largest (serve), each thread uses
+# its own tokenizer: the first thread to tokenize with a tokenizer uses it, every other thread a deep copy made once.
+_OWN_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (owner thread id, threading.local)
+_COPIES_LOCK = threading.Lock()
+
+
+def thread_tokenizer(tokenizer):
+    """This thread's tokenizer for ``tokenizer``: the tokenizer itself for the first thread that asks, a copy of
+    it (made once per thread) for any other, so that concurrent calls never share truncation state."""
+    with _COPIES_LOCK:
+        entry = _OWN_COPIES.get(tokenizer)
+        if entry is None:
+            entry = _OWN_COPIES[tokenizer] = (threading.get_ident(), threading.local())
+    owner, local = entry
+    if owner == threading.get_ident():
+        return tokenizer
+    if getattr(local, "tokenizer", None) is None:
+        local.tokenizer = copy.deepcopy(tokenizer)
+    return local.tokenizer
 
 
 def special_prefix(tokenizer) -> list[int]:
@@ -57,11 +75,10 @@ def raw_text_budget(model: LLM2Comp) -> int:
 
 def token_ids(model: LLM2Comp, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
     """Per-text token ids, truncated so that the whole input (template, memory slots) fits max_length.
-    Safe to call from several threads (see `TOKENIZER_LOCK`)."""
+    Safe to call from several threads at once, none waiting for another (`thread_tokenizer`)."""
     if prompt:
         texts = [prompt + t for t in texts]
-    with TOKENIZER_LOCK:
-        return model.pooling.token_ids(model.tokenizer, texts, model.config)
+    return model.pooling.token_ids(thread_tokenizer(model.tokenizer), texts, model.config)
 
 
 def count_truncated(model: LLM2Comp, texts: Sequence[str], rows: Sequence[Sequence[int]],
@@ -71,9 +88,9 @@ def count_truncated(model: LLM2Comp, texts: Sequence[str], rows: Sequence[Sequen
     candidates = [(prompt or "") + texts[i] for i, row in enumerate(rows) if len(row) >= text_budget(model)]
     if not candidates:
         return 0, 0
-    with TOKENIZER_LOCK:
-        room = model.pooling.text_room(model.tokenizer, model.config)
-        lengths = model.pooling.text_lengths(model.tokenizer, candidates)
+    tokenizer = thread_tokenizer(model.tokenizer)
+    room = model.pooling.text_room(tokenizer, model.config)
+    lengths = model.pooling.text_lengths(tokenizer, candidates)
     longer = [n for n in lengths if n > room]
     return len(longer), max(longer, default=0)
 

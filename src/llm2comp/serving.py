@@ -9,6 +9,12 @@ model input). Requests are queued; one worker merges what is waiting into a batc
 on it in a thread (the event loop keeps serving), and hands every request exactly its own rows; the merged rows are
 sorted by length and a text that occurs in several requests is embedded once. Responses equal
 ``encode(texts, normalize_embeddings=True)``.
+
+Limits (`ServeLimits`, also the CLI's defaults): at most ``max_concurrent_requests`` embedding requests are admitted
+at once; one more is answered **429** at once (OpenAI's error body, ``Retry-After``) before its body is read, so
+memory stays bounded by that many bodies of at most ``max_body_bytes``. Every error is an OpenAI-shaped JSON body
+counted in ``/metrics`` (an unexpected failure: 500, ``server_error``); ``/health`` answers 503 when the batcher
+cannot serve.
 """
 
 # no `from __future__ import annotations` here: FastAPI reads the handlers' annotations (Request) at definition time
@@ -23,9 +29,28 @@ from typing import Any
 
 import numpy as np
 
-MAX_ITEMS = 2048  # OpenAI's limit on inputs per request
-MAX_BODY_BYTES = 8 * 2**20
 TRUNCATED_HEADER = "X-Llm2comp-Truncated"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeLimits:
+    """The server's limits; the one place their defaults live (`llm2comp serve` takes its defaults from here)."""
+
+    max_batch_size: int = 64  # texts per model batch
+    max_wait_ms: float = 5.0  # how long a batch waits for more requests
+    max_items: int = 2048  # texts per request (OpenAI's limit)
+    max_body_bytes: int = 8 * 2**20
+    max_concurrent_requests: int = 64  # admitted at once; one more gets 429 (as TEI's --max-concurrent-requests)
+    retry_after_s: int = 1  # the Retry-After of a 429
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_items", "max_body_bytes", "max_concurrent_requests"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+LIMITS = ServeLimits()
+MAX_ITEMS, MAX_BODY_BYTES = LIMITS.max_items, LIMITS.max_body_bytes
 
 
 class APIError(Exception):
@@ -99,8 +124,19 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
 
+    def problem(self) -> str | None:
+        """Why the batcher cannot serve (not started, stopped, or its worker died), or None."""
+        if self.worker is None:
+            return "the batcher has not started"
+        if self.worker.done():
+            error = None if self.worker.cancelled() else self.worker.exception()
+            return f"the batcher stopped: {error!r}" if error is not None else "the batcher stopped"
+        return None
+
     async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
         """Normalised embeddings of token rows made by `model.token_ids`, once their batch has run."""
+        if self.worker is not None and self.worker.done():  # never queue work nobody will take
+            raise APIError(503, f"the server cannot embed now: {self.problem()}", kind="server_error", code="unavailable")
         future = asyncio.get_running_loop().create_future()
         self.metrics.queued += len(token_ids)
         await self.queue.put(_Job(token_ids, future))
@@ -179,9 +215,10 @@ def _parse_request(payload: Any, model_name: str, dimension: int, max_items: int
     if encoding not in ("float", "base64"):
         raise APIError(400, f"'encoding_format' must be 'float' or 'base64', got {encoding!r}", param="encoding_format")
     dimensions = payload.get("dimensions")
-    if dimensions is not None and (isinstance(dimensions, bool) or dimensions not in (dimension, *declared_dims)):
+    if dimensions is not None and (type(dimensions) is not int or dimensions not in (dimension, *declared_dims)):
         sizes = ", ".join(str(d) for d in (dimension, *declared_dims))
-        raise APIError(400, f"'dimensions' must be omitted or one of the sizes this model declares (config matryoshka_dims): {sizes}",
+        raise APIError(400, f"'dimensions' must be omitted or an integer, one of the sizes this model declares (config "
+                       f"matryoshka_dims): {sizes}; got {dimensions!r}",
                        param="dimensions")
     return texts, encoding, dimensions
 
@@ -198,18 +235,21 @@ def tokenize(model, texts: Sequence[str]) -> tuple[list[list[int]], int, int]:
     return rows, sum(len(row) for row in rows), model.count_truncated(texts, rows)[0]
 
 
-def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms: float = 5.0, api_key: str | None = None,
-               max_items: int = MAX_ITEMS, max_body_bytes: int = MAX_BODY_BYTES):
-    """The ASGI app (FastAPI) serving `model` under `model_name`."""
+def create_app(model, model_name: str, *, limits: ServeLimits | None = None, api_key: str | None = None, **limit_kwargs):
+    """The ASGI app (FastAPI) serving `model` under `model_name`; ``limits`` (or its fields as keywords) as
+    `ServeLimits`."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse
+    from starlette.exceptions import HTTPException
 
+    limits = dataclasses.replace(limits or LIMITS, **limit_kwargs)
     metrics = Metrics()
-    batcher = DynamicBatcher(model, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, metrics=metrics)
+    batcher = DynamicBatcher(model, max_batch_size=limits.max_batch_size, max_wait_ms=limits.max_wait_ms, metrics=metrics)
     dimension = model.get_sentence_embedding_dimension()
     created = int(time.time())
+    admitted = 0  # embedding requests being answered (the event loop is single-threaded: no lock needed)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -218,11 +258,20 @@ def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms:
         await batcher.stop()
 
     app = FastAPI(title="llm2comp embeddings", lifespan=lifespan)
-    app.state.batcher, app.state.metrics = batcher, metrics
+    app.state.batcher, app.state.metrics, app.state.limits = batcher, metrics, limits
 
     def error_response(error: APIError) -> JSONResponse:
         metrics.requests[error.status] = metrics.requests.get(error.status, 0) + 1
-        return JSONResponse(error.body(), status_code=error.status)
+        headers = {"Retry-After": str(limits.retry_after_s)} if error.status in (429, 503) else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):  # unknown route, wrong method: the same shape
+        return error_response(APIError(error.status_code, str(error.detail), code=f"http_{error.status_code}"))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception):
+        return error_response(APIError(500, f"internal error: {type(error).__name__}", kind="server_error"))
 
     def check_key(request: Request) -> None:
         if api_key is None:
@@ -234,32 +283,27 @@ def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms:
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            raise APIError(413, f"request body of {int(declared)} bytes is over the limit of {max_body_bytes}")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise APIError(413, f"request body of {int(declared)} bytes is over the limit of {limits.max_body_bytes}")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > max_body_bytes:
-                raise APIError(413, f"request body is over the limit of {max_body_bytes} bytes")
+            if len(body) > limits.max_body_bytes:
+                raise APIError(413, f"request body is over the limit of {limits.max_body_bytes} bytes")
         return bytes(body)
 
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request):
-        start = time.perf_counter()
+    async def answer(request: Request, start: float):
+        check_key(request)
         try:
-            check_key(request)
-            try:
-                payload = json.loads(await read_body(request))
-            except (ValueError, UnicodeDecodeError):
-                raise APIError(400, "the request body is not valid JSON") from None
-            texts, encoding, dimensions = _parse_request(payload, model_name, dimension, max_items, model.config.matryoshka_dims)
-            token_ids, tokens, truncated = await asyncio.get_running_loop().run_in_executor(None, tokenize, model, texts)
-            rows = await batcher.embed(token_ids)
-            if dimensions is not None and dimensions < dimension:  # a trained Matryoshka size: cut, then renormalise
-                rows = rows[:, :dimensions]
-                rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-        except APIError as error:
-            return error_response(error)
+            payload = json.loads(await read_body(request))
+        except (ValueError, UnicodeDecodeError):
+            raise APIError(400, "the request body is not valid JSON") from None
+        texts, encoding, dimensions = _parse_request(payload, model_name, dimension, limits.max_items, model.config.matryoshka_dims)
+        token_ids, tokens, truncated = await asyncio.get_running_loop().run_in_executor(None, tokenize, model, texts)
+        rows = await batcher.embed(token_ids)
+        if dimensions is not None and dimensions < dimension:  # a declared size: cut, then renormalise
+            rows = rows[:, :dimensions]
+            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         data = [{"object": "embedding", "index": i, "embedding": _encode_row(row, encoding)} for i, row in enumerate(rows)]
         metrics.requests[200] = metrics.requests.get(200, 0) + 1
         metrics.texts += len(texts)
@@ -269,6 +313,23 @@ def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms:
         body = {"object": "list", "data": data, "model": model_name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "truncated_inputs": truncated}
         return JSONResponse(body, headers={TRUNCATED_HEADER: str(truncated)})
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        nonlocal admitted
+        if admitted >= limits.max_concurrent_requests:  # refused before the body is read: memory stays bounded
+            return error_response(APIError(429, f"the server is busy ({limits.max_concurrent_requests} requests in "
+                                           f"progress); retry after {limits.retry_after_s} s", kind="rate_limit_error",
+                                           code="rate_limit_exceeded"))
+        admitted += 1
+        try:
+            return await answer(request, time.perf_counter())
+        except APIError as error:
+            return error_response(error)
+        except Exception as error:  # noqa: BLE001 - answered as OpenAI does, and counted
+            return error_response(APIError(500, f"internal error: {type(error).__name__}: {error}", kind="server_error"))
+        finally:
+            admitted -= 1
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -284,7 +345,12 @@ def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name}
+        problem = batcher.problem()
+        state = {"model": model_name, "in_flight": admitted, "max_concurrent_requests": limits.max_concurrent_requests,
+                 "queued_texts": metrics.queued}
+        if problem is not None:
+            return JSONResponse({"status": "unavailable", "reason": problem, **state}, status_code=503)
+        return {"status": "ok", **state}
 
     @app.get("/metrics")
     async def prometheus():
@@ -294,8 +360,8 @@ def create_app(model, model_name: str, *, max_batch_size: int = 64, max_wait_ms:
 
 
 def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, *, device: str | None = None, name: str | None = None,
-          max_batch_size: int = 64, max_wait_ms: float = 5.0, api_key: str | None = None, max_items: int = MAX_ITEMS,
-          max_body_bytes: int = MAX_BODY_BYTES, backend: str = "torch", threads: int | None = None) -> None:
+          limits: ServeLimits = LIMITS, api_key: str | None = None, backend: str = "torch", threads: int | None = None,
+          trust_remote_code: bool = False) -> None:
     """Load the model and run the server until SIGINT/SIGTERM (in-flight requests are finished first)."""
     try:
         import fastapi  # noqa: F401
@@ -310,9 +376,8 @@ def serve(model_path: str, host: str = "127.0.0.1", port: int = 8000, *, device:
         import torch
 
         torch.set_num_threads(threads)
-    model = LLM2Comp.from_pretrained(model_path, device=device, backend=backend)
+    model = LLM2Comp.from_pretrained(model_path, device=device, backend=backend, trust_remote_code=trust_remote_code)
     model.merge_and_unload()
     model.eval()
-    app = create_app(model, name or str(model_path), max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                     api_key=api_key, max_items=max_items, max_body_bytes=max_body_bytes)
+    app = create_app(model, name or str(model_path), limits=limits, api_key=api_key)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
