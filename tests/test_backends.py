@@ -174,3 +174,55 @@ def test_conversion_hands_freed_memory_back(tiny_dir, monkeypatch):
     assert calls == [1]
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert real() is True  # glibc's malloc_trim was found and called
+
+
+def _export_in_a_process(tiny_dir, folder, barrier, results):
+    """One exporter: the model's ONNX export (torch.onnx.export replaced by a writer of a file naming this process;
+    both processes reach the export, and then the publication, at the same moment), then what it returned, read at
+    once and again after the other process is done."""
+    import os
+
+    import llm2comp.backends as backends
+
+    def fake_export(body, args, path, **kwargs):
+        with open(path, "w") as handle:
+            handle.write(f"onnx of process {os.getpid()}")
+
+    torch.onnx.export = fake_export
+    backends._forget_rewriter_matches = lambda: barrier.wait(timeout=60)  # the step right before publishing
+    try:
+        model = LLM2Comp.from_pretrained(tiny_dir)
+        path = backends.export_onnx(model, folder)
+        first = path.read_text()
+        barrier.wait(timeout=60)  # the other one has published (or dropped) its export too
+        results.put(("ok", first, path.read_text()))
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        results.put(("error", repr(error), ""))
+        barrier.abort()
+
+
+def test_concurrent_exporters_of_one_model_end_with_one_valid_export(tiny_dir, tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    folder = tmp_path / "cache" / "fp32"
+    for attempt in range(3):  # several races, one of them into a folder left half-done by a crash
+        if attempt == 2:
+            import shutil
+
+            shutil.rmtree(folder)
+            folder.mkdir()
+            (folder / "model.onnx.data").write_text("left by a crash")
+        barrier, results = context.Barrier(2), context.Queue()
+        workers = [context.Process(target=_export_in_a_process, args=(tiny_dir, folder, barrier, results)) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        answers = [results.get(timeout=120) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=60)
+        assert [kind for kind, _, _ in answers] == ["ok", "ok"], answers
+        final = (folder / "model.onnx").read_text()
+        # what each process got stays what it got (no one replaced it), and it is the one export that stands
+        assert all(first == later == final for _, first, later in answers), answers
+        assert final.startswith("onnx of process") and not (folder / "model.onnx.data").exists()
+        assert [p.name for p in folder.parent.iterdir()] == ["fp32"]  # no staging or stale folder left behind

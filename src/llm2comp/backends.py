@@ -33,7 +33,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -91,10 +90,10 @@ def export_onnx(model, folder: str | Path) -> Path:
     """Export the body of ``model`` (LoRA merged) to ``folder/model.onnx`` (+ external data), atomically; returns the
     file. Inputs ``inputs_embeds`` (batch, tokens, hidden) float32 and ``attention_mask`` (batch, tokens) int64, both
     axes dynamic; output ``last_hidden_state``."""
+    from .atomic import publish_dir, staging_dir
+
     folder = Path(folder)
-    staging = folder.with_name(folder.name + f".partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_dir(folder)  # one per process: concurrent exporters of one model never share it
     body = _Body(model).eval()
     features = model.tokenize(["a short text", "another text, a little longer than the first one"])
     embeds = model.embed_inputs(features).detach().float()
@@ -106,9 +105,7 @@ def export_onnx(model, folder: str | Path) -> Path:
                           dynamic_shapes={"inputs_embeds": {0: batch, 1: tokens}, "attention_mask": {0: batch, 1: tokens}},
                           external_data=True)
     _forget_rewriter_matches()
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
+    publish_dir(staging, folder, "model.onnx")  # first complete export wins; a later one of the same model is dropped
     return folder / "model.onnx"
 
 
