@@ -259,3 +259,76 @@ def test_cli_refuses_an_untrained_model(peaked_dir, tmp_path):
         args.func(args)
     args = _parser().parse_args(argv + ["--allow-untrained"])
     assert args.func(args) == 0 and (tmp_path / "m.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- the measurement scripts
+def _script(path):
+    import importlib.util
+    from pathlib import Path
+
+    file = Path(__file__).parent.parent / path
+    spec = importlib.util.spec_from_file_location(file.stem, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rouge_l_and_token_agreement_on_known_strings():
+    ev = _script("scripts/compress_generate_eval.py")
+    assert ev.lcs_length("ABCBDAB", "BDCABA") == 4  # the textbook pair
+    assert ev.lcs_length([], [1, 2]) == 0 and ev.lcs_length([1, 2, 3], [1, 2, 3]) == 3
+    assert ev.words("The cat's hat, 2 DOGS!") == ["the", "cat", "s", "hat", "2", "dogs"]
+    # rouge-score's README example: "The quick brown fox jumps over the lazy dog" vs "The quick brown dog jumps on the log."
+    # LCS the quick brown jumps the = 5; precision 5/8, recall 5/9
+    p, r = 5 / 8, 5 / 9
+    assert ev.rouge_l("The quick brown dog jumps on the log.", "The quick brown fox jumps over the lazy dog") == \
+        pytest.approx(2 * p * r / (p + r))
+    assert ev.rouge_l("same words here", "Same, words here!") == 1.0
+    assert ev.rouge_l("", "anything") == 0.0 and ev.rouge_l("a b", "c d") == 0.0
+    assert ev.rouge_l([1, 2, 3, 4], [1, 3, 4, 5]) == pytest.approx(0.75)  # token sequences: LCS 3 of 4 and 4
+    assert ev.token_agreement([1, 2, 3, 4], [1, 9, 3, 4]) == 0.75
+    assert ev.token_agreement([1, 2], [1, 2, 3, 4]) == 0.5  # missing positions disagree
+    assert ev.token_agreement([], []) == 1.0
+    assert ev.ratio(3.0, 2.0) == 1.5 and ev.ratio(1.0, 0.0) is None
+
+
+def test_break_even_and_kv_size():
+    bench = _script("benchmarks/generate_from_memory.py")
+    assert bench.break_even(compress_s=3.0, memory_s=1.0, full_s=2.0) == 3  # 3 + 3 x 1 <= 3 x 2
+    assert bench.break_even(compress_s=0.5, memory_s=1.0, full_s=2.0) == 1
+    assert bench.break_even(compress_s=1.0, memory_s=2.0, full_s=2.0) is None
+    from llm2comp.testing import shape_overrides, tiny_config
+
+    config = tiny_config(**shape_overrides("smollm2-135m"))
+    assert bench.kv_bytes_per_position(config, 4) == 30 * 2 * 3 * 64 * 4  # COMPRESSION.md: 11,520 floats per position
+
+
+def _corpus(path):
+    path.write_text("\n\n".join(" ".join(SAMPLE_TEXT[i:] + SAMPLE_TEXT[:i]) for i in range(8)))
+    return path
+
+
+def test_eval_script_on_the_forced_model(forced, tmp_path, capsys):
+    ev = _script("scripts/compress_generate_eval.py")
+    out = tmp_path / "out"
+    assert ev.main(["--model", str(forced), "--data", str(_corpus(tmp_path / "c.txt")), "--holdout", "4", "--passages", "3",
+                    "--context-tokens", "8", "--new-tokens", "6", "--rc-lengths", "8,12", "--device", "cpu",
+                    "--output", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    scores = report["continuation"]["scores"]
+    assert report["passages"] == 3 and set(scores["vs_full"]) == {"own", "other", "none"}
+    assert set(scores["vs_true"]) == {"full", "own", "other", "none"}
+    assert all(0 <= v["rouge_l"] <= 1 and 0 <= v["token_agreement"] <= 1 for v in scores["vs_full"].values())
+    assert set(report["reconstruction"]) == {"8", "12"}  # the forced model is RC: reconstruction measured
+    text = (out / "eval.md").read_text()
+    assert "## Continuation" in text and "| 8 |" in text and "own/none" in text
+
+
+def test_benchmark_smoke(tmp_path):
+    bench = _script("benchmarks/generate_from_memory.py")
+    assert bench.main(["--model", "tiny", "--context-tokens", "24", "--new-tokens", "3", "--contexts", "2", "--rounds", "1",
+                       "--segment-tokens", "8", "--device", "cpu", "--output", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "benchmark.json").read_text())["result"]
+    assert report["prefill_tokens"] == {"full": 25, "memory": 9, "memory-seg": 1 + 8 * 3}
+    assert {"full", "compress", "memory", "compress-seg", "memory-seg", "full-prefill", "memory-prefill"} <= set(report["seconds"])
+    assert "Break-even" in (tmp_path / "benchmark.md").read_text()

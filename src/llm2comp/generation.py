@@ -244,46 +244,48 @@ class CompressedMemory:
 
 
 # ---------------------------------------------------------------------------------------------- compress
-def _text_rows(model: LLM2Comp, texts: Sequence[str], segment_tokens: int | None) -> tuple[list[list[int]], list[int], list[int], int]:
-    """(encoder rows, text index of each row, text tokens per text, texts truncated)."""
-    from .features import count_truncated, special_prefix, token_ids
+def _encoder_rows(model: LLM2Comp, token_rows: Sequence[Sequence[int]], segment_tokens: int | None
+                  ) -> tuple[list[list[int]], list[int], list[int], int]:
+    """(encoder rows: special prefix + text tokens, as stage 1 feeds its encoder; text index of each row; text tokens
+    compressed per text; texts cut)."""
+    from .features import special_prefix
 
     head = special_prefix(model.tokenizer)
-    if not segment_tokens:
-        rows = token_ids(model, texts)
-        truncated, _ = count_truncated(model, list(texts), rows)
-        return rows, list(range(len(rows))), [len(r) - len(head) for r in rows], truncated
     budget = model.raw_text_budget()
-    if not 1 <= segment_tokens <= budget:
+    if segment_tokens is not None and not 1 <= segment_tokens <= budget:
         raise ValueError(f"segment_tokens must be between 1 and {budget} (what one encoder input holds), got {segment_tokens}")
-    bodies = model.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-    rows, owner, counts = [], [], []
-    for i, body in enumerate(bodies):
+    rows, owner, counts, cut = [], [], [], 0
+    for i, body in enumerate(token_rows):
+        body = list(body)
+        if not segment_tokens:
+            cut += len(body) > budget
+            body = body[:budget]
+            pieces = [body]
+        else:
+            pieces = [body[s : s + segment_tokens] for s in range(0, len(body), segment_tokens)] or [[]]
         counts.append(len(body))
-        pieces = [body[s : s + segment_tokens] for s in range(0, len(body), segment_tokens)] or [[]]
         for piece in pieces:
             rows.append(head + piece)
             owner.append(i)
-    return rows, owner, counts, 0
+    return rows, owner, counts, cut
 
 
 @torch.no_grad()
-def compress(model: LLM2Comp, texts: str | Sequence[str], batch_size: int = 16, segment_tokens: int | None = None,
-             allow_untrained: bool = False, show_progress_bar: bool = False) -> CompressedMemory:
-    """Each text's memory as the frozen decoder reads it (see the module docstring). Texts longer than the model's
-    ``max_length`` (less the k memory slots) are cut, with a warning, unless ``segment_tokens`` splits them."""
+def compress_token_ids(model: LLM2Comp, token_rows: Sequence[Sequence[int]], batch_size: int = 16,
+                       segment_tokens: int | None = None, allow_untrained: bool = False,
+                       show_progress_bar: bool = False) -> CompressedMemory:
+    """`compress` for texts already tokenized (token ids without special tokens, e.g. a passage cut at a token)."""
     from tqdm.auto import tqdm
 
     stage = check_compressor(model, allow_untrained)
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = list(texts)
-    if not texts:
+    if not token_rows:
         raise ValueError("nothing to compress: no texts")
-    rows, owner, counts, truncated = _text_rows(model, texts, segment_tokens)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rows, owner, counts, truncated = _encoder_rows(model, token_rows, segment_tokens)
     if truncated:
         logger.warning("%d of %d texts are longer than max_length=%d less %d memory slots and were cut; pass segment_tokens "
-                       "to compress them whole", truncated, len(texts), model.config.max_length, model.config.num_memory_tokens)
+                       "to compress them whole", truncated, len(token_rows), model.config.max_length, model.config.num_memory_tokens)
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
     states: list[torch.Tensor | None] = [None] * len(rows)
     with model._evaluating():
@@ -293,17 +295,30 @@ def compress(model: LLM2Comp, texts: str | Sequence[str], batch_size: int = 16, 
             for i, m in zip(chunk, memory.float().cpu()):
                 states[i] = m
     k, width = model.config.num_memory_tokens, model.get_sentence_embedding_dimension()
-    per_text: list[list[torch.Tensor]] = [[] for _ in texts]
+    per_text: list[list[torch.Tensor]] = [[] for _ in token_rows]
     for i, m in zip(owner, states):
         per_text[i].append(m)
     lengths = torch.tensor([k * len(p) for p in per_text])
-    vectors = torch.zeros(len(texts), int(lengths.max()), width)
+    vectors = torch.zeros(len(token_rows), int(lengths.max()), width)
     for i, parts in enumerate(per_text):
         vectors[i, : lengths[i]] = torch.cat(parts)
     info = {"objective": stage.get("objective") if stage else None, "memory_bridge": model.config.memory_bridge,
             "truncated": truncated}
     return CompressedMemory(vectors, lengths, torch.tensor(counts), model.config.base_model, model_fingerprint(model),
                             k, segment_tokens, info)
+
+
+def compress(model: LLM2Comp, texts: str | Sequence[str], batch_size: int = 16, segment_tokens: int | None = None,
+             allow_untrained: bool = False, show_progress_bar: bool = False) -> CompressedMemory:
+    """Each text's memory as the frozen decoder reads it (see the module docstring): the encoder reads the text as
+    stage 1 fed it (the tokenizer's special prefix, the text, the k memory slots). Texts longer than the model's
+    ``max_length`` less the k slots are cut, with a warning, unless ``segment_tokens`` splits them."""
+    check_compressor(model, allow_untrained)  # before tokenizing: an unfit model fails at once
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    rows = model.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return compress_token_ids(model, rows, batch_size, segment_tokens, allow_untrained, show_progress_bar)
 
 
 # ---------------------------------------------------------------------------------------------- generate
