@@ -5,9 +5,15 @@ number of model batches the server ran (dynamic batching at work), and whether e
 input (compared with `encode(..., normalize_embeddings=True)` of that request's texts: equal on fp32 backends; on
 int8 backends, whose embeddings depend slightly on the batch, within cosine 0.95).
 
+Then an overload phase: ``--overload-clients`` clients (far more than ``--max-concurrent-requests``) send requests
+without pause for ``--overload-seconds``; every request must be answered 200 or 429 (none lost, no other status),
+every 200 must hold its own rows, the process's resident memory must stay bounded, and /health must answer ok
+afterwards. It prints requests/s, the 429 share, and resident / peak memory.
+
     python benchmarks/serve_load.py --model tiny                       # a tiny random model: server overhead
     python benchmarks/serve_load.py --model smollm2-135m-sup --clients 32 --requests 4
     python benchmarks/serve_load.py --model smollm2-135m-sup --backend onnx-int8 --clients 32 --requests 4
+    python benchmarks/serve_load.py --model smollm2-135m-sup --max-concurrent-requests 8 --overload-clients 64 --overload-seconds 60
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import statistics
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -70,6 +77,26 @@ def _post(url: str, texts: list[str]) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
 
 
+def _post_status(url: str, texts: list[str]) -> tuple[int, np.ndarray | None, str]:
+    """(HTTP status, rows of a 200, Retry-After of a 429) of one request; any other failure raises."""
+    request = urllib.request.Request(url, data=json.dumps({"input": texts}).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            body = json.loads(response.read())
+            return response.status, np.array([d["embedding"] for d in body["data"]], dtype=np.float32), ""
+    except urllib.error.HTTPError as error:
+        body = json.loads(error.read())  # an OpenAI-shaped error body, whatever the status
+        assert "error" in body, body
+        return error.code, None, error.headers.get("Retry-After", "")
+
+
+def _memory_mib() -> tuple[float, float]:
+    """(resident, peak resident) MiB of this process (the server runs in it)."""
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
@@ -82,6 +109,9 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=600, help="stop sending new requests after this many seconds")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--backend", default="torch", help="what runs the network (llm2comp.backends.BACKENDS)")
+    parser.add_argument("--max-concurrent-requests", type=int, default=8, help="the server's admission limit")
+    parser.add_argument("--overload-clients", type=int, default=64, help="clients of the overload phase (0: none)")
+    parser.add_argument("--overload-seconds", type=float, default=20.0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,7 +120,8 @@ def main() -> None:
     from llm2comp.testing import SAMPLE_TEXT
 
     model = _load(args.model, args.backend)
-    app = create_app(model, args.model, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms)
+    app = create_app(model, args.model, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                     max_concurrent_requests=args.max_concurrent_requests)
     server, url = _start(app)
     metrics = app.state.metrics
 
@@ -135,7 +166,49 @@ def main() -> None:
               f"{statistics.median(latencies):>9.0f}{p99:>9.0f}{batches:>9}{f'{matched}/{len(done)}':>10}")
     single, many = (results[k] for k in results)
     print(f"throughput {args.clients} clients / 1 client: {len(many[0]) / many[1] / (len(single[0]) / single[1]):.2f}x")
+    if args.overload_clients:
+        overload(url, args, request_texts, model, exact, metrics)
     server.should_exit = True
+
+
+def overload(url, args, request_texts, model, exact: bool, metrics) -> None:
+    """Many more clients than the admission limit, for a bounded time: 200 or 429 for every request, nothing else."""
+    resident_before, _ = _memory_mib()
+    stop_at = time.time() + args.overload_seconds
+
+    def client(c: int) -> list[tuple[int, list[str], np.ndarray | None, str]]:
+        out, index = [], 0
+        while time.time() < stop_at:
+            texts = request_texts(1000 + c, index)
+            status, rows, retry = _post_status(url, texts)
+            out.append((status, texts, rows, retry))
+            index += 1
+        return out
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.overload_clients) as pool:
+        answers = [a for part in pool.map(client, range(args.overload_clients)) for a in part]
+    seconds = time.perf_counter() - start
+    resident_after, peak = _memory_mib()
+    statuses = {status: sum(1 for a in answers if a[0] == status) for status in sorted({a[0] for a in answers})}
+    ok = [a for a in answers if a[0] == 200]
+    texts = sorted({t for _, request, _, _ in ok for t in request})
+    reference = dict(zip(texts, model.encode(texts, normalize_embeddings=True, batch_size=args.max_batch_size, show_progress_bar=False)))
+    matched = sum(_own_rows(rows, request, reference, exact) for _, request, rows, _ in ok)
+    with urllib.request.urlopen(url.replace("/v1/embeddings", "/health"), timeout=30) as response:
+        health = json.loads(response.read())
+    print(f"overload: {args.overload_clients} clients, limit {args.max_concurrent_requests} concurrent requests, "
+          f"{args.overload_seconds:g} s")
+    print(f"{'requests':>9}{'req/s':>9}{'200/s':>9}{'429 share':>11}{'statuses':>22}{'matched':>10}"
+          f"{'RSS before':>12}{'RSS after':>11}{'peak RSS':>10}{'health':>8}")
+    print(f"{len(answers):>9}{len(answers) / seconds:>9.1f}{len(ok) / seconds:>9.1f}"
+          f"{statuses.get(429, 0) / max(1, len(answers)):>11.1%}  {json.dumps(statuses):>20}{f'{matched}/{len(ok)}':>10}"
+          f"{resident_before:>11.0f}M{resident_after:>10.0f}M{peak:>9.0f}M{health['status']:>8}")
+    lost = set(statuses) - {200, 429}
+    print("every request answered 200 or 429: " + ("yes" if not lost else f"NO ({lost})")
+          + f"; every 200 its own rows: {'yes' if matched == len(ok) else 'NO'}; 429s carry Retry-After: "
+          + ("yes" if all(a[3] for a in answers if a[0] == 429) else "NO")
+          + f"; counted in /metrics: {metrics.requests.get(429, 0) >= statuses.get(429, 0)}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The benchmark scripts on tiny models: they run, and print numbers that are measurements (positive, finite,
 consistent with each other), not only labels. Their real figures come from real runs, see docs/RESULTS.md."""
 
+import json
 import math
 import os
 import re
@@ -80,7 +81,7 @@ def test_gpu_throughput_smoke_on_cpu():
 def test_serve_load_test_reports_matched_responses_and_rates():
     pytest.importorskip("uvicorn")
     out = _run(BENCHMARKS / "serve_load.py", "--model", "tiny", "--clients", "8", "--requests", "2", "--single-requests", "4",
-               "--threads", "1")
+               "--threads", "1", "--max-concurrent-requests", "8", "--overload-clients", "16", "--overload-seconds", "3")
     single = re.search(r"1 client\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/(\d+)", out)
     many = re.search(r"8 clients\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/(\d+)", out)
     assert single and many, out
@@ -89,6 +90,14 @@ def test_serve_load_test_reports_matched_responses_and_rates():
         assert count == total == matched == requests  # every response matched its own input
         assert rate > 0 and texts_rate == pytest.approx(4 * rate, abs=0.25) and 0 < p50 <= p99  # both printed to 0.1
         assert 1 <= batches <= requests
+    # overload: 16 clients against 8 admitted at once, none lost, every 200 right, the server healthy afterwards
+    row = re.search(r"\n\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%\s+(\{.*?\})\s+(\d+)/(\d+)\s+(\d+)M\s+(\d+)M\s+(\d+)M\s+(\w+)", out)
+    assert row, out
+    total, rate, ok_rate, share, statuses, matched, ok = row.group(1, 2, 3, 4, 5, 6, 7)
+    statuses = {int(k): v for k, v in json.loads(statuses).items()}
+    assert set(statuses) <= {200, 429} and sum(statuses.values()) == int(total) and statuses.get(200, 0) == int(ok) == int(matched) > 0
+    assert float(share) == pytest.approx(100 * statuses.get(429, 0) / int(total), abs=0.06) and row.group(11) == "ok"
+    assert "every request answered 200 or 429: yes; every 200 its own rows: yes; 429s carry Retry-After: yes; counted in /metrics: True" in out
 
 
 def test_kl_step_overhead_compares_equal_losses():
