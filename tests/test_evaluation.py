@@ -17,7 +17,7 @@ from mteb.types import PromptType  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from llm2comp import LLM2Comp  # noqa: E402
-from llm2comp.data.instructions import format_query  # noqa: E402
+from llm2comp.data.instructions import apply_prompt, format_query  # noqa: E402
 from llm2comp.evaluation import (  # noqa: E402
     MTEBEncoder,
     add_evaluate_arguments,
@@ -103,7 +103,7 @@ def test_instructions_query_side_only(tiny_model, monkeypatch):
     real_encode = tiny_model.encode
 
     def recording_encode(texts, **kwargs):
-        seen.append(list(texts))
+        seen.append([apply_prompt(kwargs.get("prompt"), t) for t in texts])  # what the model embeds
         return real_encode(texts, **kwargs)
 
     monkeypatch.setattr(tiny_model, "encode", recording_encode)
@@ -601,3 +601,49 @@ def test_a_task_without_local_data_offline_fails_at_once_saying_where_we_looked(
     (tmp_path / "data").mkdir()
     with pytest.raises(FileNotFoundError, match="data has no mteb/STSBenchmark/ or STSBenchmark/ folder"):
         load_task("STSBenchmark", data_dir=tmp_path / "data")
+
+
+# ---------------------------------------------------------------------------------------------- ModelMeta
+def test_model_meta_knows_the_training_data_and_loads_the_model(tiny_dir, tmp_path, caplog):
+    from mteb.mocks import MockSTSTask
+    from mteb.models.model_implementations import MODEL_REGISTRY
+
+    from llm2comp.metadata import NLI_DATASETS, SOURCE_DATASETS, load_mteb_model, register_mteb_model, training_datasets
+
+    model = LLM2Comp.from_pretrained(str(tiny_dir), num_memory_tokens=3, max_length=48, device="cpu")
+    model.config.stages = [{"stage": "pretrain", "data": "builtin:news"},
+                           {"stage": "supervised", "data": "builtin:shared-pairs:/somewhere+builtin:nli-pairs",
+                            "decontamination": {"per_source": {"msmarco_passage": {}, "allnli_split1": {}}}}]
+    model.prompts = {"query": "Find: {text}\n"}
+    expected = {"STSBenchmark", "Banking77Classification", "SciFact", "MSMARCO", *NLI_DATASETS}
+    assert training_datasets(model.config) == expected
+    meta = model.mteb_model_meta
+    assert meta.training_datasets == expected and meta.loader is load_mteb_model and meta.use_instructions
+    assert meta.is_zero_shot_on(["STS12"]) and not meta.is_zero_shot_on(["SciFact"])
+    # every name is an mteb task, or (the NLI data, no mteb task) a name mteb's own model metadata uses
+    registry_names = set().union(*(m.training_datasets or set() for m in MODEL_REGISTRY.values()))
+    for name in expected | {n for names in SOURCE_DATASETS.values() for n in names}:
+        if name in NLI_DATASETS:
+            assert name in registry_names, name
+        else:
+            mteb.get_task(name)
+
+    model.save(tmp_path / "model")
+    meta = register_mteb_model(str(tmp_path / "model"), name="llm2comp/tiny-registered")
+    try:
+        assert mteb.get_model_meta("llm2comp/tiny-registered") is meta
+        assert meta.loader_kwargs == {"model_name_or_path": str(tmp_path / "model")}
+        loaded = mteb.get_model("llm2comp/tiny-registered", device="cpu")  # through the loader
+        assert isinstance(loaded, MTEBEncoder) and loaded.mteb_model_meta.name == "llm2comp/tiny-registered"
+        assert loaded.model.prompts == model.prompts
+        np.testing.assert_allclose(loaded.model.encode(["a text"]), model.encode(["a text"]), atol=1e-5)
+        result = mteb.evaluate(meta, [MockSTSTask()], cache=None, show_progress_bar=False)
+        assert not result.exceptions and np.isfinite(result.task_results[0].get_score())
+        with torch.no_grad():  # other weights in the folder than the metadata describes: said, not hidden
+            model.memory.weight.add_(1.0)
+        model.save(tmp_path / "model")
+        with caplog.at_level("WARNING", logger="llm2comp.metadata"):
+            meta.load_model(device="cpu")
+        assert "not those the metadata" in caplog.text
+    finally:
+        MODEL_REGISTRY.pop("llm2comp/tiny-registered", None)

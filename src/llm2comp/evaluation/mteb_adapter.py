@@ -2,16 +2,19 @@
 
 mteb hands the encoder a `DataLoader` of batches (`{"text": [...], ...}`), the task's metadata and a prompt type
 (`query`, `document`, or None for symmetric tasks such as STS and classification). The adapter flattens the batches
-in order, puts the task instruction (if any) in front of each *query-side* text, and calls `LLM2Comp.encode`, which
-batches by length internally and returns rows in input order. Nothing is cached between calls.
+in order, picks the prompt for the task and side, and calls `LLM2Comp.encode`, which batches by length internally
+and returns rows in input order. Nothing is cached between calls.
 
-Instructions: `instructions` maps keys to instruction strings; keys are looked up in mteb's order of precedence:
-``"{task name}-{prompt type}"``, ``"{task name}"``, ``"{task type}-{prompt type}"``, ``"{task type}"``,
-``"{prompt type}"``. With `use_task_instructions=True` a task without an entry falls back to the instruction mteb
-ships in the task metadata (e.g. Banking77: "Given a online banking query, find the corresponding intents").
-Documents (prompt type ``document``) never get an instruction unless `instruct_documents=True`. The instruction is
-rendered with `instruction_template` (default ``"{instruction}: {text}\\n"``, the training format; a template without ``{text}`` is a
-prefix).
+Prompts are mteb's own mechanism (`AbsEncoder`): `model_prompts` are the model's prompts (`model.prompts`, e.g. the
+query format its supervised stage trained with), plus the `instructions` given here, each rendered with
+`instruction_template` (default ``"{instruction}: {text}\n"``, the training format; a template without ``{text}`` is a
+prefix); `AbsEncoder.get_prompt_name` picks one in mteb's order of keys: ``"{task name}-{prompt type}"``,
+``"{task name}"``, ``"{task type}-{prompt type}"``, ``"{task type}"``, ``"{prompt type}"``. With
+`use_task_instructions=True` a task without one gets the instruction mteb ships in its metadata
+(`AbsEncoder.get_task_instruction`, e.g. Banking77: "Given a online banking query, find the corresponding intents").
+Documents (prompt type ``document``) get the model's document prompt if it has one, but no instruction given here
+unless `instruct_documents=True`. A side without any prompt gets what `LLM2Comp.encode_query` / `encode_document` /
+`encode` would give (`llm2comp.prompts.mteb_prompt`).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.abs_encoder import AbsEncoder, PromptSource, get_prompt_name
 from mteb.models.model_meta import ModelMeta
 from mteb.types import PromptType
 
-from ..data.instructions import QUERY_TEMPLATE
 from .. import metadata
+from ..data.instructions import QUERY_TEMPLATE, query_prompt
+from ..inference import texts_of_batches
+from ..prompts import mteb_prompt
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -43,15 +48,17 @@ class MTEBEncoder(AbsEncoder):
     """mteb `EncoderProtocol` wrapper around an `LLM2Comp` model.
 
     Args:
-        model: the LLM2Comp model (any pooling).
+        model: the LLM2Comp model (any pooling); its `prompts` are used (see the module docstring).
         batch_size: texts per forward pass; None uses the `batch_size` mteb passes in its encode kwargs.
-        instructions: key -> instruction (see the module docstring for the keys).
-        use_task_instructions: fall back to the instruction in mteb's task metadata when `instructions` has none.
+        instructions: key -> instruction (see the module docstring for the keys); they win over the model's prompts.
+        use_task_instructions: fall back to the instruction in mteb's task metadata when no prompt applies.
         instruction_template: how an instruction and a text are joined; must contain ``{instruction}``.
-        instruct_documents: also give document-side texts (retrieval corpus) an instruction.
+        instruct_documents: also give document-side texts (retrieval corpus) the instructions given here.
         name: the model name mteb records (``organization/name``); default ``llm2comp/<backbone>-<pooling>``.
         normalize_embeddings: L2-normalise the returned embeddings (cosine scores are unaffected).
     """
+
+    prompt_priority = (PromptSource.DEFAULT_TASK_PROMPT,)  # get_task_instruction: the task's own (use_task_instructions)
 
     def __init__(
         self,
@@ -73,52 +80,48 @@ class MTEBEncoder(AbsEncoder):
         self.batch_size = batch_size
         self.instructions = dict(instructions or {})
         self.use_task_instructions = use_task_instructions
-        self.instruction_template = instruction_template
+        self.template = instruction_template
+        self.instruction_template = self.format_prompt  # AbsEncoder's, as a callable: its string form cannot keep {text}
         self.instruct_documents = instruct_documents
         self.normalize_embeddings = normalize_embeddings
+        self._meta: ModelMeta | None = None
         name = name or metadata.display_name(model)
         self.name = name if "/" in name else f"llm2comp/{name}"
 
     # ------------------------------------------------------------------ metadata
     @property
     def mteb_model_meta(self) -> ModelMeta:  # type: ignore[override]
-        """Fresh metadata on every access; the revision is a fingerprint of the current weights."""
-        return metadata.mteb_model_meta(self.model, self.name, use_instructions=bool(self.instructions) or self.use_task_instructions)
+        """Fresh metadata on every access (the revision is a fingerprint of the current weights), unless mteb set it
+        (`ModelMeta.load_model` does, on a model its `loader` made)."""
+        if self._meta is not None:
+            return self._meta
+        return metadata.mteb_model_meta(self.model, self.name, use_instructions=bool(self.model_prompts) or self.use_task_instructions)
 
-    # ------------------------------------------------------------------ instructions
-    def instruction_for(self, task_metadata: TaskMetadata, prompt_type: PromptType | None) -> str | None:
-        """The raw instruction for this task and side, or None (documents get none unless `instruct_documents`)."""
-        if prompt_type == PromptType.document and not self.instruct_documents:
-            return None
-        pt = prompt_type.value if prompt_type is not None else None
-        keys = []
-        if pt:
-            keys.append(f"{task_metadata.name}-{pt}")
-        keys.append(task_metadata.name)
-        if pt:
-            keys.append(f"{task_metadata.type}-{pt}")
-        keys.append(task_metadata.type)
-        if pt:
-            keys.append(pt)
-        for key in keys:
-            if key in self.instructions:
-                return self.instructions[key] or None
-        if self.use_task_instructions:
-            return self.get_instruction(task_metadata, prompt_type) or None
-        return None
+    @mteb_model_meta.setter
+    def mteb_model_meta(self, meta: ModelMeta | None) -> None:
+        self._meta = meta
 
-    def format_texts(self, texts: list[str], instruction: str | None) -> list[str]:
-        if not instruction:
-            return texts
-        template = self.instruction_template
-        if "{text}" in template:
-            # format the instruction first, then place the text (texts may contain braces)
-            head, tail = template.split("{text}", 1)
-            head = head.format(instruction=instruction)
-            tail = tail.format(instruction=instruction)
-            return [head + t + tail for t in texts]
-        prefix = template.format(instruction=instruction)
-        return [prefix + t for t in texts]
+    # ------------------------------------------------------------------ prompts
+    @property
+    def model_prompts(self) -> dict[str, str]:  # type: ignore[override]
+        """AbsEncoder's prompts: the model's, then the instructions given here as prompts (those win on equal keys)."""
+        return {**self.model.prompts, **{key: self.format_prompt(text) for key, text in self.instructions.items()}}
+
+    def format_prompt(self, instruction: str, prompt_type: PromptType | None = None) -> str:
+        """An instruction as a prompt: `instruction_template` with it in place (``{text}`` kept for `encode`)."""
+        return query_prompt(instruction, self.template)
+
+    def prompt_for(self, task_metadata: TaskMetadata, prompt_type: PromptType | None) -> str | None:
+        """The prompt for this task and side ("" for none); None: the model's default prompt applies."""
+        instructed = prompt_type != PromptType.document or self.instruct_documents
+        name = self.get_prompt_name(task_metadata, prompt_type)
+        if name is not None and name in self.instructions and not instructed:
+            name = get_prompt_name(self.model.prompts, task_metadata, prompt_type)  # documents: the model's own only
+        if name is not None:
+            return self.model_prompts[name] if instructed else self.model.prompts[name]
+        if self.use_task_instructions and instructed:
+            return self.get_task_instruction(task_metadata, prompt_type) or None
+        return mteb_prompt(self.model, task_metadata, prompt_type)
 
     # ------------------------------------------------------------------ encode
     def encode(
@@ -131,24 +134,20 @@ class MTEBEncoder(AbsEncoder):
         prompt_type: PromptType | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        texts: list[str] = []
-        for batch in inputs:
-            batch_texts = batch["text"]
-            if isinstance(batch_texts, str):
-                batch_texts = [batch_texts]
-            texts.extend(str(t) if t is not None else "" for t in batch_texts)
-        instruction = self.instruction_for(task_metadata, prompt_type)
-        if instruction:
-            logger.info("%s (%s): instruction %r", task_metadata.name, prompt_type, instruction)
+        texts = texts_of_batches(inputs)
+        prompt = self.prompt_for(task_metadata, prompt_type)
+        if prompt:
+            logger.info("%s (%s): prompt %r", task_metadata.name, prompt_type, prompt)
         batch_size = self.batch_size or int(kwargs.get("batch_size") or 32)
         embeddings = self.model.encode(
-            self.format_texts(texts, instruction),
+            texts,
+            prompt=prompt,
             batch_size=batch_size,
             normalize_embeddings=self.normalize_embeddings,
-            convert_to_numpy=True,
+            precision=kwargs.get("precision") or "float32",
             show_progress_bar=bool(kwargs.get("show_progress_bar", False)) and len(texts) >= 4 * batch_size,
         )
-        return np.asarray(embeddings, dtype=np.float32).reshape(len(texts), -1)
+        return np.asarray(embeddings).reshape(len(texts), -1)
 
     def __repr__(self) -> str:
-        return f"MTEBEncoder({self.name}, batch_size={self.batch_size}, instructions={len(self.instructions)})"
+        return f"MTEBEncoder({self.name}, batch_size={self.batch_size}, prompts={len(self.model_prompts)})"
