@@ -145,8 +145,11 @@ def test_model_card(trained):
     assert "| STSBenchmark | 0.6123 |" in card and "| MyTask | 0.5000 |" in card and "| SciFact | – |" in card
     assert 'SentenceTransformer("path/to/exported", trust_remote_code=True)' in card
     assert "pip install llm2comp " not in card and "pypi.org" not in card  # not on PyPI: the card must not send users there
-    assert "llm2comp is not on PyPI" in card and "pip install sentence-transformers" in card and "load_exported" in card
-    assert "license" in card.lower() and "base model apply" in card
+    assert "pip install sentence-transformers" in card and "not llm2comp" in card and "load_exported" in card
+    assert "encode_query" in card and "encode_document" in card
+    # what it scores, with the command that measures it on the folder
+    assert "llm2comp evaluate --model path/to/exported --tasks STSBenchmark,SciFact,MyTask --output eval-exported" in card
+    assert "license" in card.lower() and "base model apply" in card and "training data" in card.lower()
 
 
 def test_overwrite_refused_and_allowed(trained, tmp_path):
@@ -246,3 +249,22 @@ def test_sentence_transformers_load_on_the_onnx_backend(trained, tmp_path, monke
                              model_kwargs={"backend": "onnx"})
     assert st[0].model.backend == "onnx"
     np.testing.assert_allclose(st.encode(TEXTS), trained["expected"]["plain"], atol=2e-5, rtol=1e-4)
+
+
+def test_card_gives_the_evaluation_command_the_training_data_and_the_prompts(tmp_path):
+    from llm2comp.model_card import collect_scores, model_card
+
+    run = tmp_path / "sup"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"STSBenchmark": 0.7, "SciFact": 0.3}))
+    (run / "results_full.json").write_text(json.dumps({"settings": {"limit": 200, "seed": 3, "batch_size": 32}}))
+    config = {"num_memory_tokens": 8, "pooling": "memory", "max_length": 512, "bidirectional": True,
+              "exported_from": {"base_model": "smollm2-135m"},
+              "stages": [{"stage": "supervised", "objective": "supervised", "data": "builtin:shared-pairs+builtin:nli-pairs",
+                          "decontamination": {"per_source": {"stsb": {"checked": 5, "dropped": 1}}}}],
+              "prompts": {"query": "Retrieve semantically similar text: {text}\n"}}
+    card = model_card(config, dimension=576, scores=collect_scores(run, None), name="sup-model")
+    assert "llm2comp evaluate --model path/to/sup-model --tasks STSBenchmark,SciFact --limit 200 --seed 3" in card
+    assert "| SciFact | cc-by-nc-4.0 |" in card and "| SNLI | see the dataset |" in card and "decontamination" in card
+    assert "## Prompts" in card and "| query | `Retrieve semantically similar text: {text}\\n` |" in card
+    assert "queries with the query prompt the model was trained with" in card

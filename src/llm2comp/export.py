@@ -5,8 +5,9 @@
     OUT/
       README.md                          model card: base model, memory tokens, pooling, stages, scores, usage
       modules.json                       one module: modeling_llm2comp.LLM2CompEncoder, saved in the root
-      config_sentence_transformers.json  similarity cosine, the llm2comp requirement
-      modeling_llm2comp.py               the sentence-transformers module (a copy of src/llm2comp/resources/...)
+      config_sentence_transformers.json  similarity cosine, the model's prompts, the version requirements
+      modeling_llm2comp.py               the sentence-transformers module (a copy of src/llm2comp/resources/...):
+                                         self-contained, it needs torch, transformers and sentence-transformers only
       llm2comp_config.json               the LLM2Comp config; base_model = "backbone", no adapters
       memory_tokens.safetensors          the k memory-token embeddings
       tokenizer.json, tokenizer_config.json, ...
@@ -14,7 +15,8 @@
         config.json, model.safetensors, generation_config.json, tokenizer files
 
 Nothing in it refers to the original base model or to DIR: the folder can be moved, copied or uploaded.
-``SentenceTransformer(OUT, trust_remote_code=True)`` loads it (the module imports the installed ``llm2comp``);
+``SentenceTransformer(OUT, trust_remote_code=True)`` loads it without llm2comp installed (the module carries the few
+functions it needs), with the model's prompts (``encode_query`` uses the query format the model trained with);
 ``load_exported(OUT)`` gives the `LLM2Comp` object. Both embed exactly like ``LLM2Comp.from_pretrained(DIR)``.
 """
 
@@ -65,6 +67,7 @@ def load_exported(
         raise FileNotFoundError(f"{path}: the bundled backbone {path / data['base_model']} is missing (no config.json)")
     model = LLM2Comp.from_pretrained(path, device=device, dtype=dtype, **hf_kwargs)
     model.exported_from = data.get(EXPORT_KEY) or {}
+    model.name_or_path = str(path)  # mteb's loader reloads it from here (metadata.mteb_model_meta)
     return model.eval()
 
 
@@ -183,7 +186,7 @@ def export_sentence_transformers(
         modules = [{"idx": 0, "name": "0", "path": "", "type": f"{Path(MODULE_FILE).stem}.{MODULE_CLASS}"}]
         (staging / "modules.json").write_text(json.dumps(modules, indent=2), encoding="utf-8")
         (staging / "config_sentence_transformers.json").write_text(
-            json.dumps(_sentence_transformers_config(), indent=2), encoding="utf-8"
+            json.dumps(sentence_transformers_config(model), indent=2), encoding="utf-8"
         )
         card = model_card(config, dimension=model.get_sentence_embedding_dimension(), scores=table, name=out.name)
         (staging / "README.md").write_text(card, encoding="utf-8")
@@ -194,10 +197,19 @@ def export_sentence_transformers(
     return out
 
 
-def _sentence_transformers_config() -> dict[str, Any]:
+def sentence_transformers_config(model: LLM2Comp) -> dict[str, Any]:
+    """``config_sentence_transformers.json`` of an export: the model's prompts and default prompt, cosine similarity,
+    version requirements. ``query`` and ``document`` are always there (empty unless the model has them; a model with
+    only a ``passage`` or ``corpus`` prompt gets it as ``document``), as sentence-transformers 6 saves them, so that its
+    ``encode_query`` / ``encode_document`` choose what `LLM2Comp.encode_query` / `encode_document` choose."""
     import sentence_transformers
     import transformers
 
+    from .prompts import DOCUMENT_PROMPTS
+
+    prompts = dict(model.prompts)
+    prompts.setdefault("query", "")
+    prompts.setdefault("document", next((prompts[n] for n in DOCUMENT_PROMPTS if n in prompts), ""))
     return {
         "model_type": "SentenceTransformer",
         "__version__": {
@@ -206,10 +218,11 @@ def _sentence_transformers_config() -> dict[str, Any]:
             "pytorch": torch.__version__,
             "llm2comp": __version__,
         },
-        "prompts": {},
-        "default_prompt_name": None,
+        "prompts": prompts,
+        "default_prompt_name": model.default_prompt_name,
         "similarity_fn_name": "cosine",
         "requirements": {
-            "llm2comp": {"specifier": f">={__version__}", "reason": "the model's module (modeling_llm2comp.py) runs on llm2comp."}
+            "transformers": {"specifier": ">=5.0", "reason": "the module switches attention through transformers 5's masking"},
+            "sentence-transformers": {"specifier": ">=5.0", "reason": "the module takes prompts in preprocess"},
         },
     }

@@ -1,6 +1,7 @@
 """The model card (README.md) of an export: what the model is, how it was trained, its scores, how to use it.
 
-Scores come from the training run's ``results.json`` (as `llm2comp evaluate --output` writes it) or are given.
+Scores come from the training run's ``results.json`` (as `llm2comp evaluate --output` writes it) or are given; the card
+gives the command that measures them again on the exported folder.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .pooling import get_pooling
 from .version import __version__
 
 RESULTS_NAME = "results.json"
+FULL_RESULTS_NAME = "results_full.json"  # its settings (limit, seed) make the card's evaluation command
 EXPORT_KEY = "exported_from"  # extra key of the exported llm2comp_config.json (ignored by LLM2CompConfig)
 
 
@@ -44,7 +46,7 @@ def _score_rows(data: Any) -> dict[str, dict[str, float | None]]:
 
 
 def collect_scores(model_dir: Path | None, scores: dict | None) -> tuple[dict[str, dict[str, float | None]], str | None]:
-    """Rows of scores for the card ({label: {task: score}}) and where they came from."""
+    """Rows of scores for the card ({label: {task: score}}) and where they came from (with the run's --limit/--seed)."""
     rows: dict[str, dict[str, float | None]] = {}
     source = None
     if model_dir is not None:
@@ -56,6 +58,9 @@ def collect_scores(model_dir: Path | None, scores: dict | None) -> tuple[dict[st
                     rows = {}
                 if rows:
                     source = f"`{candidate.relative_to(model_dir.parent)}` of the training run"
+                    settings = _settings(candidate.parent / FULL_RESULTS_NAME)
+                    if settings:
+                        source += " (" + ", ".join(f"{k} {v}" for k, v in settings.items()) + ")"
                     break
     if scores:
         given = _flat_scores(scores)
@@ -64,6 +69,62 @@ def collect_scores(model_dir: Path | None, scores: dict | None) -> tuple[dict[st
         rows["this model"] = {**rows.get("this model", {}), **given}
         rows = {"this model": rows.pop("this model"), **rows}
     return rows, source
+
+
+def _settings(path: Path) -> dict[str, Any]:
+    """The evaluation settings that change scores (subsample size and seed) of a ``results_full.json``."""
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")).get("settings") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: settings[k] for k in ("limit", "seed") if settings.get(k) is not None and not isinstance(settings[k], dict)}
+
+
+def evaluation_command(tasks: list[str], name: str, source: str | None) -> str:
+    """The `llm2comp evaluate` command that scores the exported folder on ``tasks`` (with the run's --limit/--seed)."""
+    options = dict(re.findall(r"(limit|seed) (\d+)", source or ""))
+    extra = "".join(f" --{key} {value}" for key, value in options.items())
+    return f"llm2comp evaluate --model path/to/{name} --tasks {','.join(tasks)}{extra} --output eval-{name}"
+
+
+def _training_data_lines(config: dict[str, Any]) -> list[str]:
+    """What the training data was, in mteb's names, and the licences mteb records for those that are mteb tasks."""
+    from .metadata import training_datasets
+
+    names = sorted(training_datasets(config))
+    if not names:
+        return []
+    licences = {}
+    try:
+        import mteb
+
+        for name in names:
+            try:
+                licences[name] = mteb.get_task(name).metadata.license
+            except Exception:  # not an mteb task (SNLI, MNLI): no licence on record here
+                licences[name] = None
+    except ImportError:
+        pass
+    lines = ["", "Training data, in mteb's names (in-domain for these tasks; mteb's `training_datasets`):", "",
+             "| dataset | licence (as mteb records it) |", "|---|---|"]
+    lines += [f"| {name} | {_cell(licences.get(name)) if licences.get(name) else 'see the dataset'} |" for name in names]
+    if any(stage.get("decontamination") for stage in config.get("stages") or []):
+        lines += ["", "Training records sharing a text with an evaluation split were left out (decontamination)."]
+    return lines
+
+
+def _prompt_lines(config: dict[str, Any]) -> list[str]:
+    prompts = config.get("prompts") or {}
+    if not prompts:
+        return []
+    lines = ["", "## Prompts", "",
+             "The model carries the prompts it was trained with (`config_sentence_transformers.json`); `encode_query` uses "
+             '`"query"`. A prompt with `{text}` is a template: the text goes there (the query format of training, '
+             '`"{instruction}: {text}\\n"`, ends after the text).', "", "| name | prompt |", "|---|---|"]
+    lines += [f"| {_cell(name)} | `{_cell(json.dumps(text)[1:-1])}` |" for name, text in prompts.items()]
+    if config.get("default_prompt_name"):
+        lines += ["", f"`encode` applies `{config['default_prompt_name']}` unless given another prompt."]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- model card
@@ -158,54 +219,64 @@ def model_card(config: dict[str, Any], dimension: int, scores=({}, None), name: 
         lines += _stage_rows(stages)
     else:
         lines.append("No training stage is recorded: this is the base model with llm2comp pooling (zero-shot).")
+    lines += _training_data_lines(config)
+    lines += _prompt_lines(config)
     if rows:
         lines += ["", "## Evaluation", ""]
         if source:
             lines += [f"Scores from {source}.", ""]
         lines += _score_table(rows)
+        tasks = list(dict.fromkeys(task for row in rows.values() for task in row))
+        lines += ["", "Measure them again on this folder (llm2comp installed, the mteb data offline or from the Hub):", "",
+                  "```bash", evaluation_command(tasks, name, source), "```"]
+    queries = bool((config.get("prompts") or {}).get("query"))
     lines += [
         "",
         "## Usage",
         "",
-        "The model runs custom code (`modeling_llm2comp.py` in this folder) that needs the llm2comp package "
-        f"(exported with llm2comp {config.get('llm2comp_version', __version__)}). llm2comp is not on PyPI: install it "
-        "from its source tree, then sentence-transformers:",
+        "The folder loads with sentence-transformers alone: its module (`modeling_llm2comp.py`) needs torch, "
+        "transformers (>= 5) and sentence-transformers, not llm2comp.",
         "",
         "```bash",
-        "pip install /path/to/llm2comp-source   # a clone or unpacked source archive of llm2comp",
         "pip install sentence-transformers",
         "```",
-        "",
-        "With sentence-transformers:",
         "",
         "```python",
         "from sentence_transformers import SentenceTransformer",
         "",
-        f'model = SentenceTransformer("path/to/{name}", trust_remote_code=True)',
+        f'model = SentenceTransformer("path/to/{name}", trust_remote_code=True)  # or its Hub id',
         'embeddings = model.encode(["The weather is lovely today.", "It is sunny outside."], normalize_embeddings=True)',
         "print(model.similarity(embeddings, embeddings))",
+        "",
+        "# retrieval: queries " + ("with the query prompt the model was trained with" if queries else "and documents alike (no prompts)"),
+        'query = model.encode_query("How is the weather?")',
+        'documents = model.encode_document(["It is sunny outside.", "Stocks rose sharply."])',
+        "print(model.similarity(query, documents))",
         "```",
         "",
-        "With llm2comp:",
+        "With llm2comp (its inference backends, `llm2comp serve`, evaluation):",
         "",
         "```python",
         "from llm2comp.export import load_exported",
         "",
-        f'model = load_exported("path/to/{name}")  # an llm2comp.LLM2Comp',
-        'embeddings = model.encode(["The weather is lovely today.", "It is sunny outside."], normalize_embeddings=True)',
+        f'model = load_exported("path/to/{name}")  # an llm2comp.LLM2Comp, same embeddings, same prompts',
+        'embeddings = model.encode_query(["How is the weather?"], normalize_embeddings=True)',
         "```",
         "",
         "## Files",
         "",
         "- `backbone/`: the LLM with all LoRA adapters merged, a plain Hugging Face model (safetensors) with its tokenizer",
         "- `memory_tokens.safetensors`: the learned memory-token embeddings, shape (k, hidden size)",
-        "- `llm2comp_config.json`: llm2comp settings (memory tokens, max length, pooling, attention, training stages)",
-        "- `modeling_llm2comp.py`, `modules.json`, `config_sentence_transformers.json`: the sentence-transformers wrapper",
+        *(["- `normalizer.safetensors`: the standardisation of the embedding fitted on training text"] if config.get("normalizer") else []),
+        "- `llm2comp_config.json`: llm2comp settings (memory tokens, max length, pooling, attention, training stages, prompts)",
+        "- `modeling_llm2comp.py`, `modules.json`, `config_sentence_transformers.json`: the sentence-transformers module "
+        "(self-contained) and its settings (prompts, cosine similarity)",
         "",
         "## License",
         "",
         f"These weights are derived from {base_text}{' (fine-tuned)' if stages else ''}: the license and terms of use "
-        "of that base model apply to this model. llm2comp itself is Apache-2.0.",
+        "of that base model apply to this model. The terms of its training data (above) may restrict use further "
+        "(e.g. a non-commercial licence). llm2comp itself, and `modeling_llm2comp.py`, are Apache-2.0.",
         "",
     ]
     return "\n".join(lines)
