@@ -30,13 +30,13 @@ def _modules() -> list[str]:
             if "__pycache__" not in p.parts and (p.name != "__init__.py" or p.parent == PACKAGE)]
 
 
-def _user_pages() -> list[Path]:
-    pages = [README, *sorted(DOCS.rglob("*.md"))]
-    return [p for p in pages if p not in HISTORY and not any(d in p.parents for d in HISTORY_DIRS)]
-
-
 def _all_pages() -> list[Path]:
-    return [README, *sorted(DOCS.rglob("*.md"))]
+    """README.md, the pages of docs/ and the results index (not the output folders that scripts write under docs/)."""
+    return [README, *sorted(DOCS.glob("*.md")), *sorted(DOCS.joinpath("results").glob("*.md"))]
+
+
+def _user_pages() -> list[Path]:
+    return [p for p in _all_pages() if p not in HISTORY and not any(d in p.parents for d in HISTORY_DIRS)]
 
 
 def _listed_modules() -> list[str]:
