@@ -144,3 +144,29 @@ def test_evaluate_pooling_is_checked_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--pooling", "cls"])
     assert "invalid choice: 'cls'" in capsys.readouterr().err
+
+
+def test_help_and_argument_errors_import_nothing_heavy():
+    """`llm2comp --help` and a bad argument answer without importing torch, transformers or mteb (each takes
+    seconds); the built-in names the CLI offers are the library's."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\n"
+            "from llm2comp.cli import main\n"
+            "for argv in (['--help'], ['encode', '--bogus'], ['serve', '--help'], ['evaluate', '--help']):\n"
+            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "        main(argv)\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'mteb', 'peft', 'sentence_transformers') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_cli_offers_the_librarys_names():
+    from llm2comp.backends import BACKENDS
+    from llm2comp.names import POOLING_MODES
+    from llm2comp.pooling import POOLINGS
+
+    assert set(POOLING_MODES) <= set(POOLINGS) and BACKENDS == ("torch", "torch-int8", "onnx", "onnx-int8")
+    assert set(POOLINGS) - set(POOLING_MODES) == set()  # no built-in pooling missing from the CLI

@@ -18,12 +18,11 @@ import torch
 from torch import nn
 
 from .memory import MemoryBridge
+from .names import DEFAULT_LORA_TARGETS  # noqa: F401 - re-exported
 from .persistence import quiet_peft
 
 if TYPE_CHECKING:
     from .model import LLM2Comp
-
-DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def add_lora(model: LLM2Comp, r: int = 16, alpha: int = 32, dropout: float = 0.05,

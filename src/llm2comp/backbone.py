@@ -12,10 +12,9 @@ from typing import NamedTuple
 import torch
 
 from .atomic import staging_dir
+from .names import DEFAULT_ENCODER, DEFAULT_MODEL  # noqa: F401 - re-exported
 from .runtime import package_dir
 
-DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_ENCODER = "smollm2-135m-sup"  # the trained default of `llm2comp encode` (shipped in src/llm2comp/resources)
 # trained models inside the package (persistence.TRAINED_ALIASES); gemma3-270m-sup: the default recipe on Gemma 3 270M
 # (its backbone needs the Gemma PyPI packages); smollm2-135m-compressor: the stage-1 model that
 # compresses (docs/RESULTS.md 3.5), for `llm2comp probe` and as a start for later stages

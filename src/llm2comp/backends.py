@@ -42,9 +42,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .names import BACKENDS
+
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 FP32_LAYERS = ("down_proj",)  # linear layers torch-int8 keeps in fp32 (see the module docstring)
 
 

@@ -1,4 +1,7 @@
-"""Command line: thin parsing, then a call into the library."""
+"""Command line: thin parsing, then a call into the library (`commands.py`).
+
+Only the chosen command's arguments are built, and nothing heavy is imported to build them (except `train`, whose
+choices come from the objective registry): `llm2comp --help` and an argument error answer at once."""
 
 from __future__ import annotations
 
@@ -6,12 +9,8 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
-from .backbone import DEFAULT_ENCODER, DEFAULT_MODEL
-from .backends import BACKENDS
-from .pooling import pooling_modes
-from .serving import LIMITS
+from .names import BACKENDS, DEFAULT_ENCODER, DEFAULT_MODEL, POOLING_MODES
 
 
 def _common(parser: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL) -> None:
@@ -27,146 +26,6 @@ def _trust_flag(parser: argparse.ArgumentParser) -> None:
                         help="let transformers run the model's own Python code (off unless given; a saved folder never turns it on)")
 
 
-def _encode(args) -> int:
-    import numpy as np
-
-    from .data.corpus import read_lines
-    from .model import LLM2Comp
-
-    texts = read_lines(args.input)  # before the model: a bad input file fails in a second, not after loading
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling, max_length=args.max_length,
-                                     backend=args.backend, trust_remote_code=args.trust_remote_code)
-    if args.skip_empty:
-        texts = [t for t in texts if t.strip()]
-    model.merge_and_unload()
-    embeddings = model.encode(texts, batch_size=args.batch_size, prompt=args.prompt, normalize_embeddings=args.normalize,
-                              show_progress_bar=True, truncate_dim=args.truncate_dim)
-    output = Path(args.output or "embeddings.npy")
-    np.save(output, embeddings)
-    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1] if embeddings.ndim == 2 else 0} embeddings to {output}")
-    return 0
-
-
-def _fit_normalizer(args) -> int:
-    from .data.pairs import source_texts
-    from .model import LLM2Comp
-
-    texts = source_texts(args.data, args.samples, seed=args.seed, max_pairs_per_source=args.max_pairs_per_source,
-                         query_instructions=not args.no_instructions, decontaminate=args.decontaminate)
-    model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling)
-    model.fit_normalizer(texts, source=f"{len(texts)} texts of {args.data}", show_progress_bar=True, pca=args.pca)
-    if args.matryoshka_dims:
-        from .objectives.contrastive import check_matryoshka_dims
-
-        model.config.matryoshka_dims = check_matryoshka_dims([int(d) for d in args.matryoshka_dims.split(",")],
-                                                             model.get_sentence_embedding_dimension())
-    model.save(args.output)
-    print(f"fitted on {len(texts)} texts of {args.data}; wrote {args.output} (load it with LLM2Comp.from_pretrained)")
-    return 0
-
-
-def _train(args) -> int:
-    from .training.config import TrainConfig
-    from .training.run import train
-    from .runtime import is_main_process
-    from .training.trainer import NonFiniteLossError
-
-    flags = {
-        "stage": args.stage, "objective": args.objective, "model": args.model, "data": args.data, "output": args.output,
-        "max_steps": args.max_steps, "batch_size": args.batch_size, "global_batch_size": args.global_batch_size, "max_length": args.max_length,
-        "save_steps": args.save_steps, "learning_rate": args.learning_rate, "num_memory_tokens": args.num_memory_tokens,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps, "max_samples": args.max_samples,
-        "gradcache_chunk": args.gradcache_chunk, "pooling": args.pooling, "min_chars": args.min_chars, "seed": args.seed,
-        "gradient_checkpointing": args.gradient_checkpointing or None, "memory_init": args.memory_init,
-        "fit_normalizer": args.fit_normalizer, "truncate_long": False if args.drop_long else None,
-        "bidirectional": None if args.attention is None else args.attention == "bidirectional", "resume": args.resume or None,
-        "decontaminate": args.decontaminate, "memory_bridge": args.memory_bridge, "memory_lr": args.memory_lr,
-        "probe_steps": args.probe_steps, "contrast_weight": args.contrast_weight,
-        "matryoshka_dims": [int(d) for d in args.matryoshka_dims.split(",")] if args.matryoshka_dims else None,
-        "cosent_scale": args.cosent_scale, "trust_remote_code": args.trust_remote_code or None,
-    }
-    flags = {k: v for k, v in flags.items() if v is not None}
-    cfg = TrainConfig.from_yaml(args.config, **flags) if args.config else TrainConfig.from_dict(flags)
-    try:
-        output = train(cfg)
-    except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if is_main_process():  # once, not per process under torchrun / accelerate
-        print(f"model saved to {output} (loss log {output / 'loss.jsonl'}, plot {output / 'loss.png'})")
-    return 0
-
-
-def _serve(args) -> int:
-    from .serving import ServeLimits, serve
-
-    limits = ServeLimits(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_items=args.max_items,
-                         max_body_bytes=int(args.max_body_mb * 2**20), max_concurrent_requests=args.max_concurrent_requests)
-    serve(args.model, args.host, args.port, device=args.device, name=args.name, limits=limits, api_key=args.api_key,
-          backend=args.backend, threads=args.threads, trust_remote_code=args.trust_remote_code)
-    return 0
-
-
-def _evaluate(args) -> int:
-    from .evaluation import run_evaluate_cli
-
-    return run_evaluate_cli(args) or 0
-
-
-def _export(args) -> int:
-    from .export import export_sentence_transformers
-
-    out = export_sentence_transformers(args.model_dir, args.out, overwrite=args.overwrite, dtype=args.dtype)
-    print(f"sentence-transformers model written to {out}")
-    return 0
-
-
-def _probe(args) -> int:
-    import json
-
-    from .evaluation.compression import CompressionProbe, ceiling, format_report, probe_passages
-    from .model import LLM2Comp
-
-    kwargs = {"bidirectional": args.attention == "bidirectional"} if args.attention else {}
-    model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling="memory", num_memory_tokens=args.num_memory_tokens,
-                                     memory_init=args.memory_init, **kwargs)
-    passages = probe_passages(model.tokenizer, args.data, args.passages, args.text_tokens, args.holdout)
-    probe = CompressionProbe(passages, args.task, args.metric)
-    if args.memory_bridge:  # an untrained bridge fitted on training paragraphs (never the held-out ones)
-        if model.memory_bridge is not None:
-            raise ValueError(f"{args.model} has its own memory bridge ({model.memory_bridge.kind}); drop --memory-bridge")
-        from .data.corpus import load_texts
-        from .evaluation.compression import holdout_split
-        from .features import special_prefix
-
-        train_texts, _ = holdout_split(load_texts(args.data, unit="paragraph"), args.holdout)
-        rows = model.tokenizer(train_texts[:64], add_special_tokens=False)["input_ids"]
-        model.add_memory_bridge(args.memory_bridge, [special_prefix(model.tokenizer) + r[: probe.prefix_tokens] for r in rows])
-    if args.ceiling_passages:
-        probe.ceiling = ceiling(model, probe, passages=args.ceiling_passages, steps=args.ceiling_steps)
-    report = probe.run(model)
-    report["model"] = args.model
-    print(format_report(report))
-    if args.output:
-        from .atomic import write_json_atomic
-
-        write_json_atomic(Path(args.output), report)
-        print(f"wrote {args.output}")
-    else:
-        print(json.dumps({k: report[k] for k in ("gain", "specificity")}))
-    return 0
-
-
-def _quickstart(args) -> int:
-    from .quickstart import run_quickstart
-
-    return run_quickstart(args) or 0
-
-
 def _defaults(name: str) -> str:
     """'default: X' for a TrainConfig setting, with the stages whose recipe differs (train --help)."""
     from .objectives.registry import stage_defaults
@@ -177,28 +36,23 @@ def _defaults(name: str) -> str:
                                           if values.get(name, default) != default)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .objectives.registry import pretext_objectives, stages
-
-    parser = argparse.ArgumentParser(prog="llm2comp", description="Turn a decoder-only LLM into a text-embedding model (LLM2Comp).")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("encode", help="embed texts (one per line, from a file or stdin) into a .npy file")
+def _args_encode(p: argparse.ArgumentParser) -> None:
     _common(p, model_default=DEFAULT_ENCODER)
     p.add_argument("input", nargs="?", help="text file, one text per line ('-' or nothing: stdin)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int)
-    p.add_argument("--pooling", choices=pooling_modes())
+    p.add_argument("--pooling", choices=POOLING_MODES)
     p.add_argument("--prompt", help="text put before every input (an instruction)")
     p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings")
     p.add_argument("--backend", default="torch", choices=list(BACKENDS), help="what runs the network (default torch: fp32)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's, the number of cores)")
     p.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (a Matryoshka-trained model's sizes lose little)")
     p.add_argument("--skip-empty", action="store_true", help="drop empty lines (by default each line, empty too, gets a row)")
-    p.set_defaults(func=_encode)
 
-    p = sub.add_parser("train", help="train one stage: pretrain (kl|nll|rc|mntp), simcse, supervised")
+
+def _args_train(p: argparse.ArgumentParser) -> None:
+    from .objectives.registry import pretext_objectives, stages
+
     _common(p, model_default=None)
     p.add_argument("--stage", choices=stages())
     p.add_argument("--objective", choices=pretext_objectives(), help="the pretrain stage's pretext objective; " + _defaults("objective"))
@@ -216,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-long", action="store_true",
                    help="drop texts over --max-length instead of truncating them (the paper's filter)")
     p.add_argument("--gradcache-chunk", type=int, help="supervised: encode in chunks of this size (default: whole batch)")
-    p.add_argument("--pooling", choices=pooling_modes(),
+    p.add_argument("--pooling", choices=POOLING_MODES,
                    help="contrastive stages: the pooling to train (default: the loaded model's, memory for a backbone)")
     p.add_argument("--attention", choices=["bidirectional", "causal"],
                    help="encoder attention (default: as loaded; bidirectional for a backbone, as in the recipe)")
@@ -234,34 +88,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decontaminate", metavar="auto|DIR|off",
                    help="contrastive stages: leave out pairs/sentences sharing a text (case and space folded) with an "
                         "evaluation split of a benchmark folder; auto: the folder evaluation uses; default: auto")
-    p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="MTEB evaluation (offline data dir or the hub), with baselines side by side")
+
+def _args_evaluate(p: argparse.ArgumentParser) -> None:
     from .evaluation.cli import add_evaluate_arguments
 
     add_evaluate_arguments(p)
-    p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("compare", help="is B better than A? paired bootstrap over the STS pairs of two `evaluate --predictions` runs")
-    from .evaluation.cli import add_compare_arguments, run_compare_cli
+
+def _args_compare(p: argparse.ArgumentParser) -> None:
+    from .evaluation.cli import add_compare_arguments
 
     add_compare_arguments(p)
-    p.set_defaults(func=run_compare_cli)
 
-    p = sub.add_parser("export", help="write a sentence-transformers folder from a trained model directory")
+
+def _args_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir")
     p.add_argument("out")
     p.add_argument("--format", default="sentence-transformers", choices=["sentence-transformers"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
     p.add_argument("--dtype", help="store the merged backbone as float32 (default), bfloat16 or float16")
-    p.set_defaults(func=_export)
 
-    p = sub.add_parser("fit-normalizer", help="fit per-dimension standardisation of a model's embeddings on training text; save the model with it")
+
+def _args_fit_normalizer(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="alias, hub id, directory or llm2comp directory")
     p.add_argument("--data", required=True, help="training text: pairs (builtin:shared-pairs[:DIR], .jsonl with query/positive) or sentences (.txt/.jsonl)")
     p.add_argument("--output", required=True, help="directory for the model with its normalizer")
     p.add_argument("--samples", type=int, default=4000, help="distinct texts to fit on (default 4000)")
-    p.add_argument("--pooling", choices=pooling_modes(), help="pooling of a backbone (default: memory, or the saved model's)")
+    p.add_argument("--pooling", choices=POOLING_MODES, help="pooling of a backbone (default: memory, or the saved model's)")
     p.add_argument("--max-pairs-per-source", type=int, help="pairs: at most this many per source (as in training)")
     p.add_argument("--no-instructions", action="store_true", help="pairs: bare queries, without their task instruction")
     p.add_argument("--decontaminate", default="auto", metavar="auto|DIR|off", help="as in train (default: auto)")
@@ -271,9 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(serve's dimensions field accepts them); measure them first (scripts/matryoshka_sizes.py)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device")
-    p.set_defaults(func=_fit_normalizer)
 
-    p = sub.add_parser("serve", help="OpenAI-compatible embeddings server (POST /v1/embeddings) with dynamic batching")
+
+def _args_serve(p: argparse.ArgumentParser) -> None:
+    from .serving import LIMITS
+
     p.add_argument("model", nargs="?", default=DEFAULT_ENCODER, help=f"what to serve (default: {DEFAULT_ENCODER})")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -292,9 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's); /v1/models reports it")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     _trust_flag(p)
-    p.set_defaults(func=_serve)
 
-    p = sub.add_parser("probe", help="compression probe: does the memory carry the text? (own vs another text's vs no memory, and the ceiling)")
+
+def _args_probe(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="a trained llm2comp model, or a backbone (untrained memory)")
     p.add_argument("--data", default="builtin:news", help="corpus whose last --holdout paragraphs hold the probe passages (default builtin:news)")
     p.add_argument("--passages", type=int, default=256, help="passages (default 256)")
@@ -311,20 +167,64 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feed the memory through an untrained bridge fitted on 64 training paragraphs (a model without one)")
     p.add_argument("--output", help="write the report as JSON")
     p.add_argument("--device")
-    p.set_defaults(func=_probe)
 
-    p = sub.add_parser("quickstart", help="the main job on the embedded default: zero-shot poolings -> the default recipe -> evaluation before/after")
+
+def _args_quickstart(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--data-dir")
     p.add_argument("--minutes", type=float, default=15.0, help="time budget")
     p.add_argument("--pretrain", action="store_true",
                    help="run KL compression pre-training (stage 1, causal encoder) before the default recipe's stage")
-    p.set_defaults(func=_quickstart)
+
+
+COMMANDS = {  # name: (help, what builds its arguments, the handler in commands.py)
+    "encode": ("embed texts (one per line, from a file or stdin) into a .npy file",
+        _args_encode, "_encode"),
+    "train": ("train one stage: pretrain (kl|nll|rc|mntp), simcse, supervised",
+        _args_train, "_train"),
+    "evaluate": ("MTEB evaluation (offline data dir or the hub), with baselines side by side",
+        _args_evaluate, "_evaluate"),
+    "compare": ("is B better than A? paired bootstrap over the STS pairs of two `evaluate --predictions` runs",
+        _args_compare, "_compare"),
+    "export": ("write a sentence-transformers folder from a trained model directory",
+        _args_export, "_export"),
+    "fit-normalizer": ("fit per-dimension standardisation of a model's embeddings on training text; save the model with it",
+        _args_fit_normalizer, "_fit_normalizer"),
+    "serve": ("OpenAI-compatible embeddings server (POST /v1/embeddings) with dynamic batching",
+        _args_serve, "_serve"),
+    "probe": ("compression probe: does the memory carry the text? (own vs another text's vs no memory, and the ceiling)",
+        _args_probe, "_probe"),
+    "quickstart": ("the main job on the embedded default: zero-shot poolings -> the default recipe -> evaluation before/after",
+        _args_quickstart, "_quickstart"),
+}
+
+
+def _run(handler: str):
+    def run(args) -> int:
+        from . import commands
+
+        return getattr(commands, handler)(args)
+
+    return run
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``only``: build the arguments of that command alone ('' for none: the list of commands)."""
+    parser = argparse.ArgumentParser(prog="llm2comp", description="Turn a decoder-only LLM into a text-embedding model (LLM2Comp).")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if only is None or only == name:
+            add_arguments(p)
+        p.set_defaults(func=_run(handler))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(only=command if command in COMMANDS else "").parse_args(argv)
     hang_report = os.environ.get("LLM2COMP_DUMP_STACKS_AFTER")  # diagnosing a stuck run: every thread's stack on stderr
     if hang_report:
         import faulthandler

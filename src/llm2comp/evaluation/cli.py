@@ -8,9 +8,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..backends import BACKENDS
-from .runner import evaluate_model
-from .tasks import DEFAULT_SEED, DEFAULT_TASKS
+from ..names import BACKENDS, DEFAULT_TASKS, POOLING_MODES
+from ..names import DEFAULT_EVAL_SEED as DEFAULT_SEED
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -21,9 +20,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--limit", type=int, default=None, help="deterministic subsample per task (rows / queries)")
     parser.add_argument("--corpus-limit", type=int, default=None, help="retrieval corpus size under --limit (default 10*limit)")
     parser.add_argument("--output", default=None, help="output dir for results.json")
-    from ..pooling import pooling_modes
-
-    parser.add_argument("--pooling", default=None, choices=pooling_modes(), help="pooling of the main model (default: as saved)")
+    parser.add_argument("--pooling", default=None, choices=POOLING_MODES, help="pooling of the main model (default: as saved)")
     parser.add_argument("--attention", default=None, choices=["causal", "bidirectional"],
                         help="attention mask of the main model (default: as saved)")
     parser.add_argument("--baselines", default="", help="comma-separated: mean,last,prompteol,minilm,<st dir>")
@@ -84,6 +81,8 @@ def run_evaluate_cli(args) -> int:
     """Entry point for `llm2comp evaluate`: takes the argparse namespace of `add_evaluate_arguments`
     (attributes: model, tasks, data_dir, limit, output, baselines, batch_size; optional: device, threads,
     corpus_limit, instructions, task_instructions, seed). Returns a process exit code."""
+    from .runner import evaluate_model
+
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
     if get("model") is None and not get("baselines"):
         print("error: give --model and/or --baselines", file=sys.stderr)

@@ -34,18 +34,10 @@ import numpy as np
 from ..data.benchmark_dir import ENV_DATA_DIR, read_qrels, resolve_data_dir  # noqa: F401 - re-exported
 from ..data.corpus import read_jsonl
 
-logger = logging.getLogger(__name__)
+from ..names import DEFAULT_EVAL_SEED as DEFAULT_SEED  # noqa: F401 - re-exported
+from ..names import DEFAULT_TASKS  # noqa: F401 - re-exported
 
-DEFAULT_TASKS = (
-    "STSBenchmark",
-    "STS13",
-    "STS14",
-    "STS15",
-    "SICK-R",
-    "Banking77Classification",
-    "SciFact",
-)
-DEFAULT_SEED = 42
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- data folder

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from ..adapters import DEFAULT_LORA_TARGETS
+from ..names import DEFAULT_LORA_TARGETS
 
 
 @dataclasses.dataclass
