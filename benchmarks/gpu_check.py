@@ -12,7 +12,7 @@ one H200; DeepSpeed and FlashAttention rows are skipped, saying so, where their 
     python benchmarks/gpu_check.py [--output DIR] [--shape 1b] [--engines ddp,fsdp,zero3] [--stages kl,supervised]
 
 On a CPU machine, `--shape tiny --engines none` checks the script itself (the engines need GPUs: accelerate runs
-FSDP only on accelerators, see README "Training at scale").
+FSDP only on accelerators, see docs/training-at-scale.md).
 """
 
 from __future__ import annotations
