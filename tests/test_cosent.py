@@ -63,8 +63,8 @@ def test_a_graded_batch_trains_cosent_on_query_and_positive(tiny_dir):
     assert "negative_input_ids" not in batch  # CoSENT compares pairs with each other: no hard negatives encoded
     loss = objective(model, batch)["loss"]
     with torch.no_grad():
-        queries = model.encode([p["query"] for p in pairs], convert_to_tensor=True, normalize_embeddings=False, apply_normalizer=False)
-        positives = model.encode([p["positive"] for p in pairs], convert_to_tensor=True, normalize_embeddings=False, apply_normalizer=False)
+        queries = model.encode([p["query"] for p in pairs], convert_to_tensor=True, normalize_embeddings=False)
+        positives = model.encode([p["positive"] for p in pairs], convert_to_tensor=True, normalize_embeddings=False)
     assert loss.item() == pytest.approx(cosent(queries, positives, batch["score"], scale=10.0).item(), rel=1e-4)
     with pytest.raises(ValueError, match="mixes graded"):
         objective.collate([*pairs[:2], {k: v for k, v in pairs[2].items() if k != "score"}])
