@@ -120,6 +120,7 @@ def test_device_is_honoured_and_checked(model):
     expected = model.encode(SAMPLE_TEXT[:3])
     np.testing.assert_allclose(model.encode(SAMPLE_TEXT[:3], device="cpu"), expected, atol=1e-6)
     np.testing.assert_allclose(model.encode(SAMPLE_TEXT[:3], device=torch.device("cpu")), expected, atol=1e-6)
+    assert not model.__dict__.get("_replica_cache")  # its own device: the model itself ran, no copy was made
     np.testing.assert_allclose(model.encode(SAMPLE_TEXT[:3], device=["cpu", "cpu"]), expected, atol=1e-6)  # a list: devices
     with pytest.raises(ValueError, match="invalid device 'gpu0'"):
         model.encode(["a"], device="gpu0")

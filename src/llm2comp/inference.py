@@ -147,6 +147,8 @@ def encode(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     devices = run_devices(device, devices)
+    if devices and len(devices) == 1 and torch.device(devices[0]) == model.device:
+        devices = None  # the model's own device: no replica (nor a replaced replica cache)
     prompt = resolve_prompt(model.prompts, model.default_prompt_name, prompt, prompt_name)
     dim = check_truncate_dim(truncate_dim, model.get_sentence_embedding_dimension())
     if not texts:
