@@ -268,3 +268,28 @@ def test_card_gives_the_evaluation_command_the_training_data_and_the_prompts(tmp
     assert "| SciFact | cc-by-nc-4.0 |" in card and "| SNLI | see the dataset |" in card and "decontamination" in card
     assert "## Prompts" in card and "| query | `Retrieve semantically similar text: {text}\\n` |" in card
     assert "queries with the query prompt the model was trained with" in card
+
+
+def test_export_on_a_gpu_machine_writes_float32_from_the_cpu(tiny_dir, tmp_path, monkeypatch):
+    """On a CUDA machine models load on the GPU in bf16 by default; the export still merges and writes float32 (what
+    it documents), on the CPU: the device and the written dtype are checked, not only a dtype on the side."""
+    from safetensors import safe_open
+    from transformers import PreTrainedModel
+
+    LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=2, max_length=24).save(tmp_path / "model")
+    moves, real_to = [], PreTrainedModel.to
+
+    def to(self, *args, **kwargs):
+        target = args[0] if args else kwargs.get("device")
+        moves.append(str(target))
+        return self if str(target).startswith("cuda") else real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "to", to)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert LLM2Comp.from_pretrained(tmp_path / "model").dtype == torch.bfloat16 and moves == ["cuda:0"]  # the default
+    moves.clear()
+    out = export_sentence_transformers(tmp_path / "model", tmp_path / "exported")
+    assert moves == ["cpu"]
+    with safe_open(out / "backbone" / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float32}

@@ -162,7 +162,7 @@ def export_sentence_transformers(
         scores: {task: score} shown in the model card; a ``results.json`` in ``model_dir`` or next to it
             (its parent directory) is read as well (explicit scores win).
         overwrite: replace an existing non-empty ``out``; without it such an ``out`` raises FileExistsError.
-        dtype: store the backbone in this dtype (default: float32, as the model is loaded on CPU; lower
+        dtype: store the backbone in this dtype (default: float32, on any machine; lower
             precision halves the size, but the embeddings then differ slightly from the original).
 
     The folder is staged next to ``out`` and renamed into place once complete.
@@ -170,10 +170,12 @@ def export_sentence_transformers(
     out = Path(out).expanduser()
     local_dir = Path(str(model_dir)).expanduser()
     _check_target(out, local_dir, overwrite)
+    # on the CPU in float32 whatever the machine (a GPU host would load bf16 on the GPU): the merge and the written
+    # weights are exact, and float32 is what the folder documents unless `dtype` asks for less
     if _is_export(local_dir):  # re-export (e.g. new scores for the card): its base_model is relative
-        model = load_exported(local_dir)
+        model = load_exported(local_dir, device="cpu", dtype=torch.float32)
     else:
-        model = LLM2Comp.from_pretrained(str(model_dir))
+        model = LLM2Comp.from_pretrained(str(model_dir), device="cpu", dtype=torch.float32)
     model.merge_and_unload()
     if dtype is not None:
         model.hf_model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
