@@ -72,15 +72,37 @@ def token_agreement(candidate, reference) -> float:
     return sum(a == b for a, b in zip(candidate, reference)) / longest
 
 
+def per_passage(candidates: list[list[int]], references: list[list[int]], decode) -> dict[str, list[float]]:
+    """ROUGE-L (words of the decoded texts) and token agreement of each candidate against its reference."""
+    return {"rouge_l": [rouge_l(decode(c), decode(r)) for c, r in zip(candidates, references)],
+            "token_agreement": [token_agreement(c, r) for c, r in zip(candidates, references)]}
+
+
 def score(candidates: list[list[int]], references: list[list[int]], decode) -> dict:
-    """Mean ROUGE-L (words of the decoded texts) and token agreement of candidates against references."""
-    rouge = [rouge_l(decode(c), decode(r)) for c, r in zip(candidates, references)]
-    agree = [token_agreement(c, r) for c, r in zip(candidates, references)]
-    return {"rouge_l": statistics.fmean(rouge), "token_agreement": statistics.fmean(agree)}
+    """Mean ROUGE-L and token agreement of candidates against references."""
+    return {metric: statistics.fmean(values) for metric, values in per_passage(candidates, references, decode).items()}
 
 
 def ratio(a: float, b: float) -> float | None:
     return a / b if b > 0 else None
+
+
+def bootstrap_ratio(a: list[float], b: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """95% percentile interval of mean(a) / mean(b) over passages resampled with replacement (paired)."""
+    import random
+
+    rng = random.Random(seed)
+    n = len(a)
+    values = []
+    for _ in range(resamples):
+        pick = [rng.randrange(n) for _ in range(n)]
+        denominator = sum(b[i] for i in pick)
+        if denominator > 0:
+            values.append(sum(a[i] for i in pick) / denominator)
+    if len(values) < resamples // 2:
+        return None
+    values.sort()
+    return values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))]
 
 
 # ---------------------------------------------------------------------------------------------- the runs
@@ -108,18 +130,23 @@ def continuation(model, rows: list[list[int]], context: int, new_tokens: int, ba
             generated[name] = generate_ids(model, prompts, memories, new_tokens, batch_size=batch_size, stop_at_eos=False)
         timings[name] = time.perf_counter() - started
     decode = model.tokenizer.decode
-    scores = {
-        "vs_full": {name: score(generated[name], generated["full"], decode) for name in CONDITIONS},
-        "vs_true": {name: score(generated[name], truth, decode) for name in ("full", *CONDITIONS)},
+    passages = {
+        "vs_full": {name: per_passage(generated[name], generated["full"], decode) for name in CONDITIONS},
+        "vs_true": {name: per_passage(generated[name], truth, decode) for name in ("full", *CONDITIONS)},
     }
-    ratios = {}
+    scores = {ref: {name: {m: statistics.fmean(v) for m, v in by.items()} for name, by in arms.items()}
+              for ref, arms in passages.items()}
+    ratios, intervals = {}, {}
     for reference in ("vs_full", "vs_true"):
         for metric in ("rouge_l", "token_agreement"):
-            s = scores[reference]
-            ratios[f"{reference}.{metric}.own/none"] = ratio(s["own"][metric], s["none"][metric])
-            ratios[f"{reference}.{metric}.own/other"] = ratio(s["own"][metric], s["other"][metric])
-    return {"scores": scores, "ratios": ratios, "seconds": timings, "generated": generated, "truth": truth,
-            "contexts": contexts, "memory_vectors": int(memory.lengths[0])}
+            p = passages[reference]
+            for other in ("none", "other"):
+                key = f"{reference}.{metric}.own/{other}"
+                ratios[key] = ratio(statistics.fmean(p["own"][metric]), statistics.fmean(p[other][metric]))
+                intervals[key] = bootstrap_ratio(p["own"][metric], p[other][metric])
+    return {"scores": scores, "ratios": ratios, "ratio_intervals_95": intervals, "per_passage": passages,
+            "seconds": timings, "generated": generated, "truth": truth, "contexts": contexts,
+            "memory_vectors": int(memory.lengths[0])}
 
 
 def reconstruction(model, tokenizer, args, lengths: list[int]) -> dict:
@@ -163,14 +190,21 @@ def markdown(report: dict) -> str:
         lines.append(f"| {labels[name]} | {s['vs_full'][name]['rouge_l']:.3f} | {s['vs_full'][name]['token_agreement']:.3f} | "
                      f"{s['vs_true'][name]['rouge_l']:.3f} | {s['vs_true'][name]['token_agreement']:.3f} |")
 
-    def fmt(x):
-        return f"{x:.2f}x" if x is not None else "-"
+    intervals = c.get("ratio_intervals_95", {})
+
+    def fmt(key, bold=False):
+        x = r.get(key)
+        if x is None:
+            return "-"
+        text = f"**{x:.2f}x**" if bold else f"{x:.2f}x"
+        ci = intervals.get(key)
+        return text + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
     lines += [
         "",
-        f"ROUGE-L vs full: own/none **{fmt(r['vs_full.rouge_l.own/none'])}** (target 1.5x), own/other "
-        f"**{fmt(r['vs_full.rouge_l.own/other'])}** (target 1.3x); vs true: own/none {fmt(r['vs_true.rouge_l.own/none'])}, "
-        f"own/other {fmt(r['vs_true.rouge_l.own/other'])}.",
+        f"ROUGE-L vs full: own/none {fmt('vs_full.rouge_l.own/none', True)} (target 1.5x), own/other "
+        f"{fmt('vs_full.rouge_l.own/other', True)} (target 1.3x); vs true: own/none {fmt('vs_true.rouge_l.own/none')}, "
+        f"own/other {fmt('vs_true.rouge_l.own/other')}" + (" (95% bootstrap intervals over passages)." if intervals else "."),
         "",
     ]
     if report.get("reconstruction"):
@@ -232,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python scripts/compress_generate_eval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "stage": compression_stage(model), "torch_threads": torch.get_num_threads(),
               "continuation": {k: v for k, v in cont.items() if k not in ("generated", "truth", "contexts")},
-              "example": example}
+              "example": example,
+              "texts": [{"context": decode(cont["contexts"][i]), "true": decode(cont["truth"][i]),
+                         **{name: decode(cont["generated"][name][i]) for name in ("full", *CONDITIONS)}}
+                        for i in range(len(rows))]}
     rc_name = args.rc_model or (args.model if (compression_stage(model) or {}).get("objective") == "rc" else None)
     if rc_name:
         rc = model if rc_name == args.model else LLM2Comp.from_pretrained(rc_name, device=args.device)

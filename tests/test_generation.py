@@ -320,6 +320,8 @@ def test_eval_script_on_the_forced_model(forced, tmp_path, capsys):
     assert set(scores["vs_true"]) == {"full", "own", "other", "none"}
     assert all(0 <= v["rouge_l"] <= 1 and 0 <= v["token_agreement"] <= 1 for v in scores["vs_full"].values())
     assert set(report["reconstruction"]) == {"8", "12"}  # the forced model is RC: reconstruction measured
+    assert len(report["texts"]) == 3 and set(report["texts"][0]) == {"context", "true", "full", "own", "other", "none"}
+    assert set(report["continuation"]["ratio_intervals_95"]) == set(report["continuation"]["ratios"])
     text = (out / "eval.md").read_text()
     assert "## Continuation" in text and "| 8 |" in text and "own/none" in text
 
@@ -332,3 +334,10 @@ def test_benchmark_smoke(tmp_path):
     assert report["prefill_tokens"] == {"full": 25, "memory": 9, "memory-seg": 1 + 8 * 3}
     assert {"full", "compress", "memory", "compress-seg", "memory-seg", "full-prefill", "memory-prefill"} <= set(report["seconds"])
     assert "Break-even" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_bootstrap_ratio_interval():
+    ev = _script("scripts/compress_generate_eval.py")
+    low, high = ev.bootstrap_ratio([2.0, 2.2, 1.8, 2.0] * 8, [1.0, 1.1, 0.9, 1.0] * 8)
+    assert low <= 2.0 <= high and high - low < 0.1  # every passage's own score is about twice the other's
+    assert ev.bootstrap_ratio([1.0, 1.0], [0.0, 0.0]) is None
