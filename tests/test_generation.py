@@ -133,6 +133,18 @@ def test_segments_of_different_counts_are_left_padded(model):
     assert [len(r) for r in G.reconstruct(model, memory, return_token_ids=True)] == counts
 
 
+@pytest.mark.parametrize("architecture", ["gemma3_text", "qwen3"])
+def test_batched_generation_on_other_architectures(tiny_model_factory, architecture):
+    """Gemma 3 (scaled embeddings, sliding-window layers) and Qwen 3: left-padded batches give the plain loop's tokens."""
+    bare = LLM2Comp.from_pretrained(str(tiny_model_factory(architecture)), device="cpu", pooling="memory", num_memory_tokens=3)
+    memory = G.compress(bare, [SAMPLE_TEXT[0], SAMPLE_TEXT[3][:10]], allow_untrained=True)
+    prompts = ["", "The weather today is"]
+    batched = G.generate(bare, prompts, memory=memory, max_new_tokens=5, batch_size=2, return_token_ids=True,
+                         stop_at_eos=False, allow_untrained=True)
+    start = G._start_ids(bare.tokenizer, True)
+    assert batched == [_plain_greedy(bare, start, memory.rows()[i], _ids(bare, p), 5) for i, p in enumerate(prompts)]
+
+
 def test_sampling_is_seeded(model):
     memory = G.compress(model, TEXTS)
     a = G.generate(model, memory=memory, do_sample=True, temperature=1.5, top_p=0.95, seed=3, max_new_tokens=12, return_token_ids=True)
@@ -204,6 +216,7 @@ def test_models_without_a_compressor_are_refused(peaked_dir, model):
     mean = LLM2Comp.from_pretrained(str(peaked_dir), device="cpu", pooling="mean")
     with pytest.raises(G.CompressorError, match="memory-token pooling"):
         G.compress(mean, TEXTS, allow_untrained=True)
+    assert len(G.generate(mean, ["The", "A"], max_new_tokens=2)) == 2  # without memory any model is the plain LLM
 
 
 def test_a_merged_compression_adapter_is_refused(forced):

@@ -63,12 +63,16 @@ def compression_stage(model: LLM2Comp) -> dict | None:
     return None
 
 
+def _check_backend(model: LLM2Comp) -> None:
+    if model.backend != "torch":
+        raise CompressorError(f"a model on backend '{model.backend}' only embeds; load it with backend='torch' to compress or generate")
+
+
 def check_compressor(model: LLM2Comp, allow_untrained: bool = False, objective: str | None = None) -> dict | None:
     """The model's compression stage; a `CompressorError` where its memory is not something its frozen decoder was
     trained to read (or, with ``objective``, was not trained with that objective). ``allow_untrained`` skips the
     checks on training (research: an untrained memory, a bare backbone), never the ones on how the model runs."""
-    if model.backend != "torch":
-        raise CompressorError(f"a model on backend '{model.backend}' only embeds; load it with backend='torch' to compress or generate")
+    _check_backend(model)
     if model.config.pooling != "memory":
         raise CompressorError(f"compression needs memory-token pooling; this model uses '{model.config.pooling}' pooling")
     stage = compression_stage(model)
@@ -457,7 +461,7 @@ def generate(model: LLM2Comp, prompts: str | Sequence[str] | None = None, memory
         else:
             raise ValueError(f"{len(prompts)} prompts and {len(memory)} memories: give one memory per prompt, or one for all")
     else:
-        check_compressor(model, allow_untrained=True)  # only that the model runs here; any LLM generates
+        _check_backend(model)  # no memory: the plain LLM, whatever the model's training
         memories = [None] * len(prompts)
     prompt_ids = model.tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
     ids = generate_ids(model, prompt_ids, memories, max_new_tokens, do_sample, temperature, top_p, top_k, batch_size, seed,
