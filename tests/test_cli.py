@@ -170,3 +170,14 @@ def test_the_cli_offers_the_librarys_names():
 
     assert set(POOLING_MODES) <= set(POOLINGS) and BACKENDS == ("torch", "torch-int8", "onnx", "onnx-int8")
     assert set(POOLINGS) - set(POOLING_MODES) == set()  # no built-in pooling missing from the CLI
+
+
+def test_compress_and_generate_are_commands_and_methods(capsys):
+    from llm2comp import LLM2Comp
+    from llm2comp import generation
+
+    for verb, flag in (("compress", "--segment-tokens"), ("generate", "--memory")):
+        with pytest.raises(SystemExit) as exit_:
+            main([verb, "--help"])
+        assert exit_.value.code == 0 and flag in capsys.readouterr().out
+    assert (LLM2Comp.compress, LLM2Comp.generate, LLM2Comp.reconstruct) == (generation.compress, generation.generate, generation.reconstruct)

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from .generation_cli import COMPRESS_HELP, GENERATE_HELP, compress_arguments, generate_arguments
 from .names import BACKENDS, DEFAULT_ENCODER, DEFAULT_MODEL, POOLING_MODES
 
 
@@ -177,7 +178,7 @@ def _args_quickstart(p: argparse.ArgumentParser) -> None:
                    help="run KL compression pre-training (stage 1, causal encoder) before the default recipe's stage")
 
 
-COMMANDS = {  # name: (help, what builds its arguments, the handler in commands.py)
+COMMANDS = {  # name: (help, what builds its arguments, the handler in commands.py, or None: the builder sets it)
     "encode": ("embed texts (one per line, from a file or stdin) into a .npy file",
         _args_encode, "_encode"),
     "train": ("train one stage: pretrain (kl|nll|rc|mntp), simcse, supervised",
@@ -199,6 +200,10 @@ COMMANDS = {  # name: (help, what builds its arguments, the handler in commands.
 }
 
 
+COMMANDS["compress"] = (COMPRESS_HELP, compress_arguments, None)
+COMMANDS["generate"] = (GENERATE_HELP, generate_arguments, None)
+
+
 def _run(handler: str):
     def run(args) -> int:
         from . import commands
@@ -215,9 +220,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
+        if handler is not None:
+            p.set_defaults(func=_run(handler))
         if only is None or only == name:
-            add_arguments(p)
-        p.set_defaults(func=_run(handler))
+            add_arguments(p)  # compress/generate set their own handler (generation_cli.py)
     return parser
 
 

@@ -118,9 +118,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
-def add_parsers(subparsers) -> None:
-    """Register the ``compress`` and ``generate`` verbs on the main parser's subparsers."""
-    p = subparsers.add_parser("compress", help="compress documents into memory vectors the frozen LLM reads (a .safetensors file)")
+def compress_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``compress`` verb's arguments."""
     _model_arguments(p)
     p.add_argument("--input", required=True, help="documents: .txt (one per line, or --unit paragraph), .jsonl/.parquet "
                    "(--field), builtin:news, or - for stdin (one per line)")
@@ -131,8 +130,9 @@ def add_parsers(subparsers) -> None:
                    "each (default: the whole document into k, cut at max_length)")
     p.set_defaults(func=run_compress, batch_size=16)
 
-    p = subparsers.add_parser("generate", help="generate with the frozen LLM from a memory file and/or prompts "
-                              "(continue the compressed text, answer after it, or --reconstruct it)")
+
+def generate_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``generate`` verb's arguments."""
     _model_arguments(p)
     p.add_argument("--memory", help="a memory file from `compress` with this model (one memory per prompt, or one for all)")
     p.add_argument("--prompt", action="append", help="text that follows the memory (repeatable); none: continue the memory")
@@ -147,3 +147,14 @@ def add_parsers(subparsers) -> None:
                    help="an RC-trained model: the texts back from --memory (each as many tokens as it compressed)")
     p.add_argument("--output", help="write JSON lines (index, prompt, text) here; default: stdout")
     p.set_defaults(func=run_generate, batch_size=8, max_new_tokens_given=False)
+
+
+COMPRESS_HELP = "compress documents into memory vectors the frozen LLM reads (a .safetensors file)"
+GENERATE_HELP = ("generate with the frozen LLM from a memory file and/or prompts (continue the compressed text, answer "
+                 "after it, or --reconstruct it)")
+
+
+def add_parsers(subparsers) -> None:
+    """Register the ``compress`` and ``generate`` verbs on a parser's subparsers."""
+    compress_arguments(subparsers.add_parser("compress", help=COMPRESS_HELP))
+    generate_arguments(subparsers.add_parser("generate", help=GENERATE_HELP))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import adapters, features, inference
+from . import adapters, features, generation, inference
 from .attention import bidirectional
 from .backbone import ALIASES, DEFAULT_MODEL, default_device, load_backbone
 from .memory import MemoryBridge, MemoryTokens
@@ -252,6 +252,11 @@ class LLM2Comp(nn.Module):
 
     similarity = staticmethod(inference.similarity)
     similarity_pairwise = staticmethod(inference.similarity_pairwise)  # with `mteb_model_meta`: mteb's EncoderProtocol
+
+    # ------------------------------------------------------------------ compress, then generate (generation.py)
+    compress = generation.compress
+    generate = generation.generate
+    reconstruct = generation.reconstruct
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
