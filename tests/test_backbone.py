@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llm2comp import LLM2Comp
+from llm2comp.testing import record_backbone_moves
 from llm2comp.backbone import BackboneError, load_backbone, resolve
 
 
@@ -63,7 +64,7 @@ def test_dtype_and_attention_pass_through(tiny_dir):
 def test_without_a_dtype_a_gpu_machine_loads_16_bits_and_a_cpu_fp32(tiny_dir, monkeypatch):
     # a 7B model loaded without dtype or device on a GPU machine must not come up in fp32 (twice its memory)
     assert LLM2Comp.from_pretrained(tiny_dir).dtype == torch.float32 or torch.cuda.is_available()
-    _record_moves(monkeypatch)
+    record_backbone_moves(monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert LLM2Comp.from_pretrained(tiny_dir).dtype == torch.bfloat16
@@ -73,27 +74,12 @@ def test_without_a_dtype_a_gpu_machine_loads_16_bits_and_a_cpu_fp32(tiny_dir, mo
     assert LLM2Comp.from_pretrained(tiny_dir, dtype="float32").dtype == torch.float32
 
 
-def _record_moves(monkeypatch) -> list:
-    """Where backbones are moved to (`.to(device)`), recorded; a move to CUDA is not carried out (no GPU here)."""
-    from transformers import PreTrainedModel
-
-    moves, real_to = [], PreTrainedModel.to
-
-    def to(self, *args, **kwargs):
-        target = args[0] if args else kwargs.get("device")
-        moves.append(str(target))
-        return self if str(target).startswith("cuda") else real_to(self, *args, **kwargs)
-
-    monkeypatch.setattr(PreTrainedModel, "to", to)
-    return moves
-
-
 def test_a_gpu_machine_runs_the_model_on_the_gpu_by_default(tiny_dir, tmp_path, monkeypatch):
     """Loading without a device on a CUDA machine puts the model on the GPU (as sentence-transformers does), for a
     backbone and for a saved folder alike; LOCAL_RANK picks a launcher's device; the CPU only when asked for."""
     model = LLM2Comp.from_pretrained(tiny_dir)
     model.save(tmp_path / "saved")
-    moves = _record_moves(monkeypatch)
+    moves = record_backbone_moves(monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     LLM2Comp.from_pretrained(tiny_dir)

@@ -274,17 +274,11 @@ def test_export_on_a_gpu_machine_writes_float32_from_the_cpu(tiny_dir, tmp_path,
     """On a CUDA machine models load on the GPU in bf16 by default; the export still merges and writes float32 (what
     it documents), on the CPU: the device and the written dtype are checked, not only a dtype on the side."""
     from safetensors import safe_open
-    from transformers import PreTrainedModel
+
+    from llm2comp.testing import record_backbone_moves
 
     LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=2, max_length=24).save(tmp_path / "model")
-    moves, real_to = [], PreTrainedModel.to
-
-    def to(self, *args, **kwargs):
-        target = args[0] if args else kwargs.get("device")
-        moves.append(str(target))
-        return self if str(target).startswith("cuda") else real_to(self, *args, **kwargs)
-
-    monkeypatch.setattr(PreTrainedModel, "to", to)
+    moves = record_backbone_moves(monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert LLM2Comp.from_pretrained(tmp_path / "model").dtype == torch.bfloat16 and moves == ["cuda:0"]  # the default

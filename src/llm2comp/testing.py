@@ -205,3 +205,19 @@ def make_tiny_benchmark_dir(root: str | Path, seed: int = 0) -> Path:
     write_jsonl(root / "train/msrp.jsonl", [{"query": (a := random_sentence(rng, 8)), "positive": f"{a[:-1]} indeed.",
                                              "source": "msrp", "origin": "msrp-train"} for _ in range(24)])
     return root
+
+
+def record_backbone_moves(monkeypatch) -> list[str]:
+    """Where backbones are moved to from now on (every `.to(device)` of a transformers model, as a string); a move to
+    CUDA is recorded but not carried out, so that a test can patch CUDA in on a machine without a GPU."""
+    from transformers import PreTrainedModel
+
+    moves, real_to = [], PreTrainedModel.to
+
+    def to(self, *args, **kwargs):
+        target = args[0] if args else kwargs.get("device")
+        moves.append(str(target))
+        return self if str(target).startswith("cuda") else real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "to", to)
+    return moves
