@@ -23,13 +23,14 @@ number of generations from one memory: the smallest n with compress + n * memory
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from llm2comp.atomic import write_json_atomic, write_text_atomic
 
 
 def break_even(compress_s: float, memory_s: float, full_s: float) -> int | None:
@@ -218,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "benchmark.json").write_text(json.dumps(report, indent=2))
-        (out / "benchmark.md").write_text(text)
+        write_json_atomic(out / "benchmark.json", report)
+        write_text_atomic(out / "benchmark.md", text)
         print(f"wrote {out / 'benchmark.json'} and {out / 'benchmark.md'}", file=sys.stderr)
     return 0
 

@@ -23,12 +23,13 @@ the same position) and ROUGE-L, own memory and another passage's.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from llm2comp.atomic import write_json_atomic, write_text_atomic
 
 CONDITIONS = ("own", "other", "none")
 
@@ -285,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(report, indent=2))
-        (out / "eval.md").write_text(text)
+        write_json_atomic(out / "eval.json", report)
+        write_text_atomic(out / "eval.md", text)
         print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}", file=sys.stderr)
     return 0
 

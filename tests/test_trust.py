@@ -108,7 +108,7 @@ def test_unknown_keys_and_a_newer_version_warn(tiny_dir, tmp_path):
     assert "future_field" in messages and "99.0" in messages
 
 
-def test_decontamination_asked_for_and_impossible_is_an_error(tmp_path, monkeypatch):
+def test_decontamination_asked_for_and_impossible_is_an_error(tmp_path, monkeypatch, caplog):
     from llm2comp.data.decontamination import resolve_decontaminator
 
     monkeypatch.setenv("LLM2COMP_DATA_DIR", str(tmp_path / "nope"))
@@ -122,23 +122,7 @@ def test_decontamination_asked_for_and_impossible_is_an_error(tmp_path, monkeypa
     # said at WARNING level; naming a folder that is not there is the error above
     monkeypatch.delenv("LLM2COMP_DATA_DIR")
     monkeypatch.chdir(tmp_path)
-    with caplog_at_warning() as records:
+    with caplog.at_level("WARNING", logger="llm2comp.data.decontamination"):
         assert resolve_decontaminator("auto", "pairs.jsonl") is None
-    assert any("nothing to check against" in r.getMessage() and r.levelname == "WARNING" for r in records)
+    assert any("nothing to check against" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     assert resolve_decontaminator("off", "pairs.jsonl") is None
-
-
-class caplog_at_warning:
-    """The records the decontamination logger emits inside the block."""
-
-    def __enter__(self):
-        import logging
-
-        self.records, self.logger = [], logging.getLogger("llm2comp.data.decontamination")
-        self.handler = logging.Handler()
-        self.handler.emit = self.records.append
-        self.logger.addHandler(self.handler)
-        return self.records
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self.handler)

@@ -197,11 +197,9 @@ COMMANDS = {  # name: (help, what builds its arguments, the handler in commands.
         _args_probe, "_probe"),
     "quickstart": ("the main job on the embedded default: zero-shot poolings -> the default recipe -> evaluation before/after",
         _args_quickstart, "_quickstart"),
+    "compress": (COMPRESS_HELP, compress_arguments, None),
+    "generate": (GENERATE_HELP, generate_arguments, None),
 }
-
-
-COMMANDS["compress"] = (COMPRESS_HELP, compress_arguments, None)
-COMMANDS["generate"] = (GENERATE_HELP, generate_arguments, None)
 
 
 def _run(handler: str):

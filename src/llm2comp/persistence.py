@@ -65,9 +65,11 @@ def resolve_base_model(folder: Path, saved: str, given: str | None = None) -> st
     path that leaves the folder, or that would be read against the working directory, is refused."""
     if given is not None:
         return str(given)
+    if saved in ALIASES:
+        return saved
     entry = Path(saved).expanduser()
-    if entry.is_absolute() or saved in ALIASES:
-        return str(entry) if entry.is_absolute() else saved
+    if entry.is_absolute():
+        return str(entry)
     if (folder / entry / "config.json").is_file():  # a bundled backbone (export)
         return str(_inside(folder, saved, "base_model"))
     if ".." in entry.parts or saved.startswith((".", "~")) or entry.exists():
