@@ -164,14 +164,14 @@ def main() -> None:
         # every layer runs each product once per call of `rows` rows, i.e. rows / tokens texts
         per_text = layers * sum(per_call[kernel, p] for p in shapes) / (rows / tokens)
         bounds[kernel], rates[kernel] = encode_s / per_text, flops_per_text / per_text
-        print(f"{kernel:<12} {rates[kernel] / 1e9:>8.1f} {per_text * 1e3:>17.2f} {100 * per_text / encode_s:>15.2f}% "
+        print(f"{kernel:<12} {rates[kernel] / 1e9:>8.2f} {per_text * 1e3:>17.2f} {100 * per_text / encode_s:>15.2f}% "
               f"{bounds[kernel]:>21.2f}x")
     best = max(bounds, key=bounds.get)
     print(f"\nceiling: a backend running every product at the {best} rate and nothing else would be "
           f"{bounds[best]:.2f}x fp32 torch encode on this CPU")
     for target in args.targets:
         print(f"{target:g}x fp32 torch encode ({target / encode_s:.1f} texts/s) needs the products alone at "
-              f"{target * flops_per_text / encode_s / 1e9:.1f} GFLOP/s; the fastest kernel here: {rates[best] / 1e9:.1f}")
+              f"{target * flops_per_text / encode_s / 1e9:.1f} GFLOP/s; the fastest kernel here: {rates[best] / 1e9:.2f}")
 
 
 if __name__ == "__main__":

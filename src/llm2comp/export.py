@@ -35,8 +35,8 @@ from safetensors.torch import save_file
 
 from .atomic import staging_dir
 from .model import LLM2Comp
-from .persistence import CONFIG_NAME, MEMORY_NAME, save_normalizer
-from .model_card import EXPORT_KEY, collect_scores, model_card
+from .persistence import CONFIG_NAME, EXPORT_KEY, MEMORY_NAME, save_normalizer
+from .model_card import collect_scores, model_card
 from .version import __version__
 
 BACKBONE_DIR = "backbone"

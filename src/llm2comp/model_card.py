@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from .backbone import hub_id_of
+from .persistence import EXPORT_KEY
 from .pooling import get_pooling
 from .version import __version__
 
 RESULTS_NAME = "results.json"
 FULL_RESULTS_NAME = "results_full.json"  # its settings (limit, seed) make the card's evaluation command
-EXPORT_KEY = "exported_from"  # extra key of the exported llm2comp_config.json (ignored by LLM2CompConfig)
 
 
 def _flat_scores(data: Any) -> dict[str, float | None] | None:

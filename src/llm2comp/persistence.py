@@ -22,6 +22,7 @@ from .pooling import Normalizer
 from .version import __version__
 
 CONFIG_NAME = "llm2comp_config.json"
+EXPORT_KEY = "exported_from"  # written by `export` beside the config fields: where the folder came from
 MEMORY_NAME = "memory_tokens.safetensors"
 NORMALIZER_NAME = "normalizer.safetensors"
 BRIDGE_NAME = "memory_bridge.safetensors"
@@ -83,7 +84,7 @@ def check_config_keys(data: dict, known: set[str], path: Path) -> None:
     """Warn about keys this llm2comp does not know (they are dropped) and about a config written by a newer one."""
     from packaging.version import InvalidVersion, Version
 
-    unknown = sorted(set(data) - known - {"llm2comp_version"})
+    unknown = sorted(set(data) - known - {"llm2comp_version", EXPORT_KEY})
     if unknown:
         warnings.warn(f"{path / CONFIG_NAME}: unknown key(s) {', '.join(unknown)} ignored", UserWarning, stacklevel=3)
     written = data.get("llm2comp_version")
