@@ -118,8 +118,7 @@ def _probe(args) -> int:
     if args.memory_bridge:  # an untrained bridge fitted on training paragraphs (never the held-out ones)
         if model.memory_bridge is not None:
             raise ValueError(f"{args.model} has its own memory bridge ({model.memory_bridge.kind}); drop --memory-bridge")
-        from .data.corpus import load_texts
-        from .evaluation.compression import holdout_split
+        from .data.corpus import holdout_split, load_texts
         from .features import special_prefix
 
         train_texts, _ = holdout_split(load_texts(args.data, unit="paragraph"), args.holdout)

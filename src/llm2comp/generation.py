@@ -329,7 +329,7 @@ def compress(model: LLM2Comp, texts: str | Sequence[str], batch_size: int = 16, 
 def _start_ids(tokenizer, with_memory: bool) -> list[int]:
     """What precedes the memory (BOS, as stage 1 feeds it), or with no memory the start of a plain LM input: BOS, else
     EOS as a start token (the compression probe's choice)."""
-    from .objectives.pretext import decoder_bos
+    from .lm_head import decoder_bos
 
     start = decoder_bos(tokenizer)
     if start or with_memory:

@@ -31,7 +31,7 @@ EVAL_PER_CLASS = 60
 
 def recipe_pairs(data: str, data_dir: str | None) -> str:
     """The recipe's pair sources, the built-in ones read from ``data_dir`` where one was given."""
-    from .data.builtin_pairs import FOLDER_SOURCES
+    from .data.benchmark_dir import FOLDER_SOURCES
 
     return "+".join(f"{p}:{data_dir}" if data_dir and p in FOLDER_SOURCES else p for p in data.split("+"))
 

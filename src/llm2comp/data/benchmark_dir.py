@@ -1,7 +1,8 @@
 """Where the offline benchmark data lives (layout of ``../shared/data``: ``mteb/<Task>/...``).
 
 One resolution order for evaluation and for the training pairs built from its train splits: an explicit
-folder, else ``$LLM2COMP_DATA_DIR``, else ``../shared/data`` next to the working directory, else none.
+folder, else ``$LLM2COMP_DATA_DIR``, else ``../shared/data`` next to the working directory, else none. Also the
+names of the built-in pair sets read from such a folder (``NAME[:DIR]``), which decontamination reads a folder from.
 """
 
 from __future__ import annotations
@@ -11,6 +12,21 @@ import os
 from pathlib import Path
 
 ENV_DATA_DIR = "LLM2COMP_DATA_DIR"
+
+# the built-in pair sets read from a benchmark folder's train splits (`builtin_pairs.py`), named NAME or NAME:DIR
+SHARED_PAIRS = "builtin:shared-pairs"
+STSB_SCORES = "builtin:stsb-scores"
+NLI_PAIRS = "builtin:nli-pairs"
+MSRP_PAIRS = "builtin:msrp-pairs"
+FOLDER_SOURCES = (SHARED_PAIRS, STSB_SCORES, NLI_PAIRS, MSRP_PAIRS)
+
+
+def split_folder_source(source: str) -> tuple[str, str | None] | None:
+    """(name, folder or None) of a built-in pair set read from a benchmark folder (``NAME[:DIR]``); None otherwise."""
+    for name in FOLDER_SOURCES:
+        if source == name or source.startswith(name + ":"):
+            return name, source[len(name) + 1 :] or None
+    return None
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:

@@ -14,28 +14,14 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from .benchmark_dir import resolve_data_dir
+from .benchmark_dir import MSRP_PAIRS, NLI_PAIRS, SHARED_PAIRS, STSB_SCORES, resolve_data_dir
 from .corpus import DataError, read_jsonl
 from .decontamination import Decontaminator
 from .instructions import SHARED_INSTRUCTIONS, instruction_for
 
 logger = logging.getLogger(__name__)
 
-SHARED_PAIRS = "builtin:shared-pairs"
 NEWS_PAIRS = "builtin:news-pairs"
-STSB_SCORES = "builtin:stsb-scores"
-NLI_PAIRS = "builtin:nli-pairs"
-MSRP_PAIRS = "builtin:msrp-pairs"
-# built-in pair sets read from a benchmark folder: NAME or NAME:DIR
-FOLDER_SOURCES = (SHARED_PAIRS, STSB_SCORES, NLI_PAIRS, MSRP_PAIRS)
-
-
-def split_folder_source(source: str) -> tuple[str, str | None] | None:
-    """(name, folder or None) of a built-in pair set read from a benchmark folder (``NAME[:DIR]``); None otherwise."""
-    for name in FOLDER_SOURCES:
-        if source == name or source.startswith(name + ":"):
-            return name, source[len(name) + 1 :] or None
-    return None
 
 
 def data_dir(folder: str | Path | None = None) -> Path:

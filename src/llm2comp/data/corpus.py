@@ -171,6 +171,20 @@ def load_texts(source: str, unit: str = "paragraph", field: str = "text") -> lis
     return readers[path.suffix]()
 
 
+# the last texts of a stage-1 corpus held out for the compression probe (`evaluation/compression.py`), never trained on
+DEFAULT_HOLDOUT = 512
+
+
+def holdout_split(texts: list[str], holdout: int) -> tuple[list[str], list[str]]:
+    """(training texts, held-out texts): the last ``holdout`` texts are held out for the probe."""
+    if holdout <= 0:
+        return list(texts), []
+    if len(texts) < 2 * holdout:
+        raise DataError(f"{len(texts)} texts are too few to hold out {holdout} for the compression probe "
+                        f"(set probe_holdout: 0, or a smaller value)")
+    return list(texts[:-holdout]), list(texts[-holdout:])
+
+
 def seeded_subset(items: list, n: int | None, seed: int = 0) -> list:
     """``n`` of ``items`` drawn at random (seeded; their order kept), not the first n (a corpus sorted by topic or
     date would give a skewed cut); all of them when n is None or not smaller."""

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from .benchmark_dir import read_qrels, resolve_data_dir
+from .benchmark_dir import read_qrels, resolve_data_dir, split_folder_source
 from .corpus import DataError, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -130,8 +130,6 @@ class Decontaminator:
 
 def resolve_decontaminator(setting: str | None, data_source: str = "") -> Decontaminator | None:
     """The `Decontaminator` of a ``decontaminate`` setting (module docstring), or None for none."""
-    from .builtin_pairs import split_folder_source
-
     if setting is None or str(setting).lower() in OFF:
         return None
     if str(setting).lower() == "auto":

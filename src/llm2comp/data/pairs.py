@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from .builtin_pairs import FOLDER_BUILDERS, NEWS_PAIRS, news_pairs, split_folder_source
+from .benchmark_dir import split_folder_source
+from .builtin_pairs import FOLDER_BUILDERS, NEWS_PAIRS, news_pairs
 from .corpus import DataError, iter_jsonl, load_texts, seeded_subset
 from .decontamination import Decontaminator, resolve_decontaminator
 from .instructions import INSTRUCTIONS, batch_source, format_query, instruction_for

@@ -35,30 +35,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data.corpus import DataError, load_texts
+from ..data.corpus import DEFAULT_HOLDOUT, DataError, holdout_split, load_texts
 from ..features import special_prefix
+from ..lm_head import decoder_bos, lm_logits
 from ..model import LLM2Comp
-from ..objectives.pretext import decoder_bos, lm_logits
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("continuation", "reconstruction")
 METRICS = ("kl", "ce")
 CONDITIONS = ("own", "other", "none")
-DEFAULT_HOLDOUT = 512
 
 
 # ---------------------------------------------------------------------------------------------- passages
-def holdout_split(texts: list[str], holdout: int) -> tuple[list[str], list[str]]:
-    """(training texts, held-out texts): the last ``holdout`` texts are held out for the probe."""
-    if holdout <= 0:
-        return list(texts), []
-    if len(texts) < 2 * holdout:
-        raise DataError(f"{len(texts)} texts are too few to hold out {holdout} for the compression probe "
-                        f"(set probe_holdout: 0, or a smaller value)")
-    return list(texts[:-holdout]), list(texts[-holdout:])
-
-
 def probe_passages(tokenizer, source: str = "builtin:news", passages: int = 256, text_tokens: int = 64,
                    holdout: int = DEFAULT_HOLDOUT, field: str = "text") -> list[list[int]]:
     """Token rows of exactly ``text_tokens`` tokens: the first ``passages`` held-out paragraphs that are long enough."""

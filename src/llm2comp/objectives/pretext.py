@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..features import right_pad, special_prefix, text_budget
+from ..lm_head import decoder_bos, lm_logits
 from ..model import LLM2Comp
 from ..runtime import is_distributed, is_main_process
 from .registry import ObjectiveSpec, register
@@ -30,20 +31,6 @@ LOSS_ITEMS = "loss_items"
 
 
 # ---------------------------------------------------------------------------------------------- LM head, chunked
-def lm_logits(model: LLM2Comp, hidden: torch.Tensor) -> torch.Tensor:
-    """The causal LM's output logits for hidden states, with the model's own final scaling/softcapping."""
-    logits = model.hf_model.get_output_embeddings()(hidden).float()
-    config = model.hf_model.config.get_text_config()
-    for name in ("logit_scale", "logits_scaling"):
-        scale = getattr(config, name, None)
-        if scale:
-            logits = logits * scale if name == "logit_scale" else logits / scale
-    softcap = getattr(config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits
-
-
 def token_mean(total: torch.Tensor, count: int) -> torch.Tensor:
     """``total / count`` where count is over the *global* batch when data-parallel: each rank returns
     local_sum * world / global_count, so DDP's gradient averaging yields exactly the gradient of the
@@ -93,10 +80,6 @@ def chunked_kl(model: LLM2Comp, student: torch.Tensor, teacher: torch.Tensor, bu
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def decoder_bos(tokenizer) -> list[int]:
-    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-
-
 def example_rng(seed: int, example: dict, fallback: random.Random) -> random.Random:
     """Randomness tied to (seed, example index), not to a stream: a resumed run draws exactly what the
     uninterrupted run drew, whatever the data loader prefetched before the kill."""
@@ -279,9 +262,7 @@ def pretext_dataset(cfg, model: LLM2Comp):
     slots and the tokenizer's BOS; what was kept is printed."""
     import sys
 
-    from ..data.corpus import TokenizedTexts, load_texts
-
-    from ..evaluation.compression import holdout_split
+    from ..data.corpus import TokenizedTexts, holdout_split, load_texts
 
     texts = load_texts(cfg.data, unit="paragraph", field=cfg.data_field)
     held_out = 0
