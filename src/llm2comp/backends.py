@@ -208,7 +208,7 @@ class OnnxBody:
 def onnx_file(model, int8: bool) -> Path:
     """The cached ONNX file of ``model`` (exported, and quantised for int8, on first use)."""
     from .backbone import cache_dir
-    from .metadata import model_fingerprint
+    from .fingerprint import model_fingerprint
 
     folder = cache_dir() / "onnx" / model_fingerprint(model, model.config)
     fp32 = folder / "fp32" / "model.onnx"

@@ -2,7 +2,7 @@
 
 The budget is the pooling mode's (`pooling.py`: the template and the memory slots share `max_length` with the
 text); every path that turns text into encoder input (encode, the pretext objectives, contrastive batches, serve)
-goes through these functions, so they all cut texts in the same place.
+goes through these functions (`FeaturesMixin`, methods of `LLM2Comp`), so they all cut texts in the same place.
 """
 
 from __future__ import annotations
@@ -12,12 +12,8 @@ import logging
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from .model import LLM2Comp
 
 logger = logging.getLogger(__name__)
 
@@ -62,58 +58,56 @@ def right_pad(rows: Sequence[Sequence[int]], pad_id: int, trailing: int = 0) -> 
     return ids, mask
 
 
-def text_budget(model: LLM2Comp) -> int:
-    """Tokens of one text (with the special prefix) that fit max_length beside the template and memory slots."""
-    return model.pooling.text_budget(model.config)
+class FeaturesMixin:
+    """Texts -> features, as methods of `LLM2Comp` (which mixes this class in): what they read of the model is its
+    ``tokenizer``, ``config`` and ``pooling``."""
 
+    def text_budget(self) -> int:
+        """Tokens of one text (with the special prefix) that fit max_length beside the template and memory slots."""
+        return self.pooling.text_budget(self.config)
 
-def raw_text_budget(model: LLM2Comp) -> int:
-    """Text tokens (without the special prefix) that fit one encoder input with its memory slots: the one
-    truncation budget of the pretext objectives and of contrastive token rows."""
-    return text_budget(model) - len(special_prefix(model.tokenizer))
+    def raw_text_budget(self) -> int:
+        """Text tokens (without the special prefix) that fit one encoder input with its memory slots: the one
+        truncation budget of the pretext objectives and of contrastive token rows."""
+        return self.text_budget() - len(special_prefix(self.tokenizer))
 
+    def token_ids(self, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
+        """Per-text token ids, truncated so that the whole input (template, memory slots) fits max_length.
+        Safe to call from several threads at once, none waiting for another (`thread_tokenizer`)."""
+        if prompt:
+            texts = [prompt + t for t in texts]
+        return self.pooling.token_ids(thread_tokenizer(self.tokenizer), texts, self.config)
 
-def token_ids(model: LLM2Comp, texts: Sequence[str], prompt: str | None = None) -> list[list[int]]:
-    """Per-text token ids, truncated so that the whole input (template, memory slots) fits max_length.
-    Safe to call from several threads at once, none waiting for another (`thread_tokenizer`)."""
-    if prompt:
-        texts = [prompt + t for t in texts]
-    return model.pooling.token_ids(thread_tokenizer(model.tokenizer), texts, model.config)
+    def count_truncated(self, texts: Sequence[str], rows: Sequence[Sequence[int]],
+                        prompt: str | None = None) -> tuple[int, int]:
+        """(how many of `texts` `rows` (their token ids) cut to fit max_length, the longest one's token count); only rows
+        at the full length are tokenized again."""
+        candidates = [(prompt or "") + texts[i] for i, row in enumerate(rows) if len(row) >= self.text_budget()]
+        if not candidates:
+            return 0, 0
+        tokenizer = thread_tokenizer(self.tokenizer)
+        room = self.pooling.text_room(tokenizer, self.config)
+        lengths = self.pooling.text_lengths(tokenizer, candidates)
+        longer = [n for n in lengths if n > room]
+        return len(longer), max(longer, default=0)
 
+    def report_truncation(self, texts: Sequence[str], rows: Sequence[Sequence[int]], prompt: str | None) -> None:
+        count, longest = self.count_truncated(texts, rows, prompt)
+        if count:
+            logger.warning("%d of %d texts are longer than max_length=%d and were truncated (the longest has %d tokens); "
+                           "pass a larger max_length or split long texts", count, len(texts), self.config.max_length, longest)
 
-def count_truncated(model: LLM2Comp, texts: Sequence[str], rows: Sequence[Sequence[int]],
-                    prompt: str | None = None) -> tuple[int, int]:
-    """(how many of `texts` `rows` (their token ids) cut to fit max_length, the longest one's token count); only rows
-    at the full length are tokenized again."""
-    candidates = [(prompt or "") + texts[i] for i, row in enumerate(rows) if len(row) >= text_budget(model)]
-    if not candidates:
-        return 0, 0
-    tokenizer = thread_tokenizer(model.tokenizer)
-    room = model.pooling.text_room(tokenizer, model.config)
-    lengths = model.pooling.text_lengths(tokenizer, candidates)
-    longer = [n for n in lengths if n > room]
-    return len(longer), max(longer, default=0)
+    def collate(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Right-pad token rows into tensors; with memory pooling, k memory slots follow each text."""
+        k = self.pooling.memory_slots(self.config)
+        input_ids, attention_mask = right_pad(rows, self.tokenizer.pad_token_id, trailing=k)
+        features = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if k:
+            memory_mask = torch.zeros_like(attention_mask, dtype=torch.bool)
+            for i, row in enumerate(rows):
+                memory_mask[i, len(row) : len(row) + k] = True
+            features["memory_mask"] = memory_mask
+        return features
 
-
-def report_truncation(model: LLM2Comp, texts: Sequence[str], rows: Sequence[Sequence[int]], prompt: str | None) -> None:
-    count, longest = count_truncated(model, texts, rows, prompt)
-    if count:
-        logger.warning("%d of %d texts are longer than max_length=%d and were truncated (the longest has %d tokens); "
-                       "pass a larger max_length or split long texts", count, len(texts), model.config.max_length, longest)
-
-
-def collate(model: LLM2Comp, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-    """Right-pad token rows into tensors; with memory pooling, k memory slots follow each text."""
-    k = model.pooling.memory_slots(model.config)
-    input_ids, attention_mask = right_pad(rows, model.tokenizer.pad_token_id, trailing=k)
-    features = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if k:
-        memory_mask = torch.zeros_like(attention_mask, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            memory_mask[i, len(row) : len(row) + k] = True
-        features["memory_mask"] = memory_mask
-    return features
-
-
-def tokenize(model: LLM2Comp, texts: Sequence[str], prompt: str | None = None) -> dict[str, torch.Tensor]:
-    return collate(model, token_ids(model, texts, prompt))
+    def tokenize(self, texts: Sequence[str], prompt: str | None = None) -> dict[str, torch.Tensor]:
+        return self.collate(self.token_ids(texts, prompt))

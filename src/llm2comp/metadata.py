@@ -9,15 +9,11 @@ the metadata is asked for.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from .fingerprint import model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -37,32 +33,6 @@ SOURCE_DATASETS = {  # a pair source (file stem of a pairs folder, decontaminati
     "mrtydi": ("MrTidyRetrieval",), "dureader": ("DuRetrieval",), "t2ranking": ("T2Reranking",),
     "quora_duplicates": ("QuoraRetrieval",),
 }
-
-
-def model_fingerprint(model: torch.nn.Module, config: Any = None, sample: int = 2048) -> str:
-    """A short hash of a model's configuration and (a strided sample of) every parameter and buffer.
-
-    Cheap even for billions of parameters (no full pass over the weights), yet any training step, merged or attached
-    LoRA adapter, or different memory tokens changes it. Used as the mteb revision, so that mteb's own result cache
-    (when someone calls `mteb.evaluate` with its default cache) can never hand back results of a different model.
-    """
-    digest = hashlib.sha1()
-    if config is not None:
-        try:
-            payload = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(vars(config))
-        except TypeError:
-            payload = {"repr": repr(config)}
-        digest.update(json.dumps(payload, sort_keys=True, default=str).encode())
-    with torch.no_grad():
-        tensors = list(model.named_parameters()) + list(model.named_buffers())
-        for name, tensor in sorted(tensors, key=lambda item: item[0]):
-            flat = tensor.detach().reshape(-1)
-            step = max(1, flat.numel() // sample)
-            picked = flat[::step][:sample].float().cpu().numpy()
-            digest.update(name.encode())
-            digest.update(str(tuple(tensor.shape)).encode())
-            digest.update(np.ascontiguousarray(picked).tobytes())
-    return digest.hexdigest()[:16]
 
 
 def display_name(model) -> str:

@@ -15,9 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import adapters, features, generation, inference
+from .adapters import AdaptersMixin
 from .attention import bidirectional
 from .backbone import ALIASES, DEFAULT_MODEL, default_device, load_backbone
+from .features import FeaturesMixin
+from .generation import GenerationMixin
+from .inference import InferenceMixin
 from .memory import MemoryBridge, MemoryTokens
 from .persistence import CONFIG_NAME, TRAINED_ALIASES, load_saved, save_model
 from .pooling import PROMPTEOL_TEMPLATE, Normalizer, Pooling, get_pooling
@@ -60,7 +63,11 @@ class LLM2CompConfig:
             raise ValueError(f"max_length ({self.max_length}) must exceed the {reserved} memory tokens")
 
 
-class LLM2Comp(nn.Module):
+class LLM2Comp(FeaturesMixin, InferenceMixin, AdaptersMixin, GenerationMixin, nn.Module):
+    """The encoder. Its methods come from here and from declared mixins: texts -> features (`FeaturesMixin`,
+    features.py), encode (`InferenceMixin`, inference.py), what training changes (`AdaptersMixin`, adapters.py),
+    compress and generate (`GenerationMixin`, generation.py)."""
+
     config_class = LLM2CompConfig
     backend = "torch"  # what runs the network (backends.py); a runtime choice, not saved
     body_runner = None  # set by an ONNX backend: runs in place of `body` (same call, same output)
@@ -166,26 +173,11 @@ class LLM2Comp(nn.Module):
     def get_sentence_embedding_dimension(self) -> int:
         return self.hf_model.config.get_text_config().hidden_size
 
-    # ------------------------------------------------------------------ training's changes (adapters.py)
-    add_lora = adapters.add_lora
-    merge_and_unload = adapters.merge_and_unload
-    add_memory_bridge = adapters.add_memory_bridge
-    drop_memory_bridge = adapters.drop_memory_bridge
-    decoder_memory = adapters.decoder_memory
-    decoder_mode = adapters.decoder_mode
-
     # ------------------------------------------------------------------ tokenisation
     @property
     def pooling(self) -> Pooling:
         """The pooling mode object (`pooling.py`): input slots, template, truncation and the pooled vector."""
         return get_pooling(self.config.pooling)
-
-    # texts -> features (features.py)
-    token_ids = features.token_ids
-    count_truncated = features.count_truncated
-    raw_text_budget = features.raw_text_budget
-    collate = features.collate
-    tokenize = features.tokenize
 
     # ------------------------------------------------------------------ forward
     def embed_inputs(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -229,14 +221,9 @@ class LLM2Comp(nn.Module):
             self.config = dataclasses.replace(self.config, normalizer=None)
             self.clear_replicas()
 
-    # ------------------------------------------------------------------ inference (inference.py)
-    encode = inference.encode
-    encode_query = inference.encode_query
-    encode_document = inference.encode_document
-    encode_token_ids = inference.encode_token_ids
+    # ------------------------------------------------------------------ inference (the rest in inference.py)
     prompts = prompts_property("prompts")  # the config's, as sentence-transformers' attributes (prompts.py)
     default_prompt_name = prompts_property("default_prompt_name")
-    _evaluating = inference.evaluating
 
     def clear_replicas(self) -> None:
         """Forget the inference copies `encode(devices=...)` made (called when the weights change)."""
@@ -249,14 +236,6 @@ class LLM2Comp(nn.Module):
         from .metadata import mteb_model_meta
 
         return mteb_model_meta(self)
-
-    similarity = staticmethod(inference.similarity)
-    similarity_pairwise = staticmethod(inference.similarity_pairwise)  # with `mteb_model_meta`: mteb's EncoderProtocol
-
-    # ------------------------------------------------------------------ compress, then generate (generation.py)
-    compress = generation.compress
-    generate = generation.generate
-    reconstruct = generation.reconstruct
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:

@@ -20,7 +20,7 @@ _EXPORTS = {
     "format_table": "report",
     "minilm_path": "specs",
     "MTEBEncoder": "mteb_adapter",
-    "model_fingerprint": ".metadata",  # llm2comp.metadata (shared with the model)
+    "model_fingerprint": ".fingerprint",  # llm2comp.fingerprint (shared with the model)
     "load_task": "tasks",
     "load_tasks": "tasks",
     "resolve_data_dir": "tasks",
@@ -39,7 +39,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .diagnostics import diagnose, memory_correlation, singular_spectrum
-    from ..metadata import model_fingerprint
+    from ..fingerprint import model_fingerprint
     from .mteb_adapter import MTEBEncoder
     from .cli import add_evaluate_arguments, run_evaluate_cli
     from .report import EvaluationReport, format_table

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..features import right_pad, special_prefix, text_budget
+from ..features import right_pad, special_prefix
 from ..lm_head import decoder_bos, lm_logits
 from ..model import LLM2Comp
 from ..runtime import is_distributed, is_main_process
@@ -273,7 +273,7 @@ def pretext_dataset(cfg, model: LLM2Comp):
         texts, model.tokenizer, min_chars=cfg.min_chars,
         # one token less than the input holds: kept from the first release (a special prefix of up to one
         # token), so that every stage-1 run, comparisons included, cuts its texts the same way
-        max_tokens=text_budget(model) - 1, drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
+        max_tokens=model.text_budget() - 1, drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
         seed=cfg.seed,
     )
     dataset.held_out = held_out
