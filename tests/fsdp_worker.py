@@ -24,10 +24,11 @@ def main(config: str, output: str, steps: int, shard: bool = True, load: str | N
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
+    from llm2comp.training.checkpoints import load_training_state
     from llm2comp.training.config import TrainConfig
     from llm2comp.training.engine import sharded_units
     from llm2comp.training.run import build_model, build_objective_and_data
-    from llm2comp.training.trainer import TrainingModule, load_training_state
+    from llm2comp.training.trainer import TrainingModule
 
     distributed = "RANK" in __import__("os").environ
     if distributed:

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from llm2comp import LLM2Comp
 from llm2comp.data.corpus import DataError, read_jsonl
 from llm2comp.data.decontamination import Decontaminator, evaluation_texts, normalise
-from llm2comp.data.pairs import PairDataset, load_pair_jsonl, load_pairs
+from llm2comp.data.pair_sources import load_pair_jsonl, load_pairs
+from llm2comp.data.pairs import PairDataset
 from llm2comp.objectives.contrastive import SupervisedObjective, cosent, matryoshka
 from llm2comp.testing import SAMPLE_TEXT, make_tiny_benchmark_dir
 from llm2comp.training.config import TrainConfig
@@ -116,7 +117,7 @@ def test_train_with_graded_and_ungraded_sources(tiny_dir, tmp_path, monkeypatch)
     assert json.loads((output / "train_config.json").read_text())["cosent_scale"] == 20.0
     # the loss plot draws one curve per source (InfoNCE and CoSENT losses differ in scale)
     from llm2comp.data.pairs import build_contrastive_dataset
-    from llm2comp.training.trainer import loss_series, plot_losses, step_sources_of
+    from llm2comp.training.loss_plot import loss_series, plot_losses, step_sources_of
 
     sources = step_sources_of(build_contrastive_dataset(cfg), output / "data_order.jsonl")
     assert sorted(sources) == [1, 2, 3, 4] and set(sources.values()) <= {"stsb", "stsb-scores", "banking77", "scifact"}

@@ -120,7 +120,7 @@ def test_memory_correlation_plot_is_one_readable_panel_naming_model_and_data(tmp
 def test_loss_plot_has_whole_step_ticks(tmp_path, monkeypatch):
     import json
 
-    from llm2comp.training.trainer import plot_losses
+    from llm2comp.training.loss_plot import plot_losses
 
     figures = _captured_figures(monkeypatch)
     log = tmp_path / "loss.jsonl"

@@ -19,7 +19,8 @@ from llm2comp.data.corpus import DataError, TokenizedTexts
 from llm2comp.testing import SAMPLE_TEXT
 from llm2comp.training.config import TrainConfig
 from llm2comp.training.run import train
-from llm2comp.training.trainer import COMPLETE_MARKER, NonFiniteLossError, last_complete_checkpoint
+from llm2comp.training.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
+from llm2comp.training.trainer import NonFiniteLossError
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +328,7 @@ def test_the_final_model_is_written_from_the_trainers_gathered_weights(tiny_dir,
 
 
 def test_loss_plot_running_mean():
-    from llm2comp.training.trainer import running_mean, smoothing_window
+    from llm2comp.training.loss_plot import running_mean, smoothing_window
 
     assert running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert smoothing_window(10) == 1 and smoothing_window(160) == 16 and smoothing_window(5000) == 50

@@ -15,8 +15,10 @@ from ..model import LLM2Comp
 from ..persistence import CONFIG_NAME
 from ..objectives.registry import objective_spec
 from .config import TrainConfig
-from .trainer import (LLM2CompTrainer, LossLog, TrainingModule, end_training_length, last_complete_checkpoint, plot_losses,
-                      set_training_length, step_sources_of, truncate_log)
+from .callbacks import LossLog, truncate_log
+from .checkpoints import end_training_length, last_complete_checkpoint, set_training_length
+from .loss_plot import plot_losses, step_sources_of
+from .trainer import LLM2CompTrainer, TrainingModule
 
 logger = logging.getLogger(__name__)
 # transformers 5.x renamed gradient_checkpointing -> activation_checkpointing
@@ -151,7 +153,7 @@ def train(cfg: TrainConfig) -> Path:
     callbacks = [LossLog(loss_log)]
     if cfg.probe_steps:
         from ..evaluation.compression import CompressionProbe, probe_passages
-        from .trainer import ProbeCallback
+        from .callbacks import ProbeCallback
 
         task = "reconstruction" if cfg.objective == "rc" else "continuation"
         passages = probe_passages(model.tokenizer, cfg.data, cfg.probe_passages, cfg.probe_text_tokens, cfg.probe_holdout, cfg.data_field)
@@ -169,7 +171,7 @@ def train(cfg: TrainConfig) -> Path:
         record_path=order_log,
     )
     from .engine import check_engine
-    from .trainer import EngineReport
+    from .callbacks import EngineReport
 
     trainer.add_callback(EngineReport(trainer))
     check_engine(cfg, trainer.accelerator, reads_decoder=cfg.stage == "pretrain" and cfg.objective in ("kl", "nll", "rc"))
