@@ -59,7 +59,8 @@ class Products:
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
 
-        from llm2comp.backends import _quiet_quantization, int8_saturates
+        from llm2comp.backends import _quiet_quantization
+        from llm2comp.onnx_backend import int8_saturates
 
         generator = torch.Generator().manual_seed(inputs * 7 + outputs)
         weight = torch.randn(outputs, inputs, generator=generator) / inputs**0.5

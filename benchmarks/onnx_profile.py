@@ -59,7 +59,7 @@ def session(path: Path, threads: int, profile_prefix: str | None = None):
     """A session with the ONNX backends' options (profiling on when ``profile_prefix`` is given)."""
     import onnxruntime as ort
 
-    from llm2comp.backends import session_options
+    from llm2comp.onnx_backend import session_options
 
     options = session_options(threads)
     if profile_prefix:

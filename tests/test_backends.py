@@ -56,7 +56,7 @@ onnx_installed = pytest.mark.skipif(any(__import__("importlib").util.find_spec(m
 @onnx_installed
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_onnx_embeds_like_torch_and_int8_runs_int8_products(tiny_dir, tmp_path, monkeypatch, bidirectional):
-    from llm2comp.backends import onnx_int8_products
+    from llm2comp.onnx_backend import onnx_int8_products
 
     monkeypatch.setenv("LLM2COMP_CACHE", str(tmp_path / "cache"))
     trained = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, bidirectional=bidirectional)
@@ -89,7 +89,7 @@ def test_onnx_embeds_like_torch_and_int8_runs_int8_products(tiny_dir, tmp_path, 
 
 
 def test_int8_saturation_is_read_off_the_cpu_flags():
-    from llm2comp.backends import int8_saturates
+    from llm2comp.onnx_backend import int8_saturates
 
     avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
     assert int8_saturates(avx2)  # VPMADDUBSW: pairwise sums saturate at int16
@@ -103,13 +103,13 @@ def test_onnx_int8_weights_take_7_bits_where_8_would_saturate(tiny_dir, tmp_path
     import onnx
     from onnx import numpy_helper
 
-    import llm2comp.backends as backends
+    import llm2comp.onnx_backend as onnx_backend
 
     monkeypatch.setenv("LLM2COMP_CACHE", str(tmp_path / "cache"))
     reference = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3).encode(SAMPLE_TEXT)
     largest = {}
     for saturates in (False, True):
-        monkeypatch.setattr(backends, "int8_saturates", lambda: saturates)
+        monkeypatch.setattr(onnx_backend, "int8_saturates", lambda: saturates)
         model = LLM2Comp.from_pretrained(tiny_dir, num_memory_tokens=3, backend="onnx-int8")
         assert model.body_runner.path.parent.name == ("int8-7bit-weights" if saturates else "int8")
         weights = [numpy_helper.to_array(i) for i in onnx.load(str(model.body_runner.path)).graph.initializer
@@ -182,17 +182,17 @@ def _export_in_a_process(tiny_dir, folder, barrier, results):
     once and again after the other process is done."""
     import os
 
-    import llm2comp.backends as backends
+    import llm2comp.onnx_backend as onnx_backend
 
     def fake_export(body, args, path, **kwargs):
         with open(path, "w") as handle:
             handle.write(f"onnx of process {os.getpid()}")
 
     torch.onnx.export = fake_export
-    backends._forget_rewriter_matches = lambda: barrier.wait(timeout=60)  # the step right before publishing
+    onnx_backend._forget_rewriter_matches = lambda: barrier.wait(timeout=60)  # the step right before publishing
     try:
         model = LLM2Comp.from_pretrained(tiny_dir)
-        path = backends.export_onnx(model, folder)
+        path = onnx_backend.export_onnx(model, folder)
         first = path.read_text()
         barrier.wait(timeout=60)  # the other one has published (or dropped) its export too
         results.put(("ok", first, path.read_text()))
