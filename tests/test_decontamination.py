@@ -8,7 +8,8 @@ import pytest
 from llm2comp.data.corpus import DataError, read_jsonl
 from llm2comp.data.decontamination import Decontaminator, evaluation_texts, normalise, resolve_decontaminator
 from llm2comp.data.builtin_pairs import shared_pairs
-from llm2comp.data.pairs import build_contrastive_dataset, load_pairs, load_sentences
+from llm2comp.data.pair_sources import load_pairs
+from llm2comp.data.pairs import build_contrastive_dataset, load_sentences
 from llm2comp.testing import make_tiny_benchmark_dir
 from llm2comp.training.config import TrainConfig
 

@@ -16,11 +16,9 @@ from llm2comp.data.pairs import (
     SentenceDataset,
     arrange_by_source,
     build_contrastive_dataset,
-    load_e5_dir,
-    load_pair_jsonl,
-    load_pairs,
     load_sentences,
 )
+from llm2comp.data.pair_sources import load_e5_dir, load_pair_jsonl, load_pairs
 from llm2comp.testing import SAMPLE_TEXT
 from llm2comp.training.config import TrainConfig
 
@@ -279,7 +277,7 @@ def test_news_pairs_headline_to_opening_and_joined_sources(tmp_path):
     from llm2comp.data.corpus import news_records
     from llm2comp.data.decontamination import Decontaminator
     from llm2comp.data.builtin_pairs import news_pairs
-    from llm2comp.data.pairs import is_pair_source
+    from llm2comp.data.pair_sources import is_pair_source
 
     pairs = news_pairs(seed=1)
     assert len(pairs) > 3000 and pairs == news_pairs(seed=1)

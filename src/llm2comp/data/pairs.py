@@ -25,20 +25,16 @@ Trainer reads it in order and every optimiser step draws from one source, as in 
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import random
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
-from .benchmark_dir import split_folder_source
-from .builtin_pairs import FOLDER_BUILDERS, NEWS_PAIRS, news_pairs
-from .corpus import DataError, iter_jsonl, load_texts, seeded_subset
+from .corpus import DataError, load_texts, seeded_subset
 from .decontamination import Decontaminator, resolve_decontaminator
-from .instructions import INSTRUCTIONS, batch_source, format_query, instruction_for
+from .instructions import batch_source, format_query
+from .pair_sources import is_pair_source, load_pairs
 from ..runtime import world_size
 
 logger = logging.getLogger(__name__)
@@ -82,82 +78,6 @@ class SentenceDataset(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------------------------------- pair files
-def _pair(record: dict, where: str, source: str | None, row: int) -> dict:
-    for name in ("query", "positive"):
-        if not isinstance(record.get(name), str) or not record[name].strip():
-            raise DataError(f"{where}: a non-empty '{name}' field is required")
-    negative = record.get("negative")
-    if isinstance(negative, list):  # several hard negatives: the first one
-        negative = negative[0] if negative else None
-    source = record.get("source") or source
-    instruction = record["instruction"] if record.get("instruction") is not None else instruction_for(source, row)
-    pair = {"query": record["query"], "positive": record["positive"], "instruction": str(instruction), "source": source or "default"}
-    if isinstance(negative, str) and negative.strip():
-        pair["negative"] = negative
-    for name in ("key", "negative_key"):
-        if record.get(name) not in (None, ""):
-            pair[name] = str(record[name])
-    if record.get("score") is not None:
-        score = record["score"]
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise DataError(f"{where}: 'score' must be a finite number, got {score!r}")
-        pair["score"] = float(score)
-    return pair
-
-
-def load_pair_jsonl(path: str | Path, source: str | None = None) -> list[dict]:
-    """(query, positive[, negative]) records of a JSON Lines file; ``source`` names the file's source when the
-    records carry none."""
-    path = Path(path)
-    pairs = []
-    for where, record in iter_jsonl(path):
-        pairs.append(_pair(record, where, source, len(pairs)))
-    if not pairs:
-        raise DataError(f"{path}: no pairs")
-    return pairs
-
-
-def load_e5_dir(path: str | Path) -> list[dict]:
-    """The E5 public-data layout: one ``<source>.jsonl`` per source (query, positive, negative)."""
-    path = Path(path)
-    files = sorted(path.glob("*.jsonl"))
-    if not files:
-        raise DataError(f"{path}: no <source>.jsonl files (E5 layout: one file per source with query/positive/negative)")
-    pairs = []
-    for file in files:
-        if file.stem not in INSTRUCTIONS and not instruction_for(file.stem):
-            logger.warning("%s: unknown source '%s', its queries get no instruction", file, file.stem)
-        pairs.extend(load_pair_jsonl(file, source=file.stem))
-    return pairs
-
-
-def load_pairs(source: str, seed: int = 0, clean: Decontaminator | None = None) -> list[dict]:
-    """Pairs from a ``.jsonl`` file, an E5-layout directory, or ``builtin:shared-pairs[:DATA_DIR]`` (without a
-    folder: the benchmark data directory that evaluation uses); with ``clean``, no record with an evaluation text."""
-    if "+" in source and not Path(source).expanduser().exists():
-        return [pair for part in source.split("+") for pair in load_pairs(part, seed=seed, clean=clean)]
-    builtin = split_folder_source(source)
-    if builtin is not None:
-        name, folder = builtin
-        return FOLDER_BUILDERS[name](folder, seed=seed, clean=clean)
-    if source == NEWS_PAIRS:
-        return news_pairs(seed=seed, clean=clean)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        pairs = load_e5_dir(path)
-    elif path.is_file() and path.suffix == ".jsonl":
-        pairs = load_pair_jsonl(path)
-    else:
-        pairs = None
-    if pairs is not None:
-        pairs = clean.clean_pairs(pairs) if clean is not None else pairs
-        if not pairs:
-            raise DataError(f"{source}: every pair shares a text with an evaluation split of {clean.folder} (decontaminate: off keeps them)")
-        return pairs
-    if not path.exists():
-        raise DataError(f"pair data not found: {source} (a .jsonl file, an E5-layout directory, or one of "
-                        f"{', '.join(sorted([*FOLDER_BUILDERS, NEWS_PAIRS]))})")
-    raise DataError(f"unsupported pair data {source}: use a .jsonl file with query/positive[/negative] or an E5-layout directory")
 
 
 # ---------------------------------------------------------------------------------------------- batching
@@ -242,26 +162,6 @@ def cap_per_source(pairs: list[dict], limit: int, seed: int = 0) -> list[dict]:
         indices = by_source[name]
         keep.update(indices if len(indices) <= limit else rng.sample(indices, limit))
     return [pair for index, pair in enumerate(pairs) if index in keep]
-
-
-def is_pair_source(source: str) -> bool:
-    """Whether a data source holds (query, positive) pairs rather than sentences."""
-    if "+" in source and not Path(source).expanduser().exists():
-        return all(is_pair_source(part) for part in source.split("+"))
-    if source == NEWS_PAIRS or split_folder_source(source) is not None:
-        return True
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return True
-    if path.is_file() and path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    try:
-                        return "query" in json.loads(line)
-                    except json.JSONDecodeError:
-                        return False
-    return False
 
 
 def prepare_pairs(source: str, seed: int = 0, max_pairs_per_source: int | None = None, query_instructions: bool = True,
