@@ -67,13 +67,13 @@ def test_a_nan_on_one_rank_stops_every_rank():
 
 
 def test_only_the_main_process_removes_half_written_checkpoints(tmp_path, monkeypatch):
-    from llm2comp.training import trainer
+    from llm2comp.training import checkpoints
 
     (tmp_path / "checkpoint-4").mkdir()  # no completion marker: half written
-    monkeypatch.setattr(trainer, "is_main_process", lambda: False)
-    assert trainer.last_complete_checkpoint(tmp_path) is None and (tmp_path / "checkpoint-4").exists()
-    monkeypatch.setattr(trainer, "is_main_process", lambda: True)
-    assert trainer.last_complete_checkpoint(tmp_path) is None and not (tmp_path / "checkpoint-4").exists()
+    monkeypatch.setattr(checkpoints, "is_main_process", lambda: False)
+    assert checkpoints.last_complete_checkpoint(tmp_path) is None and (tmp_path / "checkpoint-4").exists()
+    monkeypatch.setattr(checkpoints, "is_main_process", lambda: True)
+    assert checkpoints.last_complete_checkpoint(tmp_path) is None and not (tmp_path / "checkpoint-4").exists()
 
 
 def test_an_fsdp_config_that_did_not_get_fsdp_is_reported(monkeypatch, caplog):

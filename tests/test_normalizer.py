@@ -148,3 +148,38 @@ def test_cli_fit_normalizer_pca_records_cut_sizes(tiny_dir, tmp_path):
                  "--samples", "20", "--pca", "--matryoshka-dims", "4,8"]) == 0
     model = LLM2Comp.from_pretrained(tmp_path / "m")
     assert model.normalizer.rotation is not None and model.config.matryoshka_dims == [8, 4]
+
+
+def test_centre_only_keeps_each_dimension_s_spread_and_the_centred_cosines():
+    x = torch.randn(200, 6) * torch.tensor([1.0, 10.0, 0.1, 3.0, 2.0, 0.5]) + 5
+    centred = Normalizer.fit(x, standardise=False)
+    torch.testing.assert_close(centred.scale, torch.ones(6))
+    torch.testing.assert_close(centred(x), x - x.mean(0), atol=1e-5, rtol=0)  # no dimension reweighted
+    cos = lambda e: torch.nn.functional.normalize(e, dim=1) @ torch.nn.functional.normalize(e, dim=1).T  # noqa: E731
+    rotated = Normalizer.fit(x, standardise=False, pca=True)
+    torch.testing.assert_close(cos(rotated(x)), cos(x - x.mean(0)), atol=1e-5, rtol=0)
+    variances = rotated(x).var(0)
+    assert (variances[:-1] >= variances[1:] - 1e-4).all()  # still cut-ready: largest variance first
+
+
+def test_cli_fit_normalizer_centre_only_is_recorded_and_travels(tiny_dir, tmp_path):
+    import json
+
+    from llm2comp.cli import main
+    from llm2comp.training.config import TrainConfig
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"query": a, "positive": b}) for a, b in zip(FIT, FIT[1:])))
+    assert main(["fit-normalizer", str(tiny_dir), "--data", str(data), "--output", str(tmp_path / "m"),
+                 "--samples", "20", "--pca", "--centre-only"]) == 0
+    model = LLM2Comp.from_pretrained(tmp_path / "m")
+    assert model.config.normalizer["scale"] == "none" and model.config.normalizer["rotation"] == "pca"
+    torch.testing.assert_close(model.normalizer.scale, torch.ones_like(model.normalizer.scale))
+    fitted = model.normalizer
+    model.normalizer = None
+    raw = model.encode(SAMPLE_TEXT, convert_to_tensor=True)
+    model.normalizer = fitted
+    torch.testing.assert_close(model.encode(SAMPLE_TEXT, convert_to_tensor=True),
+                               (raw - fitted.mean) @ fitted.rotation, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="fit_normalizer too"):
+        TrainConfig.from_dict({"stage": "supervised", "normalizer_standardise": False, "warmup_steps": 0, "max_steps": 2})

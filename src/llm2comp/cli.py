@@ -122,6 +122,8 @@ def _args_fit_normalizer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decontaminate", default="auto", metavar="auto|DIR|off", help="as in train (default: auto)")
     p.add_argument("--pca", action="store_true", help="then rotate onto the texts' principal axes (cosines unchanged; "
                    "the first n dimensions keep the most variance, for --truncate-dim / serve's dimensions)")
+    p.add_argument("--centre-only", action="store_true", help="subtract the mean, do not divide by each dimension's "
+                   "spread (choose on validation: python scripts/validation_sts.py compares raw / centred / standardised)")
     p.add_argument("--matryoshka-dims", metavar="N,N,...", help="record these sizes as the ones to cut to "
                    "(serve's dimensions field accepts them); measure them first (scripts/matryoshka_sizes.py)")
     p.add_argument("--seed", type=int, default=42)

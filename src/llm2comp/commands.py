@@ -37,7 +37,8 @@ def _fit_normalizer(args) -> int:
     texts = source_texts(args.data, args.samples, seed=args.seed, max_pairs_per_source=args.max_pairs_per_source,
                          query_instructions=not args.no_instructions, decontaminate=args.decontaminate)
     model = LLM2Comp.from_pretrained(args.model, device=args.device, pooling=args.pooling)
-    model.fit_normalizer(texts, source=f"{len(texts)} texts of {args.data}", show_progress_bar=True, pca=args.pca)
+    model.fit_normalizer(texts, source=f"{len(texts)} texts of {args.data}", show_progress_bar=True, pca=args.pca,
+                         standardise=not args.centre_only)
     if args.matryoshka_dims:
         from .objectives.contrastive import check_matryoshka_dims
 

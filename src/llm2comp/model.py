@@ -200,17 +200,18 @@ class LLM2Comp(FeaturesMixin, InferenceMixin, AdaptersMixin, GenerationMixin, nn
 
     # ------------------------------------------------------------------ fitted normalizer
     def fit_normalizer(self, texts: Sequence[str], source: str = "", batch_size: int = 32, show_progress_bar: bool | None = None,
-                       pca: bool = False) -> Normalizer:
+                       pca: bool = False, standardise: bool = True) -> Normalizer:
         """Fit per-dimension standardisation of the embeddings on ``texts`` (training text, never the evaluation
         sentences); `encode` applies it from then on and `save` keeps it. Training the model further drops it.
         ``pca``: then rotate onto the principal axes of those texts' embeddings (full-size cosines unchanged; the
-        first n dimensions keep the most variance, for ``encode(truncate_dim=n)``)."""
+        first n dimensions keep the most variance, for ``encode(truncate_dim=n)``). ``standardise=False``: centre only."""
         self.drop_normalizer()
         texts = list(texts)
         embeddings = self.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=show_progress_bar)
-        self.normalizer = Normalizer.fit(embeddings, pca=pca).to(self.device)
+        self.normalizer = Normalizer.fit(embeddings, pca=pca, standardise=standardise).to(self.device)
         self.config = dataclasses.replace(self.config, normalizer={"source": source, "texts": len(texts),
-                                                                   **({"rotation": "pca"} if pca else {})})
+                                                                   **({"rotation": "pca"} if pca else {}),
+                                                                   **({} if standardise else {"scale": "none"})})
         self.clear_replicas()
         return self.normalizer
 

@@ -165,11 +165,14 @@ class Normalizer(nn.Module):
         self.register_buffer("rotation", None if rotation is None else rotation.detach().float().clone())
 
     @classmethod
-    def fit(cls, embeddings: torch.Tensor, eps: float = 1e-6, pca: bool = False) -> Normalizer:
+    def fit(cls, embeddings: torch.Tensor, eps: float = 1e-6, pca: bool = False, standardise: bool = True) -> Normalizer:
+        """``standardise=False``: centre only (scale 1), for models whose cosines lose by weighting every dimension
+        alike; with ``pca`` the centred embedding is still turned onto its principal axes for cutting."""
         embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
         if embeddings.dim() != 2 or embeddings.shape[0] < 2:
             raise ValueError(f"fitting a normalizer needs at least 2 embeddings, got shape {tuple(embeddings.shape)}")
-        mean, scale = embeddings.mean(0), embeddings.std(0).clamp(min=eps)
+        mean = embeddings.mean(0)
+        scale = embeddings.std(0).clamp(min=eps) if standardise else torch.ones_like(mean)
         rotation = None
         if pca:
             standardised = ((embeddings - mean) / scale).double()

@@ -74,6 +74,8 @@ class TrainConfig:
     # with fit_normalizer: also rotate the standardised embedding onto the principal axes of those texts' embeddings
     # (full-size cosines unchanged; its first n dimensions then hold the most variance, for encode(truncate_dim=n))
     normalizer_pca: bool = False
+    # with fit_normalizer: false = centre only (no per-dimension scaling), where validation says scaling costs
+    normalizer_standardise: bool = True
     # with normalizer_pca: the sizes the rotated embedding declares it can be cut to (config.matryoshka_dims: serve's
     # `dimensions`, the model card), chosen by measuring the cuts (scripts/matryoshka_sizes.py), not trained; sizes
     # >= the embedding size (the recipe on a smaller backbone) are left out with a warning
@@ -133,6 +135,8 @@ class TrainConfig:
             raise ValueError(f"fit_normalizer must be >= 0, got {self.fit_normalizer}")
         if self.normalizer_pca and not self.fit_normalizer:
             raise ValueError("normalizer_pca rotates the fitted normalizer: set fit_normalizer too")
+        if not self.normalizer_standardise and not self.fit_normalizer:
+            raise ValueError("normalizer_standardise: false describes the fitted normalizer: set fit_normalizer too")
         if self.normalizer_dims:
             from ..objectives.contrastive import check_matryoshka_dims
 

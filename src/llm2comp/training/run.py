@@ -189,7 +189,8 @@ def train(cfg: TrainConfig) -> Path:
         from ..data.pairs import stage_texts
 
         texts = stage_texts(dataset, cfg.fit_normalizer, seed=cfg.seed)
-        model.fit_normalizer(texts, source=f"{len(texts)} training texts of {cfg.data}", pca=cfg.normalizer_pca)
+        model.fit_normalizer(texts, source=f"{len(texts)} training texts of {cfg.data}", pca=cfg.normalizer_pca,
+                             standardise=cfg.normalizer_standardise)
         logger.info("normalizer fitted on %d training texts", len(texts))
     # on every rank: under ZeRO-3 / FSDP the Trainer gathers the sharded weights; the main process writes them
     trainer.save_model(str(output))
