@@ -608,7 +608,8 @@ def test_model_meta_knows_the_training_data_and_loads_the_model(tiny_dir, tmp_pa
     from mteb.mocks import MockSTSTask
     from mteb.models.model_implementations import MODEL_REGISTRY
 
-    from llm2comp.metadata import NLI_DATASETS, SOURCE_DATASETS, load_mteb_model, register_mteb_model, training_datasets
+    from llm2comp.evaluation import load_mteb_model, register_mteb_model
+    from llm2comp.metadata import NLI_DATASETS, SOURCE_DATASETS, training_datasets
 
     model = LLM2Comp.from_pretrained(str(tiny_dir), num_memory_tokens=3, max_length=48, device="cpu")
     model.config.stages = [{"stage": "pretrain", "data": "builtin:news"},
@@ -617,7 +618,9 @@ def test_model_meta_knows_the_training_data_and_loads_the_model(tiny_dir, tmp_pa
     model.prompts = {"query": "Find: {text}\n"}
     expected = {"STSBenchmark", "Banking77Classification", "SciFact", "MSMARCO", *NLI_DATASETS}
     assert training_datasets(model.config) == expected
-    meta = model.mteb_model_meta
+    assert model.mteb_model_meta.loader is None  # a bare model's metadata: mteb.evaluate(model) needs no loader
+    assert model.mteb_model_meta.training_datasets == expected
+    meta = MTEBEncoder(model).mteb_model_meta
     assert meta.training_datasets == expected and meta.loader is load_mteb_model and meta.use_instructions
     assert meta.is_zero_shot_on(["STS12"]) and not meta.is_zero_shot_on(["SciFact"])
     # every name is an mteb task, or (the NLI data, no mteb task) a name mteb's own model metadata uses

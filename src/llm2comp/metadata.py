@@ -1,5 +1,6 @@
 """What mteb records about a model: a display name, a revision that fingerprints the current weights, its size, what
-it was trained on (`training_datasets`, in mteb's names) and how mteb can load it (`loader`, `register_mteb_model`).
+it was trained on (`training_datasets`, in mteb's names) and, given one, the `loader` mteb can load it with (the
+evaluation side's `load_mteb_model`, which `MTEBEncoder` and `register_mteb_model` pass in).
 
 Built here, outside both the model and the evaluation package, so that `LLM2Comp.mteb_model_meta` (mteb recognises
 an encoder by that attribute: `mteb.evaluate(model, tasks)` takes an LLM2Comp as it takes a SentenceTransformer) and
@@ -9,13 +10,10 @@ the metadata is asked for.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from .fingerprint import model_fingerprint
-
-logger = logging.getLogger(__name__)
 
 # mteb's names of what the training data holds: mteb tasks whose train splits a built-in pair set or a source of the
 # E5 data is made from (in-domain for mteb's zero-shot checks), and for the NLI pairs, which no mteb task holds, the
@@ -41,10 +39,13 @@ def display_name(model) -> str:
     return f"llm2comp/{base}-{model.config.pooling}"
 
 
-def mteb_model_meta(model, name: str | None = None, use_instructions: bool | None = None, loader_kwargs: dict | None = None):
+def mteb_model_meta(model, name: str | None = None, use_instructions: bool | None = None, loader=None,
+                    loader_kwargs: dict | None = None):
     """mteb's `ModelMeta` of ``model`` as it is now (fresh on every call: the revision follows the weights), with what
-    it was trained on (`training_datasets`) and its `loader` (`load_mteb_model`, given the folder the model was
-    loaded from where it is known: ``model.name_or_path``). ``use_instructions`` defaults to: the model has prompts."""
+    it was trained on (`training_datasets`) and, where given, its ``loader`` (with the folder the model was loaded
+    from where it is known: ``model.name_or_path``). A bare model's metadata has no loader: `mteb.evaluate(model,
+    tasks)` needs none, and the loader lives with `MTEBEncoder`, above the model. ``use_instructions`` defaults to:
+    the model has prompts."""
     from mteb.models.model_meta import ModelMeta, ScoringFunction
 
     config = getattr(model, "config", None)
@@ -53,8 +54,8 @@ def mteb_model_meta(model, name: str | None = None, use_instructions: bool | Non
         use_instructions = bool(getattr(config, "prompts", None))
     return ModelMeta.create_empty(
         overwrites=dict(
-            loader=load_mteb_model,
-            loader_kwargs={**({"model_name_or_path": str(path)} if path else {}), **(loader_kwargs or {})},
+            loader=loader,
+            loader_kwargs={**({"model_name_or_path": str(path)} if path and loader else {}), **(loader_kwargs or {})},
             training_datasets=training_datasets(config),
             name=name or display_name(model),
             revision=model_fingerprint(model, config),
@@ -92,35 +93,3 @@ def training_datasets(config: Any) -> set[str]:
         for source in sources:
             names.update(SOURCE_DATASETS.get(source, SOURCE_DATASETS.get(batch_source(source), ())))
     return names
-
-
-def load_mteb_model(model_name: str, revision: str | None = None, *, model_name_or_path: str | None = None,
-                    device: str | None = None, batch_size: int | None = None, **load_kwargs):
-    """mteb's `ModelMeta.loader` of an llm2comp model: the `MTEBEncoder` of ``model_name_or_path`` (else
-    ``model_name`` read as a path or alias), recorded under ``model_name``; a ``revision`` (the fingerprint the
-    metadata was made with) that the loaded weights do not match is logged as a warning."""
-    from .evaluation.mteb_adapter import MTEBEncoder
-    from .model import LLM2Comp
-
-    source = model_name_or_path or model_name
-    model = LLM2Comp.from_pretrained(source, device=device, **load_kwargs)
-    model.name_or_path = str(source)
-    if revision and model_fingerprint(model, model.config) != revision:
-        logger.warning("%s: the weights at %s are not those the metadata (revision %s) describes", model_name, source, revision)
-    model.merge_and_unload()
-    return MTEBEncoder(model, batch_size=batch_size, name=model_name)
-
-
-def register_mteb_model(model_name_or_path: str, name: str | None = None, **load_kwargs):
-    """Load the model at ``model_name_or_path`` and put its `ModelMeta` into mteb's registry (under ``name``, default
-    ``llm2comp/<backbone>-<pooling>``): then `mteb.get_model_meta(name)` returns it, with its training datasets, and
-    `mteb.get_model(name)` / `mteb.evaluate(mteb.get_model_meta(name), tasks)` load the model through its loader."""
-    from mteb.models.model_implementations import MODEL_REGISTRY
-
-    from .model import LLM2Comp
-
-    model = LLM2Comp.from_pretrained(model_name_or_path, device="cpu", **load_kwargs)
-    model.name_or_path = str(model_name_or_path)
-    meta = mteb_model_meta(model, name, loader_kwargs=load_kwargs)
-    MODEL_REGISTRY[meta.name] = meta
-    return meta

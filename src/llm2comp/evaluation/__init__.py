@@ -20,6 +20,8 @@ _EXPORTS = {
     "format_table": "report",
     "minilm_path": "specs",
     "MTEBEncoder": "mteb_adapter",
+    "load_mteb_model": "mteb_adapter",
+    "register_mteb_model": "mteb_adapter",
     "model_fingerprint": ".fingerprint",  # llm2comp.fingerprint (shared with the model)
     "load_task": "tasks",
     "load_tasks": "tasks",
@@ -40,7 +42,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .diagnostics import diagnose, memory_correlation, singular_spectrum
     from ..fingerprint import model_fingerprint
-    from .mteb_adapter import MTEBEncoder
+    from .mteb_adapter import MTEBEncoder, load_mteb_model, register_mteb_model
     from .cli import add_evaluate_arguments, run_evaluate_cli
     from .report import EvaluationReport, format_table
     from .runner import evaluate_model, run_suite

@@ -30,14 +30,14 @@ from mteb.types import PromptType
 
 from .. import metadata
 from ..data.instructions import QUERY_TEMPLATE, query_prompt
+from ..fingerprint import model_fingerprint
 from ..inference import texts_of_batches
+from ..model import LLM2Comp
 from ..prompts import mteb_prompt
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
     from torch.utils.data import DataLoader
-
-    from ..model import LLM2Comp
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ class MTEBEncoder(AbsEncoder):
         (`ModelMeta.load_model` does, on a model its `loader` made)."""
         if self._meta is not None:
             return self._meta
-        return metadata.mteb_model_meta(self.model, self.name, use_instructions=bool(self.model_prompts) or self.use_task_instructions)
+        return metadata.mteb_model_meta(self.model, self.name, loader=load_mteb_model,
+                                        use_instructions=bool(self.model_prompts) or self.use_task_instructions)
 
     @mteb_model_meta.setter
     def mteb_model_meta(self, meta: ModelMeta | None) -> None:
@@ -151,3 +152,30 @@ class MTEBEncoder(AbsEncoder):
 
     def __repr__(self) -> str:
         return f"MTEBEncoder({self.name}, batch_size={self.batch_size}, prompts={len(self.model_prompts)})"
+
+
+def load_mteb_model(model_name: str, revision: str | None = None, *, model_name_or_path: str | None = None,
+                    device: str | None = None, batch_size: int | None = None, **load_kwargs) -> MTEBEncoder:
+    """mteb's `ModelMeta.loader` of an llm2comp model: the `MTEBEncoder` of ``model_name_or_path`` (else
+    ``model_name`` read as a path or alias), recorded under ``model_name``; a ``revision`` (the fingerprint the
+    metadata was made with) that the loaded weights do not match is logged as a warning."""
+    source = model_name_or_path or model_name
+    model = LLM2Comp.from_pretrained(source, device=device, **load_kwargs)
+    model.name_or_path = str(source)
+    if revision and model_fingerprint(model, model.config) != revision:
+        logger.warning("%s: the weights at %s are not those the metadata (revision %s) describes", model_name, source, revision)
+    model.merge_and_unload()
+    return MTEBEncoder(model, batch_size=batch_size, name=model_name)
+
+
+def register_mteb_model(model_name_or_path: str, name: str | None = None, **load_kwargs) -> ModelMeta:
+    """Load the model at ``model_name_or_path`` and put its `ModelMeta` into mteb's registry (under ``name``, default
+    ``llm2comp/<backbone>-<pooling>``): then `mteb.get_model_meta(name)` returns it, with its training datasets, and
+    `mteb.get_model(name)` / `mteb.evaluate(mteb.get_model_meta(name), tasks)` load the model through its loader."""
+    from mteb.models.model_implementations import MODEL_REGISTRY
+
+    model = LLM2Comp.from_pretrained(model_name_or_path, device="cpu", **load_kwargs)
+    model.name_or_path = str(model_name_or_path)
+    meta = metadata.mteb_model_meta(model, name, loader=load_mteb_model, loader_kwargs=load_kwargs)
+    MODEL_REGISTRY[meta.name] = meta
+    return meta
