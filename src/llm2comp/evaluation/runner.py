@@ -11,57 +11,20 @@ of an earlier model of the same name, or a full-data result for a subsampled run
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from ..atomic import write_json_atomic, write_text_atomic
-from .report import FULL_RESULTS_NAME, RESULTS_NAME, EvaluationReport, _fmt, _print_table, _subsample_note
+from .report import EvaluationReport, _fmt, _print_table, _subsample_note
+from .result_folder import save_finished, save_progress, set_aside_earlier_run
 from .significance import PREDICTIONS_DIR, label_folder, write_gold
 from .specs import ModelSpec, baseline_spec, model_spec
 from .tasks import DEFAULT_SEED, DEFAULT_TASKS, load_task, resolve_data_dir
 
 logger = logging.getLogger(__name__)
-
-
-
-PREVIOUS_RUN_DIR = "previous_run"
-RUN_FILES = (RESULTS_NAME, FULL_RESULTS_NAME, "results.txt", PREDICTIONS_DIR)
-
-
-def _is_complete(folder: Path) -> bool:
-    try:
-        return bool(json.loads((folder / FULL_RESULTS_NAME).read_text()).get("complete"))
-    except (OSError, ValueError):
-        return False
-
-
-def _set_aside_earlier_run(out: Path) -> None:
-    """Before a run writes into `out`, move an earlier run's files to `out/previous_run`: a re-run that is killed
-    then leaves the last complete run there instead of a mix of old and new files (old main scores beside new
-    partial ones, predictions of one run with scores of another). A killed run's partial files are dropped when
-    the folder also holds an earlier complete run; they are never moved over it."""
-    present = [out / name for name in RUN_FILES if (out / name).exists()]
-    if not present:
-        return
-    previous = out / PREVIOUS_RUN_DIR
-    if previous.exists() and not _is_complete(out):
-        for path in present:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        return
-    if previous.exists():
-        shutil.rmtree(previous)
-    previous.mkdir(parents=True)
-    for path in present:
-        path.rename(previous / path.name)
 
 
 def _main_score(task_result) -> float:
@@ -269,12 +232,7 @@ def evaluate_model(
         raise ValueError("save_predictions needs an output_dir (--predictions needs --output)")
     if out is not None:
         _check_labels([s.label for s in specs], save_predictions)  # a refused run leaves the folder as it was
-        _set_aside_earlier_run(out)
-
-    def save(report: EvaluationReport) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / FULL_RESULTS_NAME, report.to_json())
-        write_text_atomic(out / "results.txt", report.table() + "\n")
+        set_aside_earlier_run(out)
 
     threads_before = torch.get_num_threads()
     if num_threads:
@@ -289,7 +247,7 @@ def evaluate_model(
             corpus_limit=corpus_limit,
             seed=seed,
             show_progress=show_progress,
-            on_task_done=save if out is not None else None,
+            on_task_done=(lambda report: save_progress(out, report)) if out is not None else None,
             prediction_dir=out / PREDICTIONS_DIR if save_predictions else None,
         )
     finally:
@@ -298,7 +256,5 @@ def evaluate_model(
         _print_table(report.table())
     main = report.scores[specs[0].label]
     if out is not None:
-        save(report)
-        write_json_atomic(out / RESULTS_NAME, main)
-        shutil.rmtree(out / PREVIOUS_RUN_DIR, ignore_errors=True)  # replaced by a complete run
+        save_finished(out, report, main)
     return report if return_report else main

@@ -1,7 +1,9 @@
-"""Sentence-transformers input module for an LLM2Comp text-embedding model (written by `llm2comp export`).
+"""Sentence-transformers input module for an LLM2Comp text-embedding model (written by `llm2comp export`). Load it with
+
+    SentenceTransformer("path/or/hub-id", trust_remote_code=True)
 
 Self-contained: it needs torch, transformers (>= 5) and sentence-transformers, nothing else; the ``llm2comp`` package
-is not used (it is only when asked for one of its inference backends, ``model_kwargs={"backend": "onnx"}``).
+is used only when asked for one of its inference backends (``model_kwargs={"backend": "onnx"}``).
 
 The folder next to this file holds everything the model needs: ``backbone/`` (the decoder-only LLM with every LoRA
 adapter of training merged into its weights, a plain Hugging Face model), ``memory_tokens.safetensors`` (the k learned
@@ -10,17 +12,12 @@ one), ``llm2comp_config.json`` and the tokenizer. A text is embedded as ``LLM2Co
 (with its prompt, if any), truncated so that text and memory slots fit ``max_length``, followed by k memory slots;
 one forward pass with the attention the model was trained with (``bidirectional`` in ``llm2comp_config.json``); the
 mean of the final memory-token states (or the configured baseline pooling: mean, last, prompteol); the normalizer.
-Load it with
-
-    SentenceTransformer("path/or/hub-id", trust_remote_code=True)
-
 A prompt (``prompts`` in ``config_sentence_transformers.json``, ``encode(prompt_name=...)``, ``encode_query``) goes
 before the text; a prompt with ``{text}`` is a template, the text goes there (the query format of training,
 ``"{instruction}: {text}\\n"``, ends after the text).
 
-The functions below are copies of llm2comp's (pooling.py, features.py, memory.py, attention.py,
-data/instructions.py), kept equal by its tests. This file is a copy of ``src/llm2comp/resources/modeling_llm2comp.py``;
-it carries no model-specific values.
+The functions below copy llm2comp's (pooling.py, features.py, memory.py, attention.py, data/instructions.py; its tests
+keep them equal). This file is a copy of ``src/llm2comp/resources/modeling_llm2comp.py``: no model-specific values.
 """
 
 from __future__ import annotations
@@ -33,6 +30,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from sentence_transformers.util import load_dir_path
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
@@ -40,8 +38,6 @@ try:
     from sentence_transformers.base.modules import InputModule
 except ImportError:  # sentence-transformers 5.x
     from sentence_transformers.models import InputModule
-
-from sentence_transformers.util import load_dir_path
 
 CONFIG_NAME = "llm2comp_config.json"
 MEMORY_NAME = "memory_tokens.safetensors"
@@ -96,9 +92,7 @@ def collate(rows: list[list[int]], pad_id: int, k: int) -> dict[str, torch.Tenso
         mask[i, : len(row) + k] = 1
         memory_mask[i, len(row) : len(row) + k] = True
     features = {"input_ids": ids, "attention_mask": mask}
-    if k:
-        features["memory_mask"] = memory_mask
-    return features
+    return {**features, "memory_mask": memory_mask} if k else features
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -112,8 +106,7 @@ def _configs(model: nn.Module) -> list[PretrainedConfig]:
         config = getattr(module, "config", None)
         if isinstance(config, PretrainedConfig):
             seen[id(config)] = config
-            for sub_name in getattr(config, "sub_configs", {}) or {}:
-                sub = getattr(config, sub_name, None)
+            for sub in (getattr(config, name, None) for name in getattr(config, "sub_configs", {}) or {}):
                 if isinstance(sub, PretrainedConfig):
                     seen[id(sub)] = sub
     return list(seen.values())
@@ -172,9 +165,8 @@ class LLM2CompModel(nn.Module):
             model_kwargs["dtype"] = model_kwargs.pop("torch_dtype")
         hf_model = AutoModelForCausalLM.from_pretrained(folder / config.get("base_model", BACKBONE_DIR), **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=model_kwargs.get("trust_remote_code", False))
-        memory = load_file(folder / MEMORY_NAME)["weight"]
         normalizer = load_file(folder / NORMALIZER_NAME) if config.get("normalizer") is not None else None
-        return cls(hf_model.eval(), tokenizer, config, memory, normalizer)
+        return cls(hf_model.eval(), tokenizer, config, load_file(folder / MEMORY_NAME)["weight"], normalizer)
 
     def get_sentence_embedding_dimension(self) -> int:
         return self.hf_model.config.get_text_config().hidden_size
@@ -184,12 +176,11 @@ class LLM2CompModel(nn.Module):
         return collate(rows, self.tokenizer.pad_token_id, memory_slots(self.config))
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        device = self.hf_model.get_input_embeddings().weight.device
-        features = {k: v.to(device) for k, v in features.items()}
-        embeds = self.hf_model.get_input_embeddings()(features["input_ids"])
+        embed = self.hf_model.get_input_embeddings()
+        features = {k: v.to(embed.weight.device) for k, v in features.items()}
+        embeds = embed(features["input_ids"])
         if "memory_mask" in features:  # the k memory embeddings written at the memory slots
-            batch, d = embeds.shape[0], embeds.shape[-1]
-            memory = self.memory.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1).reshape(-1, d)
+            memory = self.memory.to(embeds.dtype).unsqueeze(0).expand(embeds.shape[0], -1, -1).reshape(-1, embeds.shape[-1])
             embeds = embeds.clone()
             embeds[features["memory_mask"]] = memory
         with bidirectional(self.hf_model, self._attention_state, bool(self.config.get("bidirectional"))) as kwargs:
@@ -199,8 +190,7 @@ class LLM2CompModel(nn.Module):
         features["token_embeddings"] = hidden
         pooling = self.config["pooling"]
         if pooling == "memory":
-            k = int(self.config["num_memory_tokens"])
-            states = hidden[features["memory_mask"]].view(hidden.shape[0], k, hidden.shape[-1])
+            states = hidden[features["memory_mask"]].view(hidden.shape[0], memory_slots(self.config), hidden.shape[-1])
             features["memory_states"] = states
             embedding = states.mean(1)
         elif pooling == "mean":
@@ -261,8 +251,7 @@ class LLM2CompEncoder(InputModule):
     @property
     def max_seq_length(self) -> int:
         """Tokens per input, the k memory slots included (``max_length`` of ``llm2comp_config.json``)."""
-        config = self.model.config
-        return int(config["max_length"] if isinstance(config, dict) else config.max_length)
+        return int(self.model.config["max_length"] if isinstance(self.model.config, dict) else self.model.config.max_length)
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
@@ -281,9 +270,7 @@ class LLM2CompEncoder(InputModule):
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"inputs[{index}] is {type(text).__name__}; this LLM2Comp model embeds strings only")
-        if isinstance(self.model, LLM2CompModel):
-            return self.model.tokenize(texts, prompt=prompt)
-        return self.model.tokenize([apply_prompt(prompt, t) for t in texts])
+        return self.model.tokenize([apply_prompt(prompt, t) for t in texts])  # LLM2CompModel or llm2comp's LLM2Comp
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
         features = self.model.forward(features)
@@ -297,17 +284,9 @@ class LLM2CompEncoder(InputModule):
             _llm2comp_export().write_bundle(self.model, output_path)
 
     @classmethod
-    def load(
-        cls,
-        model_name_or_path: str,
-        subfolder: str = "",
-        token: bool | str | None = None,
-        cache_folder: str | None = None,
-        revision: str | None = None,
-        local_files_only: bool = False,
-        model_kwargs: dict[str, Any] | None = None,
-        **kwargs,
-    ) -> LLM2CompEncoder:
+    def load(cls, model_name_or_path: str, subfolder: str = "", token: bool | str | None = None,
+             cache_folder: str | None = None, revision: str | None = None, local_files_only: bool = False,
+             model_kwargs: dict[str, Any] | None = None, **kwargs) -> LLM2CompEncoder:
         folder = load_dir_path(model_name_or_path, subfolder=subfolder, token=token, cache_folder=cache_folder,
                                revision=revision, local_files_only=local_files_only)
         if folder is None:
