@@ -100,11 +100,13 @@ def test_pretext_path_matches_gemma_and_a_kl_step_runs(gemma):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.hf_model.named_parameters() if "lora_" in n)
 
 
-def test_shipped_gemma_encoder_loads_and_ranks_paraphrases_first():
-    # the shipped adapter (fp16) of the default recipe on Gemma 3 (docs/RESULTS.md 3.11)
+@pytest.mark.parametrize("alias", ["gemma3-270m-sup", "gemma3-270m-nli"])
+def test_shipped_gemma_encoder_loads_and_ranks_paraphrases_first(alias):
+    # the shipped adapters (fp16): the default recipe on Gemma 3 (docs/RESULTS.md 3.11), and it trained further on NLI
+    # pairs (3.14)
     from llm2comp import LLM2Comp
 
-    model = LLM2Comp.from_pretrained("gemma3-270m-sup")
+    model = LLM2Comp.from_pretrained(alias)
     assert model.config.base_model == "gemma3-270m" and model.normalizer is not None
     e = model.encode(["A man is playing a guitar.", "Someone plays the guitar.", "The stock market fell sharply today."],
                      normalize_embeddings=True)
