@@ -174,3 +174,68 @@ def test_matryoshka_sizes_scores_like_evaluate_and_cuts_like_encode(tiny_dir, tm
     unrotated = script.score_sizes(task_rows, row_of, rotated @ model.normalizer.rotation.double().numpy().T, [8])
     assert unrotated["8"]["STS avg"] == pytest.approx(plain["8"]["STS avg"], abs=1e-3)
     assert script.score_sizes(task_rows, row_of, rotated, [8])[full]["STS avg"] == pytest.approx(plain[full]["STS avg"], abs=1e-3)
+
+
+def _sample_efficiency():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sample_efficiency", SCRIPTS / "sample_efficiency.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+FAKE_CLI = '''import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open(sys.argv[0] + ".log", "a") as log:
+    log.write(" ".join(args) + "\\n")
+value = lambda flag: args[args.index(flag) + 1]
+out = Path(value("--output"))
+if args[0] == "train":
+    for step in range(25, int(value("--max-steps")) + 1, 25):
+        (out / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    (out / "llm2comp_config.json").write_text("{}")
+else:
+    out.mkdir(parents=True)
+    steps = int(value("--model").rsplit("-", 1)[1])
+    bonus = 0.01 if "compressor" in value("--model") else 0.0
+    tasks = value("--tasks").split(",")
+    (out / "results.json").write_text(json.dumps({t: 0.5 + steps / 1000 + bonus for t in tasks}))
+'''
+
+
+def test_sample_efficiency_plans_trains_scores_and_resumes(tmp_path, monkeypatch):
+    script = _sample_efficiency()
+    # the first seed to the largest budget, the others to the budgets of two_seed_max steps and fewer
+    assert script.plan([100, 25, 50, 200], [42, 7], 100) == [(42, 200, [25, 50, 100, 200]), (7, 100, [25, 50, 100])]
+    assert script.plan([200], [42, 7], 100) == [(42, 200, [200])]
+
+    cli = tmp_path / "fake_llm2comp.py"
+    cli.write_text(FAKE_CLI)
+    launcher = tmp_path / "llm2comp"
+    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} {cli} \"$@\"\n")
+    launcher.chmod(0o755)
+    compared = []
+    monkeypatch.setattr(script, "compare", lambda reference, folder: compared.append((reference.name, folder.name)))
+    runs, figure = tmp_path / "runs", tmp_path / "curve.png"
+    argv = ["run", "--runs", str(runs), "--figure", str(figure), "--llm2comp", str(launcher), "--seeds", "42,7",
+            "--budgets", "25,50", "--two-seed-max", "25", "--arms", "backbone,compressor"]
+    script.main(argv)
+    commands = (tmp_path / "fake_llm2comp.py.log").read_text().splitlines()
+    trains = [c for c in commands if c.startswith("train")]
+    assert len(trains) == 4 and sum("--max-steps 50" in c for c in trains) == 2  # seed 42 to 50, seed 7 to 25
+    assert any("--model smollm2-135m-compressor --seed 7 --max-steps 25" in c for c in trains)
+    assert sum(c.startswith("evaluate") for c in commands) == 6  # 2 arms x (2 budgets at seed 42 + 1 at seed 7)
+    assert sorted(compared) == [("backbone-s42-25", "compressor-s42-25"), ("backbone-s42-50", "compressor-s42-50"),
+                                ("backbone-s7-25", "compressor-s7-25")]
+    rows = script.collect(runs)
+    assert [(r["budget"], r["arm"], r["seed"]) for r in rows][:3] == [(25, "backbone", 7), (25, "backbone", 42),
+                                                                     (25, "compressor", 7)]
+    assert rows[-1]["sts"] == pytest.approx(100 * (0.5 + 0.05 + 0.01))
+    assert "| 50 | compressor | 42 | 56.00 | 56.00 |" in (runs / "sample-efficiency.md").read_text()
+    assert figure.stat().st_size > 1000
+    script.main(argv)  # everything is on disk: nothing is trained or scored again
+    assert (tmp_path / "fake_llm2comp.py.log").read_text().splitlines() == commands
+    with pytest.raises(SystemExit):
+        script.main(["run", "--arms", "compressor"])  # no reference arm

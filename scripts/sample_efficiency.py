@@ -1,0 +1,191 @@
+"""Does compression pay? The paper's sample-efficiency claim, measured as one resumable script.
+
+One supervised recipe on NLI pairs (configs/smollm2-135m/supervised-nli-curve.yaml: a constant learning rate after
+a 10-step warm-up, a checkpoint every 25 steps, all kept) from three starts, the arms:
+
+    backbone     smollm2-135m, memory tokens from the recipe's phrase (no stage 1)
+    compressor   smollm2-135m-compressor, the shipped stage 1 that compresses (KL + bridge, docs/RESULTS.md 3.5)
+    mntp         LLM2Vec's pretext: configs/smollm2-135m/pretrain-mntp.yaml for --mntp-steps steps
+
+The first seed runs to the largest budget, the others to --two-seed-max (with a constant rate, the checkpoint at step
+N is what an N-step run gives). Every checkpoint at a budget is scored on the full test sets (five STS tasks and
+Banking77, with predictions); every arm is compared with the backbone arm at the same seed and budget (paired
+bootstrap over the test items); `report` writes the table (markdown) and the figure (PNG). Every step skips what is
+already on disk, so a killed run restarts where it stopped (training with --resume).
+
+    python scripts/sample_efficiency.py run [--runs runs/curve] [--seeds 42,7] [--budgets 25,50,100,200]
+    python scripts/sample_efficiency.py report [--runs runs/curve] [--figure docs/figures/sample-efficiency.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "configs" / "smollm2-135m" / "supervised-nli-curve.yaml"
+MNTP = ROOT / "configs" / "smollm2-135m" / "pretrain-mntp.yaml"
+STS = ("STSBenchmark", "STS13", "STS14", "STS15", "SICK-R")
+TASKS = (*STS, "Banking77Classification")
+ARMS = ("backbone", "compressor", "mntp")
+
+
+def plan(budgets: list[int], seeds: list[int], two_seed_max: int) -> list[tuple[int, int, list[int]]]:
+    """(seed, steps to train, budgets to score) per seed: the first seed to the largest budget, the others only as far
+    as the budgets of ``two_seed_max`` steps and fewer (a seed with none of those is left out)."""
+    budgets = sorted(set(budgets))
+    runs = [(seeds[0], budgets[-1], budgets)]
+    for seed in seeds[1:]:
+        few = [b for b in budgets if b <= two_seed_max]
+        if few:
+            runs.append((seed, few[-1], few))
+    return runs
+
+
+def _run(command: list[str]) -> None:
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def start_of(arm: str, runs: Path, mntp_steps: int, llm2comp: str) -> str:
+    if arm == "backbone":
+        return "smollm2-135m"
+    if arm == "compressor":
+        return "smollm2-135m-compressor"
+    out = runs / "stage1-mntp"
+    if not (out / "llm2comp_config.json").is_file():
+        _run([llm2comp, "train", "--config", str(MNTP), "--max-steps", str(mntp_steps), "--output", str(out), "--resume"])
+    return str(out)
+
+
+def eval_dir(runs: Path, arm: str, seed: int, budget: int) -> Path:
+    return runs / "eval" / f"{arm}-s{seed}-{budget}"
+
+
+def run(args) -> None:
+    runs, llm2comp = Path(args.runs), args.llm2comp
+    for seed, steps, budgets in plan(args.budgets, args.seeds, args.two_seed_max):
+        for arm in args.arms:
+            out = runs / f"{arm}-s{seed}"
+            if not (out / "llm2comp_config.json").is_file():
+                start = start_of(arm, runs, args.mntp_steps, llm2comp)
+                _run([llm2comp, "train", "--config", str(RECIPE), "--model", start, "--seed", str(seed),
+                      "--max-steps", str(steps), "--output", str(out), "--resume"])
+            for budget in budgets:
+                folder = eval_dir(runs, arm, seed, budget)
+                if not (folder / "results.json").is_file():
+                    model = out / "checkpoints" / f"checkpoint-{budget}"
+                    _run([llm2comp, "evaluate", "--model", str(model), "--tasks", ",".join(TASKS),
+                          "--output", str(folder), "--predictions"])
+                if arm != "backbone" and not (folder / "against-backbone.json").is_file():
+                    compare(eval_dir(runs, "backbone", seed, budget), folder)
+    report(args)
+
+
+def compare(reference: Path, folder: Path) -> None:
+    """B (this arm) minus A (the backbone arm) per task and for the STS average, with paired bootstrap intervals."""
+    from llm2comp.evaluation import compare_evaluations
+
+    if not (reference / "results.json").is_file():
+        return  # the backbone arm of this seed and budget is not scored yet
+    rows = compare_evaluations(reference, folder, resamples=2000)
+    rows = [{"task": r.task, "difference": 100 * r.delta, "low": 100 * r.low, "high": 100 * r.high} for r in rows]
+    (folder / "against-backbone.json").write_text(json.dumps(rows, indent=1))
+
+
+def collect(runs: Path) -> list[dict]:
+    """One row per scored (arm, seed, budget): the STS average and Banking77 (x 100), and the paired difference
+    from the backbone arm where it was compared."""
+    rows = []
+    for folder in sorted((runs / "eval").glob("*-s*-*")):
+        arm, seed, budget = folder.name.rsplit("-", 2)
+        if not (folder / "results.json").is_file():
+            continue
+        scores = json.loads((folder / "results.json").read_text())
+        row = {"arm": arm, "seed": int(seed[1:]), "budget": int(budget),
+               "sts": 100 * sum(scores[t] for t in STS) / len(STS), "banking77": 100 * scores["Banking77Classification"]}
+        compared = folder / "against-backbone.json"
+        if compared.is_file():
+            for item in json.loads(compared.read_text()):
+                if item["task"] == "STS average":
+                    row["vs_backbone"] = (item["difference"], item["low"], item["high"])
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["budget"], ARMS.index(r["arm"]) if r["arm"] in ARMS else 9, r["seed"]))
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| steps | arm | seed | STS avg | Banking77 | STS avg - backbone [95% CI] |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        diff = "" if "vs_backbone" not in r else "{:+.2f} [{:+.2f}, {:+.2f}]".format(*r["vs_backbone"])
+        lines.append(f"| {r['budget']} | {r['arm']} | {r['seed']} | {r['sts']:.2f} | {r['banking77']:.2f} | {diff} |")
+    return "\n".join(lines)
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    markers = "os^v"
+    for ax, key, title in ((axes[0], "sts", "STS average"), (axes[1], "banking77", "Banking77 accuracy")):
+        for i, arm in enumerate(sorted({r["arm"] for r in rows}, key=lambda a: ARMS.index(a) if a in ARMS else 9)):
+            for j, seed in enumerate(sorted({r["seed"] for r in rows if r["arm"] == arm})):
+                points = [(r["budget"], r[key]) for r in rows if r["arm"] == arm and r["seed"] == seed]
+                ax.plot(*zip(*points), marker=markers[j % 4], color=f"C{i}", linestyle="-" if j == 0 else ":",
+                        label=f"{arm} (seed {seed})")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("supervised steps (32 NLI pairs each)")
+        ax.set_title(title)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(args) -> None:
+    rows = collect(Path(args.runs))
+    if not rows:
+        sys.exit(f"nothing scored under {args.runs}/eval yet")
+    text = table(rows)
+    (Path(args.runs) / "sample-efficiency.md").write_text(text + "\n")
+    figure(rows, Path(args.figure))
+    print(text)
+    print(f"figure: {args.figure}")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "report"):
+        p = sub.add_parser(name)
+        p.add_argument("--runs", default="runs/curve")
+        p.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "sample-efficiency.png"))
+        if name == "run":
+            p.add_argument("--seeds", type=_ints, default=[42, 7])
+            p.add_argument("--budgets", type=_ints, default=[25, 50, 100, 200])
+            p.add_argument("--two-seed-max", type=int, default=100, help="the other seeds stop at this budget")
+            p.add_argument("--arms", type=lambda s: s.split(","), default=list(ARMS))
+            p.add_argument("--mntp-steps", type=int, default=300, help="MNTP's stage 1 (the compressor had 300)")
+            p.add_argument("--llm2comp", default="llm2comp", help="the CLI to call")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        unknown = set(args.arms) - set(ARMS)
+        if unknown:
+            parser.error(f"unknown arm(s) {sorted(unknown)}; choose from {', '.join(ARMS)}")
+        if "backbone" not in args.arms:
+            parser.error("the backbone arm is the reference every other arm is compared with")
+    (run if args.command == "run" else report)(args)
+
+
+if __name__ == "__main__":
+    main()
