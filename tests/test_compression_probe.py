@@ -143,7 +143,7 @@ def test_training_probes_held_out_passages_and_plots_them(tiny_dir, corpus, tmp_
     from llm2comp.objectives.pretext import pretext_dataset
 
     model = LLM2Comp.from_pretrained(output)
-    dataset = pretext_dataset(cfg, model)
+    dataset = pretext_dataset(cfg.data_settings(), model)
     held = {tuple(r) for r in model.tokenizer(texts[-holdout:], add_special_tokens=False)["input_ids"]}
     assert len(dataset) == len(texts) - holdout and not any(tuple(r) in held for r in dataset.rows)
     assert model.config.stages[-1]["probe_holdout"] == holdout  # recorded with the model

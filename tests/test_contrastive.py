@@ -219,12 +219,12 @@ def test_simcse_gradcache_matches_plain(tiny_dir):
 
 def test_build_contrastive_objective(tiny_dir):
     model = _lora_model(tiny_dir)
-    simcse = build_contrastive_objective(TrainConfig.from_dict({"stage": "simcse", "temperature": 0.1}), model)
+    simcse = build_contrastive_objective("simcse", TrainConfig.from_dict({"stage": "simcse", "temperature": 0.1}).objective_settings(), model)
     assert isinstance(simcse, SimCSEObjective) and simcse.temperature == 0.1
-    supervised = build_contrastive_objective(TrainConfig.from_dict({"stage": "supervised", "gradcache_chunk": 8}), model)
+    supervised = build_contrastive_objective("supervised", TrainConfig.from_dict({"stage": "supervised", "gradcache_chunk": 8}).objective_settings(), model)
     assert isinstance(supervised, SupervisedObjective) and supervised.gradcache_chunk == 8
     with pytest.raises(ValueError, match="stage"):
-        build_contrastive_objective(TrainConfig.from_dict({"stage": "pretrain"}), model)
+        build_contrastive_objective("pretrain", TrainConfig.from_dict({"stage": "pretrain"}).objective_settings(), model)
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -268,7 +268,7 @@ def test_train_supervised_end_to_end(tiny_dir, tmp_path, gradcache_chunk):
     loaded = _check_output(output, SAMPLE_TEXT[:3])
     assert loaded.config.stages[-1]["stage"] == "supervised"
     # sequential reading of the source-grouped dataset: every step is one group of 4 pairs from one source
-    dataset = build_contrastive_dataset(cfg)
+    dataset = build_contrastive_dataset(cfg.stage, cfg.data_settings())
     order = [json.loads(line) for line in (output / "data_order.jsonl").read_text().splitlines()]
     assert [r["index"] for r in order] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     for record in order:

@@ -119,7 +119,7 @@ def test_train_with_graded_and_ungraded_sources(tiny_dir, tmp_path, monkeypatch)
     from llm2comp.data.pairs import build_contrastive_dataset
     from llm2comp.training.loss_plot import loss_series, plot_losses, step_sources_of
 
-    sources = step_sources_of(build_contrastive_dataset(cfg), output / "data_order.jsonl")
+    sources = step_sources_of(build_contrastive_dataset(cfg.stage, cfg.data_settings()), output / "data_order.jsonl")
     assert sorted(sources) == [1, 2, 3, 4] and set(sources.values()) <= {"stsb", "stsb-scores", "banking77", "scifact"}
     points = [(r["step"], r["loss"]) for r in records if "loss" in r]
     series = loss_series(points, sources)

@@ -89,11 +89,11 @@ def test_the_training_stage_decontaminates_by_default_and_records_it(tmp_path, m
     monkeypatch.setenv("LLM2COMP_DATA_DIR", str(folder))
     texts = set().union(*evaluation_texts(folder).values())
     cfg = TrainConfig.from_dict(dict(stage="supervised", data="builtin:shared-pairs", batch_size=2))
-    dataset = build_contrastive_dataset(cfg)
+    dataset = build_contrastive_dataset(cfg.stage, cfg.data_settings())
     assert not any(normalise(side) in texts for side in _all_sides(dataset.pairs))
     assert dataset.decontamination["folder"] == str(folder.resolve())
     assert dataset.decontamination["per_source"]["stsb"]["dropped"] == 5
-    off = build_contrastive_dataset(TrainConfig.from_dict(dict(stage="supervised", data="builtin:shared-pairs", batch_size=2, decontaminate="off")))
+    off = build_contrastive_dataset("supervised", TrainConfig.from_dict(dict(stage="supervised", data="builtin:shared-pairs", batch_size=2, decontaminate="off")).data_settings())
     assert off.decontamination is None and any(normalise(side) in texts for side in _all_sides(off.pairs))
 
 

@@ -23,9 +23,9 @@ def test_gradcache_is_refused_where_parameters_are_sharded():
     cfg = TrainConfig.from_dict(dict(stage="supervised", gradcache_chunk=8, max_steps=300))
     for accelerator in (_accelerator("FSDP"), _accelerator("DEEPSPEED", zero_stage=3)):
         with pytest.raises(ValueError, match="GradCache re-encodes inside backward"):
-            check_engine(cfg, accelerator, reads_decoder=False)
+            check_engine(accelerator, cfg.gradcache_chunk, reads_decoder=False)
     for accelerator in (_accelerator("NO"), _accelerator("MULTI_GPU"), _accelerator("DEEPSPEED", zero_stage=2)):
-        check_engine(cfg, accelerator, reads_decoder=False)  # DDP, ZeRO-1/2: fine
+        check_engine(accelerator, cfg.gradcache_chunk, reads_decoder=False)  # DDP, ZeRO-1/2: fine
     assert sharded_engine(_accelerator("DEEPSPEED", zero_stage=3)) == "DeepSpeed ZeRO-3"
     assert sharded_engine(_accelerator("DEEPSPEED", zero_stage=1)) is None
 
@@ -37,8 +37,8 @@ def test_engine_activation_checkpointing_is_refused_for_the_decoder_objectives()
     for accelerator in (fsdp, deepspeed):
         assert engine_checkpointing(accelerator)
         with pytest.raises(ValueError, match="gradient_checkpointing: true"):
-            check_engine(cfg, accelerator, reads_decoder=True)
-        check_engine(cfg, accelerator, reads_decoder=False)  # no adapter-off pass to recompute wrongly
+            check_engine(accelerator, cfg.gradcache_chunk, reads_decoder=True)
+        check_engine(accelerator, cfg.gradcache_chunk, reads_decoder=False)  # no adapter-off pass to recompute wrongly
     assert engine_checkpointing(_accelerator("FSDP")) is None
 
 
@@ -82,11 +82,11 @@ def test_an_fsdp_config_that_did_not_get_fsdp_is_reported(monkeypatch, caplog):
     cfg = TrainConfig.from_dict(dict(stage="supervised", max_steps=300))
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with caplog.at_level("WARNING", logger="llm2comp.training.engine"):
-        check_engine(cfg, _accelerator("MULTI_CPU"), reads_decoder=False)  # what accelerate gives on a CPU machine
+        check_engine(_accelerator("MULTI_CPU"), cfg.gradcache_chunk, reads_decoder=False)  # what accelerate gives on a CPU machine
     assert "asks for FSDP but the run is MULTI_CPU" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="llm2comp.training.engine"):
-        check_engine(cfg, _accelerator("FSDP"), reads_decoder=False)
+        check_engine(_accelerator("FSDP"), cfg.gradcache_chunk, reads_decoder=False)
     assert "asks for FSDP" not in caplog.text
     line = describe_engine(types.SimpleNamespace(**vars(_accelerator("FSDP")), num_processes=2), torch.nn.Linear(2, 2))
     assert line == "engine: FSDP, 2 process(es), 0 FSDP unit(s)"

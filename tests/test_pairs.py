@@ -120,13 +120,13 @@ def test_build_dataset_group_size_is_the_global_batch(tmp_path, monkeypatch):
     path = _write_jsonl(tmp_path / "p.jsonl", [{"query": f"q{i}", "positive": "p", "source": "ab"[i % 2]} for i in range(48)])
     monkeypatch.setenv("WORLD_SIZE", "2")
     cfg = TrainConfig.from_dict(dict(stage="supervised", data=str(path), batch_size=3, gradient_accumulation_steps=2))
-    dataset = build_contrastive_dataset(cfg)
+    dataset = build_contrastive_dataset(cfg.stage, cfg.data_settings())
     assert dataset.group_size == 12 and len(dataset) == 48
     sources = dataset.sources()
     assert all(len(set(sources[i : i + 12])) == 1 for i in range(0, 48, 12))
     txt = tmp_path / "s.txt"
     txt.write_text("\n".join(SAMPLE_TEXT))
-    sentences = build_contrastive_dataset(TrainConfig.from_dict(dict(stage="simcse", data=str(txt))))
+    sentences = build_contrastive_dataset("simcse", TrainConfig.from_dict(dict(stage="simcse", data=str(txt))).data_settings())
     assert isinstance(sentences, SentenceDataset) and len(sentences) == len(SAMPLE_TEXT)
 
 
@@ -191,7 +191,7 @@ def test_shared_pairs_use_only_train_splits(tmp_path, monkeypatch):
     assert load_pairs("builtin:shared-pairs", seed=3) == pairs  # deterministic in the seed
 
     # the supervised stage default reads them in source-homogeneous global batches
-    dataset = build_contrastive_dataset(TrainConfig.from_dict(dict(stage="supervised", batch_size=16)))
+    dataset = build_contrastive_dataset("supervised", TrainConfig.from_dict(dict(stage="supervised", batch_size=16)).data_settings())
     sources = dataset.sources()
     assert all(len(set(sources[i : i + 16])) == 1 for i in range(0, len(dataset), 16))
     assert set(sources) == {"stsb", "banking77", "scifact"}
@@ -231,7 +231,7 @@ def test_accelerate_sharding_keeps_each_optimizer_step_in_one_source(tmp_path, m
     path = _write_jsonl(tmp_path / "p.jsonl", [{"query": f"q{i}", "positive": "p", "source": "abc"[i % 3]} for i in range(150)])
     monkeypatch.setenv("WORLD_SIZE", str(world))
     cfg = TrainConfig.from_dict(dict(stage="supervised", data=str(path), batch_size=per_device, gradient_accumulation_steps=accumulation))
-    dataset = build_contrastive_dataset(cfg)
+    dataset = build_contrastive_dataset(cfg.stage, cfg.data_settings())
     batches = torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(dataset), per_device, drop_last=False)
     per_rank = [list(BatchSamplerShard(batches, num_processes=world, process_index=r)) for r in range(world)]
     steps = len(per_rank[0]) // accumulation
@@ -265,8 +265,8 @@ def test_query_instructions_can_be_switched_off(tmp_path):
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps({"query": f"q{i}", "positive": f"p{i}", "instruction": "Find it"}) for i in range(4)))
-    on = build_contrastive_dataset(TrainConfig(stage="supervised", data=str(data), batch_size=2))
-    off = build_contrastive_dataset(TrainConfig(stage="supervised", data=str(data), batch_size=2, query_instructions=False))
+    on = build_contrastive_dataset("supervised", TrainConfig(stage="supervised", data=str(data), batch_size=2).data_settings())
+    off = build_contrastive_dataset("supervised", TrainConfig(stage="supervised", data=str(data), batch_size=2, query_instructions=False).data_settings())
     assert {on[i]["instruction"] for i in range(4)} == {"Find it"}
     assert {off[i]["instruction"] for i in range(4)} == {""}
 
@@ -403,7 +403,7 @@ def test_nli_pairs_are_decontaminated(tmp_path, monkeypatch):
     assert len(load_pairs("builtin:nli-pairs")) == 51  # undecontaminated, all of them
 
     cfg = TrainConfig.from_dict(dict(stage="supervised", data="builtin:nli-pairs+builtin:msrp-pairs", batch_size=8))
-    dataset = build_contrastive_dataset(cfg)
+    dataset = build_contrastive_dataset(cfg.stage, cfg.data_settings())
     texts = {" ".join(str(p.get(k, "")).lower().split()) for p in dataset.pairs for k in ("query", "positive", "negative")}
     assert " ".join(test_sentence.lower().split()) not in texts
     assert dataset.decontamination["per_source"]["allnli"] == {"checked": 51, "dropped": 3}

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from llm2comp.compressor import COMPRESSION_OBJECTIVES
 from llm2comp.objectives import registry
 from llm2comp.objectives.pretext import pretext_dataset
 from llm2comp.testing import SAMPLE_TEXT
@@ -53,6 +54,8 @@ def test_specs_say_what_each_objective_needs():
     assert (mntp.pooling, mntp.bidirectional, mntp.reads_memory("memory")) == ("mean", True, False)
     assert registry.objective_spec("pretrain", "kl").reads_memory("mean") is True  # compression trains memory tokens
     supervised = registry.objective_spec("supervised")
+    assert registry.compression_objectives() == COMPRESSION_OBJECTIVES  # the decoder-read objectives: compresses=True
+    assert not mntp.compresses and not supervised.compresses
     assert supervised.reads_memory("memory") and not supervised.reads_memory("mean")
     assert TrainConfig.from_dict({"stage": "simcse"}).batch_size == registry.stage_defaults()["simcse"]["batch_size"]
     with pytest.raises(ValueError, match="unknown stage 'finetune'; choose one of pretrain, simcse, supervised"):

@@ -16,6 +16,8 @@ from .features import special_prefix
 
 logger = logging.getLogger(__name__)
 
+# the stage-1 objectives whose memory the frozen decoder reads: objectives/pretext.py registers one objective for each
+# (`ObjectiveSpec.compresses`), which config validation and the training run read from the registry
 COMPRESSION_OBJECTIVES = ("kl", "nll", "rc")
 
 

@@ -35,7 +35,7 @@ from .corpus import DataError, load_texts, seeded_subset
 from .decontamination import Decontaminator, resolve_decontaminator
 from .instructions import batch_source, format_query
 from .pair_sources import is_pair_source, load_pairs
-from ..runtime import world_size
+from .settings import DataSettings
 
 logger = logging.getLogger(__name__)
 
@@ -203,20 +203,17 @@ def stage_texts(dataset, limit: int, seed: int = 0) -> list[str]:
     return texts[:limit]
 
 
-def global_batch_size(cfg) -> int:
-    return cfg.batch_size * world_size() * cfg.gradient_accumulation_steps
-
-
-def build_contrastive_dataset(cfg, model=None) -> torch.utils.data.Dataset:
+def build_contrastive_dataset(stage: str, settings: DataSettings) -> torch.utils.data.Dataset:
     """The training set of a contrastive stage: sentences (simcse) or source-grouped pairs (supervised)."""
-    clean = resolve_decontaminator(cfg.decontaminate, cfg.data)
-    if cfg.stage == "simcse":
-        dataset = SentenceDataset(load_sentences(cfg.data, field=cfg.data_field, min_chars=cfg.min_chars, clean=clean), cfg.max_samples, seed=cfg.seed)
-    elif cfg.stage == "supervised":
-        pairs = prepare_pairs(cfg.data, cfg.seed, cfg.max_pairs_per_source, cfg.query_instructions, clean)
-        dataset = PairDataset(pairs, global_batch_size(cfg), seed=cfg.seed, max_samples=cfg.max_samples)
+    clean = resolve_decontaminator(settings.decontaminate, settings.source)
+    if stage == "simcse":
+        sentences = load_sentences(settings.source, field=settings.field, min_chars=settings.min_chars, clean=clean)
+        dataset = SentenceDataset(sentences, settings.max_samples, seed=settings.seed)
+    elif stage == "supervised":
+        pairs = prepare_pairs(settings.source, settings.seed, settings.max_pairs_per_source, settings.query_instructions, clean)
+        dataset = PairDataset(pairs, settings.group_size, seed=settings.seed, max_samples=settings.max_samples)
     else:
-        raise ValueError(f"no contrastive data for stage '{cfg.stage}'")
+        raise ValueError(f"no contrastive data for stage '{stage}'")
     if clean is not None:
         clean.log()
     dataset.decontamination = clean.report() if clean is not None else None

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..data.settings import DataSettings
 from ..model import LLM2Comp
 from .gather import gather_parts
 from .gradcache import embed_features
-from .registry import ObjectiveSpec, register
+from .registry import ObjectiveSettings, ObjectiveSpec, register
 
 CONTRASTIVE_STAGES = ("simcse", "supervised")
 
@@ -220,27 +222,32 @@ class SupervisedObjective:
         return {"loss": loss}
 
 
-def build_contrastive_objective(cfg, model: LLM2Comp):
-    """The objective of a contrastive ``TrainConfig`` stage (simcse | supervised)."""
-    if cfg.gradcache_chunk is not None and cfg.gradcache_chunk < 1:
-        raise ValueError(f"gradcache_chunk must be >= 1, got {cfg.gradcache_chunk}")
-    dims = check_matryoshka_dims(cfg.matryoshka_dims, model.get_sentence_embedding_dimension())
-    if cfg.stage == "simcse":
-        return SimCSEObjective(model, temperature=cfg.temperature, gradcache_chunk=cfg.gradcache_chunk, matryoshka_dims=dims)
-    if cfg.stage == "supervised":
-        return SupervisedObjective(model, temperature=cfg.temperature, gradcache_chunk=cfg.gradcache_chunk, matryoshka_dims=dims,
-                                   cosent_scale=cfg.cosent_scale)
-    raise ValueError(f"no contrastive objective for stage '{cfg.stage}'; choose one of {', '.join(CONTRASTIVE_STAGES)}")
+def build_contrastive_objective(stage: str, settings: ObjectiveSettings, model: LLM2Comp):
+    """The objective of a contrastive stage (simcse | supervised)."""
+    if settings.gradcache_chunk is not None and settings.gradcache_chunk < 1:
+        raise ValueError(f"gradcache_chunk must be >= 1, got {settings.gradcache_chunk}")
+    dims = check_matryoshka_dims(settings.matryoshka_dims, model.get_sentence_embedding_dimension())
+    chunk = settings.gradcache_chunk
+    if stage == "simcse":
+        return SimCSEObjective(model, temperature=settings.temperature, gradcache_chunk=chunk, matryoshka_dims=dims)
+    if stage == "supervised":
+        return SupervisedObjective(model, temperature=settings.temperature, gradcache_chunk=chunk, matryoshka_dims=dims,
+                                   cosent_scale=settings.cosent_scale)
+    raise ValueError(f"no contrastive objective for stage '{stage}'; choose one of {', '.join(CONTRASTIVE_STAGES)}")
 
 
-def _contrastive_dataset(cfg, model):
+def _contrastive_dataset(stage: str, settings: DataSettings, model):
     from ..data.pairs import build_contrastive_dataset
 
-    return build_contrastive_dataset(cfg, model)
+    return build_contrastive_dataset(stage, settings)
+
+
+def _register(stage: str, defaults: dict) -> None:
+    register(ObjectiveSpec(stage, stage, build=functools.partial(build_contrastive_objective, stage),
+                           dataset=functools.partial(_contrastive_dataset, stage), defaults=defaults))
 
 
 # recipe defaults of the stages (RECIPE.md): SimCSE on sentences, supervised on pairs
-register(ObjectiveSpec("simcse", "simcse", build=build_contrastive_objective, dataset=_contrastive_dataset, defaults={
-    "learning_rate": 3e-5, "batch_size": 128, "data": "builtin:news-sentences", "output": "runs/simcse"}))
-register(ObjectiveSpec("supervised", "supervised", build=build_contrastive_objective, dataset=_contrastive_dataset, defaults={
-    "learning_rate": 1e-4, "batch_size": 64, "warmup_steps": 200, "data": "builtin:shared-pairs", "output": "runs/supervised"}))
+_register("simcse", {"learning_rate": 3e-5, "batch_size": 128, "data": "builtin:news-sentences", "output": "runs/simcse"})
+_register("supervised", {"learning_rate": 1e-4, "batch_size": 64, "warmup_steps": 200, "data": "builtin:shared-pairs",
+                         "output": "runs/supervised"})

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..compressor import COMPRESSION_OBJECTIVES
+from ..data.settings import DataSettings
 from ..features import right_pad, special_prefix
 from ..lm_head import decoder_bos, lm_logits
 from ..model import LLM2Comp
 from ..runtime import is_distributed, is_main_process
-from .registry import ObjectiveSpec, register
+from .registry import ObjectiveSettings, ObjectiveSpec, register
 
 # the number of terms a batch's loss averages over (target tokens); the trainer weights micro-batches by it, so that
 # gradient accumulation gives exactly the gradient of one large batch
@@ -109,7 +112,7 @@ class CompressionObjective:
     contrast_weight: float = 0.0
 
     def __post_init__(self):
-        if self.kind not in ("kl", "nll", "rc"):
+        if self.kind not in COMPRESSION_OBJECTIVES:
             raise ValueError(f"unknown compression objective '{self.kind}'")
         if self.model.config.pooling != "memory":
             raise ValueError(f"objective '{self.kind}' needs memory-token pooling, the model uses '{self.model.config.pooling}'")
@@ -257,43 +260,41 @@ class MNTPObjective:
         return {"loss": chunked_cross_entropy(model, hidden[:, :-1][valid], shifted[valid], self.loss_budget)}
 
 
-def pretext_dataset(cfg, model: LLM2Comp):
+def pretext_dataset(settings: DataSettings, model: LLM2Comp):
     """Texts of a pretrain stage, tokenized once: truncated (or dropped) to fit the encoder input with its memory
     slots and the tokenizer's BOS; what was kept is printed."""
-    import sys
-
     from ..data.corpus import TokenizedTexts, holdout_split, load_texts
 
-    texts = load_texts(cfg.data, unit="paragraph", field=cfg.data_field)
+    texts = load_texts(settings.source, unit="paragraph", field=settings.field)
     held_out = 0
-    if cfg.probe_holdout and (len(texts) >= 2 * cfg.probe_holdout or cfg.probe_steps):  # too few with a probe: an error
-        texts, held = holdout_split(texts, cfg.probe_holdout)  # the compression probe's passages: never trained on
+    if settings.probe_holdout and (len(texts) >= 2 * settings.probe_holdout or settings.probe):  # too few with a probe: an error
+        texts, held = holdout_split(texts, settings.probe_holdout)  # the compression probe's passages: never trained on
         held_out = len(held)
     dataset = TokenizedTexts(
-        texts, model.tokenizer, min_chars=cfg.min_chars,
+        texts, model.tokenizer, min_chars=settings.min_chars,
         # one token less than the input holds: kept from the first release (a special prefix of up to one
         # token), so that every stage-1 run, comparisons included, cuts its texts the same way
-        max_tokens=model.text_budget() - 1, drop_long=not cfg.truncate_long, max_samples=cfg.max_samples,
-        seed=cfg.seed,
+        max_tokens=model.text_budget() - 1, drop_long=not settings.truncate_long, max_samples=settings.max_samples,
+        seed=settings.seed,
     )
     dataset.held_out = held_out
     if is_main_process():
         held = f"; the last {held_out:,} paragraphs held out for the compression probe (probe_holdout: 0 trains on them)" if held_out else ""
-        print(f"data {cfg.data}: {dataset.describe()}{held}", file=sys.stderr)
+        print(f"data {settings.source}: {dataset.describe()}{held}", file=sys.stderr)
     return dataset
 
 
 def _compression_builder(kind: str):
-    def build(cfg, model):
-        return CompressionObjective(model, kind=kind, split_margin=cfg.split_margin, loss_budget=cfg.loss_chunk_elements,
-                                    seed=cfg.seed, contrast_weight=cfg.contrast_weight)
+    def build(settings: ObjectiveSettings, model):
+        return CompressionObjective(model, kind=kind, split_margin=settings.split_margin, loss_budget=settings.loss_budget,
+                                    seed=settings.seed, contrast_weight=settings.contrast_weight)
 
     return build
 
 
-for _kind in ("kl", "nll", "rc"):
-    register(ObjectiveSpec(_kind, "pretrain", build=_compression_builder(_kind), dataset=pretext_dataset, pooling="memory"))
+for _kind in COMPRESSION_OBJECTIVES:
+    register(ObjectiveSpec(_kind, "pretrain", build=_compression_builder(_kind), dataset=pretext_dataset, pooling="memory", compresses=True))
 register(ObjectiveSpec(
     "mntp", "pretrain", pooling="mean", bidirectional=True, dataset=pretext_dataset,
-    build=lambda cfg, model: MNTPObjective(model, loss_budget=cfg.loss_chunk_elements, seed=cfg.seed),
+    build=lambda settings, model: MNTPObjective(model, loss_budget=settings.loss_budget, seed=settings.seed),
 ))

@@ -25,8 +25,10 @@ class ObjectiveSpec:
     stage: ``pretrain``, ``simcse`` or ``supervised``.
     pooling: the pooling the objective trains (``"memory"``, ``"mean"``); None: the configured/loaded one.
     bidirectional: attention the objective requires (True for MNTP); None: the configured/loaded one.
-    build: ``(cfg, model) -> objective``.
-    dataset: ``(cfg, model) -> torch Dataset`` of examples for the objective's ``collate``.
+    build: ``(ObjectiveSettings, model) -> objective``.
+    dataset: ``(data.settings.DataSettings, model) -> torch Dataset`` of examples for the objective's ``collate``.
+    compresses: the frozen decoder reads the memory it trains (kl, nll, rc): the model compresses, and the stage-1
+    levers (memory bridge, contrast, probe) apply.
     defaults: TrainConfig settings of the recipe that differ for this stage (under whatever the user sets).
     """
 
@@ -36,12 +38,27 @@ class ObjectiveSpec:
     dataset: Callable[[Any, Any], Any]
     pooling: str | None = None
     bidirectional: bool | None = None
+    compresses: bool = False
     defaults: dict = dataclasses.field(default_factory=dict, hash=False)  # TrainConfig recipe defaults of the stage
 
     def reads_memory(self, pooling: str) -> bool:
         """Whether training sends gradients to the memory tokens (frozen otherwise: DDP needs every trainable
         parameter to get a gradient)."""
         return (self.pooling or pooling) == "memory"
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSettings:
+    """The training settings that objectives are built with (`TrainConfig.objective_settings` makes them)."""
+
+    seed: int
+    loss_budget: int  # logits elements per chunk of the LM-head losses (loss_chunk_elements)
+    split_margin: int  # compression: the prefix/continuation split keeps this many tokens on each side
+    contrast_weight: float  # compression: the own-vs-other memory contrast
+    temperature: float  # contrastive: InfoNCE
+    cosent_scale: float  # supervised: graded pairs
+    gradcache_chunk: int | None  # contrastive: GradCache chunk size (None: off)
+    matryoshka_dims: tuple[int, ...]  # contrastive: nested sizes trained too
 
 
 def register(spec: ObjectiveSpec) -> ObjectiveSpec:
@@ -66,6 +83,11 @@ def stages() -> tuple[str, ...]:
 
 def pretext_objectives() -> tuple[str, ...]:
     return tuple(name for stage, name in _load() if stage == "pretrain")
+
+
+def compression_objectives() -> tuple[str, ...]:
+    """The pretrain objectives whose memory the frozen decoder reads."""
+    return tuple(name for (stage, name), spec in _load().items() if stage == "pretrain" and spec.compresses)
 
 
 def objective_spec(stage: str, objective: str | None = None) -> ObjectiveSpec:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import yaml
 
+from ..data.settings import DataSettings
 from ..names import DEFAULT_LORA_TARGETS
+from ..objectives.registry import ObjectiveSettings, compression_objectives, objective_spec, stage_defaults
 
 
 @dataclasses.dataclass
@@ -99,8 +101,6 @@ class TrainConfig:
     loss_chunk_elements: int = 1 << 24
 
     def __post_init__(self):
-        from ..objectives.registry import objective_spec
-
         spec = objective_spec(self.stage, self.objective)  # unknown stage or objective: ValueError naming the choices
         if self.pooling is not None:
             from ..pooling import check_pooling
@@ -113,9 +113,9 @@ class TrainConfig:
         if self.fit_normalizer and self.stage == "pretrain":
             raise ValueError("fit_normalizer fits on a contrastive stage's texts; fit a pre-trained model with LLM2Comp.fit_normalizer")
         stage1_only = self.memory_bridge is not None or self.probe_steps or self.contrast_weight
-        if stage1_only and (self.stage != "pretrain" or self.objective not in ("kl", "nll", "rc")):
+        if stage1_only and not spec.compresses:
             raise ValueError("memory_bridge, contrast_weight and probe_steps are settings of compression pre-training "
-                             "(stage pretrain, kl/nll/rc)")
+                             f"(stage pretrain, {'/'.join(compression_objectives())})")
         if self.memory_bridge is not None:
             from ..memory import MemoryBridge
 
@@ -167,8 +167,6 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}")
-        from ..objectives.registry import stage_defaults
-
         return cls(**{**stage_defaults().get(data.get("stage", "pretrain"), {}), **data})
 
     def per_device(self) -> TrainConfig:
@@ -183,6 +181,27 @@ class TrainConfig:
             raise ValueError(f"global_batch_size {self.global_batch_size} does not divide into {world_size()} processes x "
                              f"{self.gradient_accumulation_steps} accumulation steps")
         return dataclasses.replace(self, batch_size=self.global_batch_size // share)
+
+    def objective_settings(self) -> ObjectiveSettings:
+        """What the stage's objective is built with (`ObjectiveSpec.build`)."""
+        return ObjectiveSettings(
+            seed=self.seed, loss_budget=self.loss_chunk_elements, split_margin=self.split_margin,
+            contrast_weight=self.contrast_weight, temperature=self.temperature, cosent_scale=self.cosent_scale,
+            gradcache_chunk=self.gradcache_chunk, matryoshka_dims=tuple(self.matryoshka_dims or ()),
+        )
+
+    def data_settings(self) -> DataSettings:
+        """What the stage's data is read with (`ObjectiveSpec.dataset`); pairs are grouped in global batches (per-device
+        batch x world size x gradient accumulation)."""
+        from ..runtime import world_size
+
+        return DataSettings(
+            source=self.data, field=self.data_field, min_chars=self.min_chars, truncate_long=self.truncate_long,
+            max_samples=self.max_samples, seed=self.seed, probe_holdout=self.probe_holdout, probe=bool(self.probe_steps),
+            decontaminate=self.decontaminate, max_pairs_per_source=self.max_pairs_per_source,
+            query_instructions=self.query_instructions,
+            group_size=self.batch_size * world_size() * self.gradient_accumulation_steps,
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -60,11 +60,11 @@ def engine_checkpointing(accelerator) -> str | None:
     return None
 
 
-def check_engine(cfg, accelerator, reads_decoder: bool) -> None:
-    """Refuse the engine settings above with what to do instead (``reads_decoder``: the objective runs the frozen
-    decoder with the adapter off: kl, nll, rc)."""
+def check_engine(accelerator, gradcache_chunk: int | None, reads_decoder: bool) -> None:
+    """Refuse the engine settings above with what to do instead (``gradcache_chunk``: the run's GradCache chunk size;
+    ``reads_decoder``: the objective runs the frozen decoder with the adapter off, `ObjectiveSpec.compresses`)."""
     engine = sharded_engine(accelerator)
-    if cfg.gradcache_chunk and engine:
+    if gradcache_chunk and engine:
         raise ValueError(f"gradcache_chunk cannot run under {engine}: GradCache re-encodes inside backward and needs "
                          "unsharded parameters. Use DDP or DeepSpeed ZeRO-1/2 with GradCache, or drop gradcache_chunk "
                          "and lower batch_size / raise gradient_accumulation_steps")

@@ -76,7 +76,7 @@ def fit_memory_bridge(cfg: TrainConfig, model: LLM2Comp, objective, dataset) -> 
 
 def build_objective_and_data(cfg: TrainConfig, model: LLM2Comp):
     spec = objective_spec(cfg.stage, cfg.objective)
-    return spec.build(cfg, model), spec.dataset(cfg, model)
+    return spec.build(cfg.objective_settings(), model), spec.dataset(cfg.data_settings(), model)
 
 
 def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, sequential: bool) -> TrainingArguments:
@@ -174,7 +174,7 @@ def train(cfg: TrainConfig) -> Path:
     from .callbacks import EngineReport
 
     trainer.add_callback(EngineReport(trainer))
-    check_engine(cfg, trainer.accelerator, reads_decoder=cfg.stage == "pretrain" and cfg.objective in ("kl", "nll", "rc"))
+    check_engine(trainer.accelerator, cfg.gradcache_chunk, reads_decoder=objective_spec(cfg.stage, cfg.objective).compresses)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     end_training_length(model)
     if cfg.stage != "pretrain":  # the sizes the embedding can be cut to: trained, or those of a rotated normalizer
