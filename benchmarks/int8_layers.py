@@ -4,7 +4,7 @@ dynamic int8 quantisation of the body's linear layers, per set of layers kept in
     python benchmarks/int8_layers.py                               # the shipped default, 96 STS-B test sentences
     python benchmarks/int8_layers.py --model tiny --n 8            # smoke run
 
-What `backends.py`'s torch-int8 keeps in fp32 (`FP32_LAYERS`) comes from this table (docs/RESULTS.md 6).
+What `backends.py`'s torch-int8 keeps in fp32 (`FP32_LAYERS`) comes from this table (docs/results/benchmarks.md).
 """
 
 from __future__ import annotations

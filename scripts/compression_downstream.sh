@@ -1,5 +1,5 @@
 #!/bin/bash
-# What a compressing stage 1 buys downstream (docs/RESULTS.md 3.7): the default's supervised stage (committed recipe,
+# What a compressing stage 1 buys downstream (docs/results/pretext.md 3.7): the default's supervised stage (committed recipe,
 # decontaminated pairs) on top of the shipped compressor (scripts/compression_levers.py, lever lr1e-3-bridge-affine,
 # 300 steps) against the same stage alone, at two seeds, each evaluated on the six tasks, then compared with
 # paired bootstrap intervals; beside them the compressor alone and its untrained starting point. Every step

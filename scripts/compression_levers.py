@@ -2,7 +2,7 @@
 
 Every run: KL continuation distillation on builtin:news paragraphs cut to 64 tokens, the same data order, batch 8,
 the compression probe every --probe-steps steps on 64 held-out passages (probe.jsonl), then the full probe (256
-passages, with the free-vector ceiling) on the final model. Levers (docs/RESULTS.md 3.5): the learning rate, a
+passages, with the free-vector ceiling) on the final model. Levers (docs/results/pretext.md 3.5): the learning rate, a
 stage-1 bridge between memory states and the frozen decoder, a learning rate of its own for the memory tokens and
 the bridge, an own-vs-other memory contrast term, the objective (RC autoencoding instead of KL), and the attention of the encoder.
 

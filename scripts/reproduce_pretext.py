@@ -1,12 +1,12 @@
 """Reproduce the paper's pretext comparison (KL vs NLL vs RC vs MNTP) at small scale on the embedded default.
 
 Same data, same order, same budget for every objective; then the offline MTEB suite and the paper's
-diagnostics for each, written to docs/RESULTS.md.
+diagnostics for each, written to docs/results/pretext.md (section 4).
 
     python scripts/reproduce_pretext.py train --steps 80           # ~1.5 h on a 2-core CPU; resumable
     python scripts/reproduce_pretext.py evaluate                    # after training
 
-The comparison with a supervised stage after each objective (docs/RESULTS.md, section 3.4): `train` with
+The comparison with a supervised stage after each objective (docs/results/pretext.md, section 3.4): `train` with
 `--attention causal --memory-init ...`, then `supervise` (the shipped default's recipe from each stage-1 model and
 from the bare backbone), `llm2comp evaluate` of each, and `compare-report` for the table and plot.
 """
@@ -93,7 +93,8 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--limits", help='JSON {task: n} subsample sizes, e.g. \'{"SICK-R": 3000}\'')
     parser.add_argument("--data-dir")
-    parser.add_argument("--results", default="docs/RESULTS.md")
+    parser.add_argument("--results", default="docs/results/pretext.md",
+                        help="the results page to write into; its figures go to ../../figures, the rows to ../../comparison.json")
     args = parser.parse_args()
     if args.phase in ("train", "all"):
         train_all(args)
@@ -138,16 +139,22 @@ PAPER = {  # Llama-2-7B-chat, pretext only (RECIPE.md): per-task scores where we
     "rc": {"mean14": 35.79},
 }
 BEGIN, END = "<!-- pretext:begin -->", "<!-- pretext:end -->"
+FIGURES_LINK = "../figures"  # from a page in docs/results/ to docs/figures/
+
+
+def _docs(args) -> Path:
+    """The docs folder of the results page: the page sits in docs/results/, figures in docs/figures/."""
+    return Path(args.results).parent.parent
 
 
 def report(args) -> None:
-    """Tables, spectra and memory-correlation figures of the evaluated runs, into a section of docs/RESULTS.md."""
+    """Tables, spectra and memory-correlation figures of the evaluated runs, into a section of the results page."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figures = Path(args.results).parent / "figures"
+    figures = _docs(args) / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     rows, spectra = {}, {}
     for objective in args.objectives.split(","):
@@ -207,8 +214,8 @@ def report(args) -> None:
         d = r["diag"]
         memory = f"{d['mean_offdiag_pearson']:.3f} / {d['max_offdiag_pearson']:.3f}" if "mean_offdiag_pearson" in d else "n/a (mean pooling)"
         lines.append(f"| {objective.upper()} | {d['effective_dimension']:.1f} | {d['dims_90']} | {d['top1_energy']:.3f} | {d['anisotropy']:.3f} | {memory} |")
-    lines += ["", "![spectra](figures/pretext-spectra.png)", ""]
-    lines += [f"![{o} memory correlation](figures/pretext-{o}-memory-correlation.png)" for o in rows if o != "mntp"]
+    lines += ["", f"![spectra]({FIGURES_LINK}/pretext-spectra.png)", ""]
+    lines += [f"![{o} memory correlation]({FIGURES_LINK}/pretext-{o}-memory-correlation.png)" for o in rows if o != "mntp"]
     lines += ["", END]
     section = "\n".join(lines)
     results = Path(args.results)
@@ -271,7 +278,7 @@ def _interval(diff: dict | None) -> str:
 
 
 def compare_report(args) -> None:
-    """The pretext comparison (stage 1, then the same supervised stage) as a table and a plot in RESULTS."""
+    """The pretext comparison (stage 1, then the same supervised stage) as a table and a plot in the results page."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -279,7 +286,7 @@ def compare_report(args) -> None:
 
     runs, evals = Path(args.runs), Path(args.runs) / "eval"
     # rows measured in earlier sessions persist here (runs/ is not committed); this session's runs update them
-    store = Path(args.results).parent / "comparison.json"
+    store = _docs(args) / "comparison.json"
     rows = json.loads(store.read_text()) if store.is_file() else {}
     for objective in ["none"] + args.objectives.split(","):
         stage1 = None if objective == "none" else runs / objective
@@ -319,9 +326,9 @@ def compare_report(args) -> None:
                      f"{cell(pretext.get('STSBenchmark'))} / {cell(pretext.get('SICK-R'))} | "
                      + " | ".join(cell(v) for v in sts) + f" | **{cell(average)}** | {_interval(r.get('vs_none'))} | "
                      f"{cell(final.get(BANKING))} | {_interval(r.get('banking_vs_none'))} |")
-    lines += ["", "![pretext comparison](figures/pretext-comparison.png)", "", COMPARISON_END]
+    lines += ["", f"![pretext comparison]({FIGURES_LINK}/pretext-comparison.png)", "", COMPARISON_END]
 
-    figures = Path(args.results).parent / "figures"
+    figures = _docs(args) / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     names = list(averages)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -4,7 +4,7 @@ One supervised recipe on NLI pairs (configs/smollm2-135m/supervised-nli-curve.ya
 a 10-step warm-up, a checkpoint every 25 steps, all kept) from three starts, the arms:
 
     backbone     smollm2-135m, memory tokens from the recipe's phrase (no stage 1)
-    compressor   smollm2-135m-compressor, the shipped stage 1 that compresses (KL + bridge, docs/RESULTS.md 3.5)
+    compressor   smollm2-135m-compressor, the shipped stage 1 that compresses (KL + bridge, docs/results/pretext.md 3.5)
     mntp         LLM2Vec's pretext: configs/smollm2-135m/pretrain-mntp.yaml for --mntp-steps steps
 
 The first seed runs to the largest budget, the others to --two-seed-max (with a constant rate, the checkpoint at step

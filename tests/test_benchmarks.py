@@ -1,5 +1,5 @@
 """The benchmark scripts on tiny models: they run, and print numbers that are measurements (positive, finite,
-consistent with each other), not only labels. Their real figures come from real runs, see docs/RESULTS.md."""
+consistent with each other), not only labels. Their real figures come from real runs, see docs/results/benchmarks.md."""
 
 import json
 import math
@@ -49,7 +49,7 @@ def test_one_copy_memory_smoke():
     memory_two = _number(out, r"two copies \(frozen second model\)\s+([\d.]+)")
     # Both positive; not ordered: a tiny model's second copy (~100 kB) is far below the RSS noise (tens of MB; CI once
     # printed 61 vs 60). The memory claim is structural (test_pretext: the objective holds no weights of its own) and
-    # measured at real sizes in docs/RESULTS.md.
+    # measured at real sizes in docs/results/benchmarks.md.
     assert memory_one > 0 and memory_two > 0
     ratio = _number(out, r"ratio one/two: memory ([\d.]+)x")
     assert ratio == pytest.approx(memory_one / memory_two, abs=0.01 + 1 / memory_two)  # MB are printed rounded

@@ -17,10 +17,6 @@ DOCS = ROOT / "docs"
 ARCHITECTURE = DOCS / "architecture.md"
 README_LIMIT = 12 * 1024  # bytes
 
-# Measured results keep their history (which issue asked for a measurement); every other page is for users.
-HISTORY = {DOCS / "RESULTS.md"}
-HISTORY_DIRS = {DOCS / "results"}
-
 
 def _modules() -> list[str]:
     """Every module under src/llm2comp, as its path relative to src/llm2comp. Package markers (`__init__.py`) are
@@ -33,10 +29,6 @@ def _modules() -> list[str]:
 def _all_pages() -> list[Path]:
     """README.md, the pages of docs/ and the results index (not the output folders that scripts write under docs/)."""
     return [README, *sorted(DOCS.glob("*.md")), *sorted(DOCS.joinpath("results").glob("*.md"))]
-
-
-def _user_pages() -> list[Path]:
-    return [p for p in _all_pages() if p not in HISTORY and not any(d in p.parents for d in HISTORY_DIRS)]
 
 
 def _listed_modules() -> list[str]:
@@ -71,7 +63,7 @@ def test_readme_keeps_the_two_commands():
         assert any(re.match(rf"\s*{command}(\s|$)", line) for line in lines), f"README.md lost the line `{command}`"
 
 
-@pytest.mark.parametrize("page", _user_pages(), ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("page", _all_pages(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_issue_numbers_in_user_pages(page):
     hits = [line.strip() for line in page.read_text(encoding="utf-8").splitlines()
             if re.search(r"\bissues?\s*#?\d+", line, flags=re.I)]
@@ -101,4 +93,4 @@ def test_relative_links_point_to_files(page):
 def test_link_checker_sees_links():
     # the checks above would pass vacuously if the pattern found nothing
     assert "docs/architecture.md" in _relative_links(README)
-    assert "../RESULTS.md" in _relative_links(DOCS / "results" / "README.md")
+    assert "quickstart.md" in _relative_links(DOCS / "results" / "README.md")

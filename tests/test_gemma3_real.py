@@ -102,7 +102,7 @@ def test_pretext_path_matches_gemma_and_a_kl_step_runs(gemma):
 
 @pytest.mark.parametrize("alias", ["gemma3-270m-sup", "gemma3-270m-nli"])
 def test_shipped_gemma_encoder_loads_and_ranks_paraphrases_first(alias):
-    # the shipped adapters (fp16): the default recipe on Gemma 3 (docs/RESULTS.md 3.11), and it trained further on NLI
+    # the shipped adapters (fp16): the default recipe on Gemma 3 (docs/results/gemma.md 3.11), and it trained further on NLI
     # pairs (3.14)
     from llm2comp import LLM2Comp
 

@@ -1,4 +1,4 @@
-"""The driver scripts' report phases on fabricated run folders (no model): the tables they write into RESULTS."""
+"""The driver scripts' report phases on fabricated run folders (no model): the tables they write into the results pages."""
 
 import json
 import subprocess
@@ -61,8 +61,8 @@ def test_compare_report_writes_the_table_with_the_paired_interval(tmp_path):
     (runs / "kl/llm2comp_config.json").write_text("{}")
     (runs / "kl/train_time.json").write_text(json.dumps({"seconds": 600}))
     (runs / "kl/loss.jsonl").write_text("\n".join(json.dumps({"step": i, "loss": 2.0}) for i in range(30)))
-    results = tmp_path / "docs/RESULTS.md"
-    results.parent.mkdir()
+    results = tmp_path / "docs/results/pretext.md"
+    results.parent.mkdir(parents=True)
     results.write_text("# R\n\nbefore\n<!-- comparison:begin -->\nold\n<!-- comparison:end -->\nafter\n")
     subprocess.run([sys.executable, SCRIPTS / "reproduce_pretext.py", "compare-report", "--runs", runs,
                     "--objectives", "kl,nll", "--results", results], check=True, capture_output=True, text=True, timeout=300)
@@ -82,8 +82,8 @@ def test_compare_report_writes_the_table_with_the_paired_interval(tmp_path):
     assert rows["KL"][10] == "80.00"
     delta, low, high = _interval_cell(rows["KL"][11])
     assert delta == pytest.approx(10.0) and 0 < low < 10 < high < 20  # 30 of 300 items: +10 points
-    assert (results.parent / "figures/pretext-comparison.png").stat().st_size > 1000
-    stored = json.loads((results.parent / "comparison.json").read_text())
+    assert (tmp_path / "docs/figures/pretext-comparison.png").stat().st_size > 1000
+    stored = json.loads((tmp_path / "docs/comparison.json").read_text())
     assert set(stored) == {"none", "kl"} and stored["kl"]["vs_none"]["low"] > 0 and stored["kl"]["banking_vs_none"]["low"] > 0
 
 
@@ -107,7 +107,7 @@ def test_contamination_split_scores_the_overlapping_pairs_apart(tmp_path):
 
 
 def test_compression_downstream_runs_every_arm_once_and_resumes(tmp_path):
-    """The chain of RESULTS 3.7, with a stand-in CLI: each arm trained and evaluated once, the seed's comparison
+    """The chain of docs/results/pretext.md 3.7, with a stand-in CLI: each arm trained and evaluated once, the seed's comparison
     written; run again, it trains and evaluates nothing (every finished step is skipped)."""
     import os
     import subprocess

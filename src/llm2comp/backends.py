@@ -5,9 +5,9 @@ normalizer, truncation) stays the model's own code path; a backend only changes 
 - ``torch-int8``: PyTorch's dynamic int8 quantisation of the linear layers of the transformer body (weights int8 per
   output channel, activations quantised per batch, fbgemm/onednn int8 matmul kernels on x86 CPUs), except the MLP's
   ``down_proj``, which stays fp32: its input carries the few huge activation dimensions of these LLMs, and one scale
-  per tensor for them wipes out the rest (SmolLM2: cosine to fp32 0.77 with it quantised, 0.96 without; RESULTS 6).
-  The embedding table and the LM head stay as they are. LoRA adapters are merged first; a quantised model embeds
-  but does not train.
+  per tensor for them wipes out the rest (SmolLM2: cosine to fp32 0.77 with it quantised, 0.96 without;
+  docs/results/benchmarks.md). The embedding table and the LM head stay as they are. LoRA adapters are merged first;
+  a quantised model embeds but does not train.
 
 - ``onnx``: the transformer body (input embeddings + attention mask -> last hidden states, LoRA merged, the model's
   attention mode baked in) exported once with ``torch.onnx.export`` and run by ONNX Runtime's CPU provider; the
@@ -72,7 +72,7 @@ def release_weight_file(model) -> None:
 
     Loaded weights are views of the memory-mapped safetensors file, and one live view keeps the whole mapping: the
     pages of the layers just replaced stay resident, as anonymous memory where merging LoRA wrote to them (SmolLM2:
-    about 400 MiB after the ONNX backends freed their torch layers; RESULTS 6)."""
+    about 400 MiB after the ONNX backends freed their torch layers; docs/results/benchmarks.md)."""
     import gc
 
     with torch.no_grad():
@@ -85,7 +85,7 @@ def return_freed_memory() -> bool:
     """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``; elsewhere a no-op, returns False).
 
     glibc keeps what a conversion freed: after an ONNX export in the same process, 1.6 GiB resident fell to 0.74 GiB
-    with it (SmolLM2; RESULTS 6)."""
+    with it (SmolLM2; docs/results/benchmarks.md)."""
     import ctypes
     import ctypes.util
 

@@ -74,11 +74,11 @@ class MemoryTokens(nn.Module):
 class MemoryBridge(nn.Module):
     """Stage 1 only: how the memory states enter the frozen decoder. The encoder's memory states are final-layer
     outputs (norm ~44 on SmolLM2-135M, a few dimensions far larger than the rest); fed as they are, or merely
-    rescaled, the frozen decoder does *worse* than with no memory at all (docs/RESULTS.md 3.5). The bridge maps each
-    dimension of the states onto the statistics of the decoder's token embeddings, fitted on the memory states of
-    training texts (`fit`): ``affine`` (one gain and offset per dimension) or ``linear`` (a full matrix, starting
-    as that affine map). Untrained, this alone turns the memory from harmful into useful. The bridge is not part
-    of the embedding (the pooled memory states are), and the contrastive stages drop it."""
+    rescaled, the frozen decoder does *worse* than with no memory at all (docs/results/pretext.md 3.5). The bridge
+    maps each dimension of the states onto the statistics of the decoder's token embeddings, fitted on the memory
+    states of training texts (`fit`): ``affine`` (one gain and offset per dimension) or ``linear`` (a full matrix,
+    starting as that affine map). Untrained, this alone turns the memory from harmful into useful. The bridge is not
+    part of the embedding (the pooled memory states are), and the contrastive stages drop it."""
 
     KINDS = ("affine", "linear")
 

@@ -130,8 +130,8 @@ def session_options(threads: int | None = None):
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # no CPU arena: it keeps the largest batch's buffers for good (texts vary in length, so it only grows);
-    # RESULTS 6: the session alone -58 MiB (fp32) / -70 MiB (int8) after a few batches, end to end -26 to -43 MiB
-    # for int8; the speed cost within the noise
+    # docs/results/benchmarks.md: the session alone -58 MiB (fp32) / -70 MiB (int8) after a few batches, end to end
+    # -26 to -43 MiB for int8; the speed cost within the noise
     options.enable_cpu_mem_arena = False
     return options
 

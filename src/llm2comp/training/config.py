@@ -82,8 +82,9 @@ class TrainConfig:
     # `dimensions`, the model card), chosen by measuring the cuts (scripts/matryoshka_sizes.py), not trained; sizes
     # >= the embedding size (the recipe on a smaller backbone) are left out with a warning
     normalizer_dims: list[int] | None = None
-    # stage 1 levers (docs/RESULTS.md 3.5): a bridge between memory states and the frozen decoder (affine | linear;
-    # stage 1 only), and a learning rate of its own for the memory tokens and the bridge (None: learning_rate)
+    # stage 1 levers (docs/results/pretext.md 3.5): a bridge between memory states and the frozen decoder
+    # (affine | linear; stage 1 only), and a learning rate of its own for the memory tokens and the bridge
+    # (None: learning_rate)
     memory_bridge: str | None = None
     memory_lr: float | None = None
     contrast_weight: float = 0.0  # kl/nll/rc: + w * softplus(loss with own memory - loss with another example's)
