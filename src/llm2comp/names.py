@@ -2,7 +2,7 @@
 and imported from here by the modules that implement them (`backbone`, `backends`, `pooling`, `adapters`)."""
 
 DEFAULT_MODEL = "smollm2-135m"  # the embedded backbone
-DEFAULT_ENCODER = "smollm2-135m-sup"  # the trained default of `llm2comp encode` (shipped in src/llm2comp/resources)
+DEFAULT_ENCODER = "gemma3-270m-nli"  # the trained default of `llm2comp encode` and `serve` (shipped in src/llm2comp/resources)
 BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")  # what runs the network (backends.py)
 POOLING_MODES = ("memory", "mean", "last", "prompteol")  # the built-in poolings (pooling.POOLINGS; a test keeps them equal)
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # the recipe's: not k

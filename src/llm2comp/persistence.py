@@ -37,9 +37,9 @@ def _shipped(name: str):
     return locate
 
 
-# Trained models shipped inside the package (small: adapter + memory tokens; the backbone comes from its alias).
-# smollm2-135m-sup: the default recipe (src/llm2comp/resources/recipes/smollm2-135m-default.yaml), the default of
-# `llm2comp encode`; smollm2-135m-kl: 80 steps of KL pre-training only, kept for the diagnosis in docs/RESULTS.md.
+# Trained models shipped inside the package (small: adapter + memory tokens; the backbone comes from its alias);
+# what each is: backbone.TRAINED_ALIAS_NAMES. smollm2-135m-kl: 80 steps of KL pre-training only, kept for the
+# diagnosis in docs/results/default-model.md.
 TRAINED_ALIASES = {name: _shipped(name) for name in TRAINED_ALIAS_NAMES}
 
 

@@ -19,7 +19,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .backbone import DEFAULT_MODEL
+from .backbone import DEFAULT_ENCODER, DEFAULT_MODEL
 
 # Sized so the default run fits about 15 minutes on a 2-core CPU (about 25 s per step); scaled by --minutes.
 SUPERVISED_STEPS, KL_STEPS, BUDGET_MINUTES = 18, 20, 15.0
@@ -214,5 +214,6 @@ def run_quickstart(args) -> int:
     print(f"  loss curves       {', '.join(str(d / 'loss.png') for d in stage_dirs)}")
     print(f"  spectra, memory   {plots}/*-spectrum.png, {plots}/*-memory_correlation.png")
     print(f"  scores            {output / 'results.json'}, {output / 'results.txt'}")
-    print(f"  the shipped default (the same recipe, {recipe['max_steps']} steps): LLM2Comp.from_pretrained('smollm2-135m-sup')")
+    print(f"  this recipe, fully trained ({recipe['max_steps']} steps): LLM2Comp.from_pretrained('smollm2-135m-sup')")
+    print(f"  the default of encode and serve (Gemma 3 270M, NLI pairs): LLM2Comp.from_pretrained('{DEFAULT_ENCODER}')")
     return 0

