@@ -2,8 +2,10 @@
 memory, side by side in one run.
 
 For each of ``--contexts`` held-out news contexts of ``--context-tokens`` tokens (consecutive held-out paragraphs of
-``--data``, never trained on), timed interleaved over ``--rounds`` after one warm-up of every arm, batch 1, greedy,
-``--new-tokens`` tokens (EOS never chosen, so every arm generates the same number):
+``--data``, never trained on), timed interleaved over ``--rounds`` after one warm-up of every arm, greedy,
+``--new-tokens`` tokens (EOS never chosen, so every arm generates the same number), ``--batch-size`` contexts per call
+(default 1: one request; more: what a server batching requests pays, where the full context's prefill grows with the
+batch and a decode step over cached keys barely does):
 
 * **full**: the frozen decoder reads [BOS, the whole context], then generates;
 * **compress**: the encoder turns the context into k memory vectors (one forward pass over context + k);
@@ -66,27 +68,32 @@ def contexts_from(tokenizer, data: str, holdout: int, count: int, length: int) -
 
 
 def run(model, contexts: list[list[int]], new_tokens: int, rounds: int, segment_tokens: int | None,
-        allow_untrained: bool = False) -> dict:
+        allow_untrained: bool = False, batch_size: int = 1) -> dict:
     import torch
 
     from llm2comp.generation import _start_ids, compress_token_ids, generate_ids
 
     memories = {}
+    if batch_size < 1 or len(contexts) % batch_size:
+        raise ValueError(f"--contexts ({len(contexts)}) must be a multiple of --batch-size ({batch_size})")
+    groups = [contexts[i : i + batch_size] for i in range(0, len(contexts), batch_size)]
 
-    def arms(ctx_index: int) -> dict:
-        ctx = contexts[ctx_index]
+    def arms(group_index: int) -> dict:
+        ctx = groups[group_index]
+        b = len(ctx)
 
         def compress(seg=None):
-            memories[(ctx_index, seg)] = compress_token_ids(model, [ctx], segment_tokens=seg, allow_untrained=allow_untrained).rows()[0]
+            memories[(group_index, seg)] = compress_token_ids(model, ctx, batch_size=b, segment_tokens=seg,
+                                                              allow_untrained=allow_untrained).rows()
 
         def from_memory(seg=None, tokens=new_tokens):
-            return generate_ids(model, [[]], [memories[(ctx_index, seg)]], tokens, stop_at_eos=False)
+            return generate_ids(model, [[]] * b, memories[(group_index, seg)], tokens, batch_size=b, stop_at_eos=False)
 
         table = {
-            "full": lambda: generate_ids(model, [ctx], [None], new_tokens, stop_at_eos=False),
+            "full": lambda: generate_ids(model, ctx, [None] * b, new_tokens, batch_size=b, stop_at_eos=False),
             "compress": compress,
             "memory": from_memory,
-            "full-prefill": lambda: generate_ids(model, [ctx], [None], 1, stop_at_eos=False),
+            "full-prefill": lambda: generate_ids(model, ctx, [None] * b, 1, batch_size=b, stop_at_eos=False),
             "memory-prefill": lambda: from_memory(tokens=1),
         }
         if segment_tokens:
@@ -97,11 +104,11 @@ def run(model, contexts: list[list[int]], new_tokens: int, rounds: int, segment_
     times: dict[str, list[float]] = {}
     outputs = {}
     with torch.inference_mode():
-        for i in range(len(contexts)):  # warm-up, and the memories the memory arms read
+        for i in range(len(groups)):  # warm-up, and the memories the memory arms read
             for name, fn in arms(i).items():
                 outputs[(i, name)] = fn()
         for _ in range(rounds):
-            for i in range(len(contexts)):
+            for i in range(len(groups)):
                 for name, fn in arms(i).items():
                     started = time.perf_counter()
                     fn()
@@ -115,7 +122,7 @@ def run(model, contexts: list[list[int]], new_tokens: int, rounds: int, segment_
         prefill["memory-seg"] = start + k * segments
     medians = {name: statistics.median(v) for name, v in times.items()}
     per_position = kv_bytes_per_position(model.hf_model.config, torch.finfo(model.dtype).bits // 8)
-    result = {"seconds": medians, "all_seconds": times, "prefill_tokens": prefill,
+    result = {"batch_size": batch_size, "seconds": medians, "all_seconds": times, "prefill_tokens": prefill,
               "kv_cache_mib": {name: (tokens + new_tokens) * per_position / 2**20 for name, tokens in prefill.items()},
               "encoder_tokens": {"compress": len(model.tokenizer("", add_special_tokens=True)["input_ids"]) + context + k}}
     comparisons = {}
@@ -138,10 +145,11 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Generating after a {report['context_tokens']}-token context: full text vs memory ({report['model']})",
         "",
-        f"{report['contexts']} held-out contexts x {report['rounds']} rounds, interleaved, batch 1, greedy, "
+        f"{report['contexts']} held-out contexts x {report['rounds']} rounds, interleaved, batch {r.get('batch_size', 1)} "
+        f"(seconds per call of that many), greedy, "
         f"{report['new_tokens']} new tokens, {report['torch_threads']} torch thread(s); medians. Command: `{report['command']}`",
         "",
-        "| arm | prefill tokens | KV cache at the end (MiB) | seconds | vs full |",
+        "| arm | prefill tokens (a context) | KV cache at the end (MiB, a context) | seconds | vs full |",
         "|---|---|---|---|---|",
         f"| full context | {p['full']} | {kv['full']:.1f} | {s['full']:.3f} | 1.00x |",
         f"| compress (encoder, {r['encoder_tokens']['compress']} tokens) | - | - | {s['compress']:.3f} | - |",
@@ -180,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contexts", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--segment-tokens", type=int, help="also compress in segments of N tokens (k vectors each)")
+    parser.add_argument("--batch-size", type=int, default=1, help="contexts per call, every arm (--contexts a multiple of it)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--device")
     parser.add_argument("--output", help="folder for benchmark.json and benchmark.md (default: print only)")
@@ -208,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
 
         model.config = dataclasses.replace(model.config, max_length=room)
     contexts = contexts_from(model.tokenizer, args.data, args.holdout, args.contexts, args.context_tokens)
-    result = run(model, contexts, args.new_tokens, args.rounds, args.segment_tokens, allow_untrained)
+    result = run(model, contexts, args.new_tokens, args.rounds, args.segment_tokens, allow_untrained, args.batch_size)
     report = {"model": args.model, "context_tokens": args.context_tokens, "new_tokens": args.new_tokens,
               "contexts": args.contexts, "rounds": args.rounds, "segment_tokens": args.segment_tokens,
+              "batch_size": args.batch_size,
               "torch_threads": torch.get_num_threads(), "device": str(model.device),
               "command": "python benchmarks/generate_from_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "result": result}

@@ -349,6 +349,21 @@ def test_benchmark_smoke(tmp_path):
     assert "Break-even" in (tmp_path / "benchmark.md").read_text()
 
 
+def test_benchmark_batches_contexts_in_every_arm(tmp_path):
+    # --batch-size B: each arm handles B contexts per call (what a batching server pays); the same prefill per context
+    bench = _script("benchmarks/generate_from_memory.py")
+    assert bench.main(["--model", "tiny", "--context-tokens", "16", "--new-tokens", "3", "--contexts", "4", "--rounds", "1",
+                       "--batch-size", "2", "--device", "cpu", "--output", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["batch_size"] == 2 and report["result"]["batch_size"] == 2
+    assert report["result"]["prefill_tokens"] == {"full": 17, "memory": 9}
+    assert len(report["result"]["all_seconds"]["full"]) == 2  # 4 contexts, 2 calls of 2, one round
+    assert "batch 2" in (tmp_path / "benchmark.md").read_text()
+    with pytest.raises(ValueError, match="multiple of --batch-size"):
+        bench.main(["--model", "tiny", "--context-tokens", "16", "--new-tokens", "2", "--contexts", "3", "--rounds", "1",
+                    "--batch-size", "2", "--device", "cpu"])
+
+
 def test_bootstrap_ratio_interval():
     ev = _script("scripts/compress_generate_eval.py")
     low, high = ev.bootstrap_ratio([2.0, 2.2, 1.8, 2.0] * 8, [1.0, 1.1, 0.9, 1.0] * 8)
