@@ -148,11 +148,11 @@ def test_training_probes_held_out_passages_and_plots_them(tiny_dir, corpus, tmp_
     assert len(dataset) == len(texts) - holdout and not any(tuple(r) in held for r in dataset.rows)
     assert model.config.stages[-1]["probe_holdout"] == holdout  # recorded with the model
     # the bridge was fitted, trained, saved, and loads back; the probe reads memory through it
-    from llm2comp.training.run import build_model, build_objective_and_data, fit_memory_bridge
+    from llm2comp.training.run import build_model, build_objective_and_data
 
     assert model.config.memory_bridge == "linear" and model.memory_bridge is not None
     fresh = build_model(cfg)
-    fit_memory_bridge(cfg, fresh, *build_objective_and_data(cfg, fresh))
+    build_objective_and_data(cfg, fresh)  # fits the bridge
     saved = load_file(output / "memory_bridge.safetensors")
     assert not torch.allclose(saved["weight"], fresh.memory_bridge.weight.detach())  # trained away from its fit
     torch.testing.assert_close(model.memory_bridge.weight.detach(), saved["weight"])
@@ -184,17 +184,16 @@ def test_bridge_fit_gives_the_memory_token_embedding_statistics(tiny_dir):
 
 
 def test_memory_lr_is_a_group_of_its_own(tiny_dir, corpus, tmp_path):
-    from llm2comp.training.run import build_model, build_objective_and_data, fit_memory_bridge, training_arguments
-    from llm2comp.training.trainer import LLM2CompTrainer, TrainingModule
+    from llm2comp.training.run import build_model, build_objective_and_data, training_arguments
+    from llm2comp.training.trainer import LLM2CompTrainer
 
     cfg = TrainConfig.from_dict(dict(stage="pretrain", objective="kl", model=str(tiny_dir), data=str(corpus), output=str(tmp_path / "o"),
                                      max_steps=2, batch_size=2, max_length=48, num_memory_tokens=3, memory_bridge="affine",
                                      memory_lr=3e-3, learning_rate=1e-4))
     model = build_model(cfg)
-    objective, dataset = build_objective_and_data(cfg, model)
-    fit_memory_bridge(cfg, model, objective, dataset)
-    trainer = LLM2CompTrainer(model=TrainingModule(model, objective), args=training_arguments(cfg, tmp_path / "ck", False),
-                              train_dataset=dataset, data_collator=objective.collate, memory_lr=cfg.memory_lr)
+    objective, dataset = build_objective_and_data(cfg, model)  # fits the bridge
+    trainer = LLM2CompTrainer(model, objective, training_arguments(cfg, tmp_path / "ck"), train_dataset=dataset,
+                              memory_lr=cfg.memory_lr)
     optimizer = trainer.create_optimizer()
     by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
     fast = {id(p) for p in [*model.memory.parameters(), *model.memory_bridge.parameters()]}

@@ -51,12 +51,12 @@ def test_one_registration_makes_an_objective_trainable(tiny_dir, tmp_path, monke
 
 def test_specs_say_what_each_objective_needs():
     mntp = registry.objective_spec("pretrain", "mntp")
-    assert (mntp.pooling, mntp.bidirectional, mntp.reads_memory("memory")) == ("mean", True, False)
-    assert registry.objective_spec("pretrain", "kl").reads_memory("mean") is True  # compression trains memory tokens
+    assert (mntp.pooling, mntp.bidirectional) == ("mean", True)
+    assert registry.objective_spec("pretrain", "kl").pooling == "memory"  # compression trains memory tokens
     supervised = registry.objective_spec("supervised")
     assert registry.compression_objectives() == COMPRESSION_OBJECTIVES  # the decoder-read objectives: compresses=True
     assert not mntp.compresses and not supervised.compresses
-    assert supervised.reads_memory("memory") and not supervised.reads_memory("mean")
+    assert supervised.pooling is None  # the model's own pooling
     assert TrainConfig.from_dict({"stage": "simcse"}).batch_size == registry.stage_defaults()["simcse"]["batch_size"]
     with pytest.raises(ValueError, match="unknown stage 'finetune'; choose one of pretrain, simcse, supervised"):
         TrainConfig.from_dict({"stage": "finetune"})

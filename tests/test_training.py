@@ -300,6 +300,16 @@ def test_a_bf16_run_loads_the_frozen_backbone_in_bf16(tiny_dir, corpus, tmp_path
     assert np.isfinite(model.encode(["a short text", "another one"])).all()  # mixed dtypes run
 
 
+@pytest.mark.parametrize("objective,trains_memory", [("kl", True), ("mntp", False)])
+def test_the_memory_tokens_train_where_the_embedding_reads_them(tiny_dir, corpus, tmp_path, objective, trains_memory):
+    # frozen otherwise: DDP needs a gradient for every trainable parameter
+    import llm2comp.training.run as run
+
+    model = run.build_model(_config(tiny_dir, corpus, tmp_path / "run", objective=objective))
+    assert model.config.pooling == ("memory" if trains_memory else "mean")
+    assert all(p.requires_grad == trains_memory for p in model.memory.parameters())
+
+
 def test_the_final_model_is_written_from_the_trainers_gathered_weights(tiny_dir, corpus, tmp_path, monkeypatch):
     # a stand-in for ZeRO-3 / FSDP: at the final save the live trainable tensors are empty shards, and only the
     # state dict the Trainer gathers holds the trained values; the saved model must be made from the latter

@@ -85,7 +85,18 @@ class LLM2Comp(FeaturesMixin, InferenceMixin, AdaptersMixin, GenerationMixin, nn
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(
+    def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL, *args, backend: str = "torch", **kwargs) -> LLM2Comp:
+        """The model of `load` (same arguments), run for inference by ``backend`` (`backends.py`: torch, torch-int8,
+        onnx, onnx-int8)."""
+        if backend == "torch":
+            return cls.load(name_or_path, *args, **kwargs)
+        from .backends import check_backend, use_backend
+
+        check_backend(backend)
+        return use_backend(cls.load(name_or_path, *args, **kwargs), backend)
+
+    @classmethod
+    def load(
         cls,
         name_or_path: str = DEFAULT_MODEL,
         num_memory_tokens: int | None = None,
@@ -96,24 +107,16 @@ class LLM2Comp(FeaturesMixin, InferenceMixin, AdaptersMixin, GenerationMixin, nn
         bidirectional: bool | None = None,
         trust_remote_code: bool = False,
         memory_init: str | None = None,
-        backend: str = "torch",
         base_model: str | None = None,
         **hf_kwargs,
     ) -> LLM2Comp:
-        """Load a backbone (alias, hub id, directory, .gguf) or a directory written by `save`; ``backend`` picks what
-        runs the network for inference (`backends.py`: torch, torch-int8, onnx, onnx-int8).
+        """Load a backbone (alias, hub id, directory, .gguf) or a directory written by `save`, in torch (what training
+        builds on; `from_pretrained` adds an inference backend).
 
         ``device``: where the model runs; None: CUDA where available, else the CPU (as sentence-transformers).
         ``trust_remote_code``: the caller's word alone decides whether a backbone's own Python runs; a saved folder
         that needs it is refused without it. ``base_model``: for a saved folder, the backbone to load it on instead
         of the one its config names (a folder moved between machines)."""
-        if backend != "torch":
-            from .backends import check_backend, use_backend
-
-            check_backend(backend)
-            return use_backend(cls.from_pretrained(name_or_path, num_memory_tokens, max_length, pooling, device, dtype,
-                                                   bidirectional, trust_remote_code, memory_init, base_model=base_model,
-                                                   **hf_kwargs), backend)
         device = default_device() if device is None else device
         overrides = {
             k: v

@@ -41,11 +41,6 @@ class ObjectiveSpec:
     compresses: bool = False
     defaults: dict = dataclasses.field(default_factory=dict, hash=False)  # TrainConfig recipe defaults of the stage
 
-    def reads_memory(self, pooling: str) -> bool:
-        """Whether training sends gradients to the memory tokens (frozen otherwise: DDP needs every trainable
-        parameter to get a gradient)."""
-        return (self.pooling or pooling) == "memory"
-
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveSettings:

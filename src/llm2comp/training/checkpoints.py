@@ -42,6 +42,13 @@ def end_training_length(encoder: LLM2Comp) -> None:
     encoder.config.max_length = getattr(encoder, "encode_max_length", encoder.config.max_length)
 
 
+def resumed_step(checkpoint: Path | None) -> int:
+    """The optimizer step a checkpoint was saved at (0 for none: a fresh start)."""
+    if checkpoint is None:
+        return 0
+    return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+
+
 def complete_checkpoints(folder: str | Path) -> list[Path]:
     """Checkpoint directories with a completion marker, oldest first."""
     folder = Path(folder)

@@ -102,7 +102,7 @@ class TrainConfig:
     loss_chunk_elements: int = 1 << 24
 
     def __post_init__(self):
-        spec = objective_spec(self.stage, self.objective)  # unknown stage or objective: ValueError naming the choices
+        spec = self.spec  # unknown stage or objective: ValueError naming the choices
         if self.pooling is not None:
             from ..pooling import check_pooling
 
@@ -182,6 +182,11 @@ class TrainConfig:
             raise ValueError(f"global_batch_size {self.global_batch_size} does not divide into {world_size()} processes x "
                              f"{self.gradient_accumulation_steps} accumulation steps")
         return dataclasses.replace(self, batch_size=self.global_batch_size // share)
+
+    @property
+    def spec(self):
+        """The stage's objective as the registry declares it (`objectives/registry.py`)."""
+        return objective_spec(self.stage, self.objective)
 
     def objective_settings(self) -> ObjectiveSettings:
         """What the stage's objective is built with (`ObjectiveSpec.build`)."""

@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
+from ..data.settings import DataSettings
 from ..model import LLM2Comp
+from ..objectives.registry import ObjectiveSettings
 from ..persistence import CONFIG_NAME
-from ..objectives.registry import objective_spec
+from .callbacks import ProbeSettings, RunLogs
+from .checkpoints import last_complete_checkpoint, resumed_step, set_training_length
 from .config import TrainConfig
-from .callbacks import LossLog, truncate_log
-from .checkpoints import end_training_length, last_complete_checkpoint, set_training_length
-from .loss_plot import plot_losses, step_sources_of
-from .trainer import LLM2CompTrainer, TrainingModule
+from .trainer import LLM2CompTrainer
 
 logger = logging.getLogger(__name__)
 # transformers 5.x renamed gradient_checkpointing -> activation_checkpointing
@@ -47,15 +47,16 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
         kwargs["bidirectional"] = cfg.bidirectional
     if not saved:  # a fresh model gets its memory tokens, also when this stage does not train them
         kwargs.update(num_memory_tokens=cfg.num_memory_tokens, memory_init=cfg.memory_init)
-    spec = objective_spec(cfg.stage, cfg.objective)
+    spec = cfg.spec
     if spec.pooling is not None:  # what the objective trains (MNTP: mean pooling; compression: memory tokens)
         kwargs["pooling"] = spec.pooling
     if spec.bidirectional is not None:  # MNTP: a bidirectional encoder
         kwargs["bidirectional"] = spec.bidirectional
-    model = LLM2Comp.from_pretrained(cfg.model, **kwargs)
-    set_training_length(model, cfg.max_length)
+    model = LLM2Comp.load(cfg.model, **kwargs)
+    # the memory tokens train where the embedding reads them (frozen otherwise: DDP needs a gradient for every
+    # trainable parameter)
     model.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
-                   train_memory=spec.reads_memory(model.config.pooling))
+                   train_memory=model.config.pooling == "memory")
     if cfg.memory_bridge is None and model.memory_bridge is not None:  # a later stage, or stage 1 without one
         model.drop_memory_bridge()
     return model
@@ -64,22 +65,23 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
 BRIDGE_FIT_TEXTS = 64
 
 
-def fit_memory_bridge(cfg: TrainConfig, model: LLM2Comp, objective, dataset) -> None:
-    """A stage-1 run's memory bridge, fitted on the encoder inputs of its first training texts (as the objective
-    builds them: the prefix for kl/nll, the whole text for rc)."""
-    examples = [dataset[i] for i in range(min(BRIDGE_FIT_TEXTS, len(dataset)))]
-    batch = objective.collate(examples)
-    rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch["encoder_input_ids"], batch["encoder_attention_mask"])]
-    k = model.config.num_memory_tokens
-    model.add_memory_bridge(cfg.memory_bridge, [row[:-k] for row in rows])  # collate appends the memory slots again
+def build_objective_and_data(cfg: TrainConfig, model: LLM2Comp, objective_settings: ObjectiveSettings | None = None,
+                             data_settings: DataSettings | None = None):
+    """The stage's objective and dataset at the training length (stage-1 texts are cut to fit it; the model is saved
+    at its encoding length); for a stage-1 run with ``memory_bridge``, the bridge fitted on the encoder inputs of its
+    first training texts (as the objective builds them: the prefix for kl/nll, the whole text for rc)."""
+    set_training_length(model, cfg.max_length)
+    objective = cfg.spec.build(objective_settings or cfg.objective_settings(), model)
+    dataset = cfg.spec.dataset(data_settings or cfg.data_settings(), model)
+    if cfg.memory_bridge is not None:
+        batch = objective.collate([dataset[i] for i in range(min(BRIDGE_FIT_TEXTS, len(dataset)))])
+        rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch["encoder_input_ids"], batch["encoder_attention_mask"])]
+        k = model.config.num_memory_tokens
+        model.add_memory_bridge(cfg.memory_bridge, [row[:-k] for row in rows])  # collate appends the memory slots again
+    return objective, dataset
 
 
-def build_objective_and_data(cfg: TrainConfig, model: LLM2Comp):
-    spec = objective_spec(cfg.stage, cfg.objective)
-    return spec.build(cfg.objective_settings(), model), spec.dataset(cfg.data_settings(), model)
-
-
-def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, sequential: bool) -> TrainingArguments:
+def training_arguments(cfg: TrainConfig, checkpoint_dir: Path) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         max_steps=cfg.max_steps,
@@ -101,7 +103,6 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, sequential: bool)
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        train_sampling_strategy="sequential" if sequential else "random",
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         disable_tqdm=False,
@@ -109,27 +110,42 @@ def training_arguments(cfg: TrainConfig, checkpoint_dir: Path, sequential: bool)
     )
 
 
+def run_logs(cfg: TrainConfig, output: Path) -> RunLogs:
+    what = f"{cfg.stage} ({cfg.objective})" if cfg.stage == "pretrain" else cfg.stage
+    probe = None
+    if cfg.probe_steps:
+        probe = ProbeSettings(source=cfg.data, field=cfg.data_field, passages=cfg.probe_passages,
+                              text_tokens=cfg.probe_text_tokens, holdout=cfg.probe_holdout, every=cfg.probe_steps,
+                              task="reconstruction" if cfg.objective == "rc" else "continuation",
+                              metric="ce" if cfg.objective != "kl" else "kl")
+    return RunLogs(output, title=f"{what}: {cfg.model} on {cfg.data}, batch {cfg.batch_size}", probe=probe)
+
+
 def train(cfg: TrainConfig) -> Path:
-    """Train one stage; returns the output directory (loadable with `LLM2Comp.from_pretrained`)."""
+    """Train one stage; returns the output directory (loadable with `LLM2Comp.from_pretrained`).
+
+    First what only the config decides (the resume point, the logs), then the model, its objective and data, then
+    the trainer's arguments and the trainer (`trainer.py`: checkpoints, logs, probe), then the embedding's sizes and
+    normalizer, saved."""
     cfg = cfg.per_device()
     output = Path(cfg.output)
     checkpoint_dir = output / "checkpoints"
-    loss_log, order_log = output / "loss.jsonl", output / "data_order.jsonl"
+    logs = run_logs(cfg, output)
     resume_from = last_complete_checkpoint(checkpoint_dir) if cfg.resume else None
     if cfg.resume and resume_from is None:
         logger.warning("--resume: no complete checkpoint in %s, starting from scratch", checkpoint_dir)
-    if resume_from is None and (loss_log.exists() or checkpoint_dir.exists()) and not cfg.resume:
+    if resume_from is None and (logs.losses.exists() or checkpoint_dir.exists()) and not cfg.resume:
         raise FileExistsError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
+    # logs keep the steps of the checkpoint training continues from (none: a fresh start, e.g. killed before the
+    # first complete checkpoint), so that redone steps are not logged twice
+    logs.truncate(resumed_step(resume_from))
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    objective_settings, data_settings = cfg.objective_settings(), cfg.data_settings()
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
-    objective, dataset = build_objective_and_data(cfg, model)
-    if cfg.memory_bridge is not None:
-        fit_memory_bridge(cfg, model, objective, dataset)
-    if cfg.stage == "simcse":
-        from ..attention import set_attention_dropout
-
-        set_attention_dropout(model.hf_model, cfg.attention_dropout)
+    objective, dataset = build_objective_and_data(cfg, model, objective_settings, data_settings)
     model.config.stages = model.config.stages + [
         {"stage": cfg.stage, "objective": cfg.objective if cfg.stage == "pretrain" else cfg.stage,
          "data": cfg.data, "samples": len(dataset), "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,
@@ -142,41 +158,19 @@ def train(cfg: TrainConfig) -> Path:
         model.config.prompts = trained_prompts(dataset.pairs[i] for i in dataset.order)
         if model.config.default_prompt_name not in model.config.prompts:
             model.config.default_prompt_name = None
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    # logs keep the steps of the checkpoint training continues from (none: a fresh start, e.g. killed before the
-    # first complete checkpoint), so that redone steps are not logged twice
-    step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
-    truncate_log(loss_log, step)
-    truncate_log(order_log, step)
+    if cfg.stage == "simcse":
+        from ..attention import set_attention_dropout
 
-    callbacks = [LossLog(loss_log)]
-    if cfg.probe_steps:
-        from ..evaluation.compression import CompressionProbe, probe_passages
-        from .callbacks import ProbeCallback
+        set_attention_dropout(model.hf_model, cfg.attention_dropout)
 
-        task = "reconstruction" if cfg.objective == "rc" else "continuation"
-        passages = probe_passages(model.tokenizer, cfg.data, cfg.probe_passages, cfg.probe_text_tokens, cfg.probe_holdout, cfg.data_field)
-        truncate_log(output / "probe.jsonl", step)
-        callbacks.append(ProbeCallback(model, CompressionProbe(passages, task, "ce" if cfg.objective != "kl" else "kl"),
-                                       output / "probe.jsonl", cfg.probe_steps))
+    # the arguments only now: under DeepSpeed ZeRO-3 they switch on zero.Init, which would shard a model loaded after them
+    args = training_arguments(cfg, checkpoint_dir)
     trainer = LLM2CompTrainer(
-        model=TrainingModule(model, objective),
-        args=training_arguments(cfg, checkpoint_dir, sequential=getattr(dataset, "sequential", False)),
-        train_dataset=dataset,
-        data_collator=objective.collate,
-        callbacks=callbacks,
-        save_limit=cfg.save_total_limit,
-        memory_lr=cfg.memory_lr,
-        record_path=order_log,
+        model, objective, args, train_dataset=dataset, logs=logs, save_limit=cfg.save_total_limit, memory_lr=cfg.memory_lr,
+        gradcache_chunk=cfg.gradcache_chunk, reads_decoder=cfg.spec.compresses,
     )
-    from .engine import check_engine
-    from .callbacks import EngineReport
-
-    trainer.add_callback(EngineReport(trainer))
-    check_engine(trainer.accelerator, cfg.gradcache_chunk, reads_decoder=objective_spec(cfg.stage, cfg.objective).compresses)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    end_training_length(model)
+
     if cfg.stage != "pretrain":  # the sizes the embedding can be cut to: trained, or those of a rotated normalizer
         from ..objectives.contrastive import check_matryoshka_dims
 
@@ -194,10 +188,6 @@ def train(cfg: TrainConfig) -> Path:
         logger.info("normalizer fitted on %d training texts", len(texts))
     # on every rank: under ZeRO-3 / FSDP the Trainer gathers the sharded weights; the main process writes them
     trainer.save_model(str(output))
-    if trainer.args.should_save:
-        what = f"{cfg.stage} ({cfg.objective})" if cfg.stage == "pretrain" else cfg.stage
-        plot_losses(loss_log, output / "loss.png", title=f"{what}: {cfg.model} on {cfg.data}, batch {cfg.batch_size}",
-                    probe_path=output / "probe.jsonl", step_sources=step_sources_of(dataset, order_log))
     _close_process_group(trainer)
     return output
 

@@ -3,7 +3,8 @@
 What is ours: the model saved in our format (adapters + memory tokens, not the frozen weights), checkpoints
 that count only once a completion marker is written (`checkpoints.py`), a NaN/inf guard, the data order logged, a
 faster learning rate for the memory tokens, and the micro-batch weights that make gradient accumulation exact. The
-loss log and probe are callbacks (`callbacks.py`), the loss plot is `loss_plot.py`. Optimiser, schedule,
+trainer also owns what surrounds the steps: the training length (`checkpoints.py`), the engine check (`engine.py`),
+the run's logs and probe (`callbacks.RunLogs`) and the loss plot when training ends. Optimiser, schedule,
 distribution (torchrun, accelerate, DeepSpeed, FSDP) are the Trainer's.
 """
 
@@ -21,8 +22,10 @@ from transformers import Trainer
 from ..atomic import write_json_atomic
 from ..model import LLM2Comp
 from ..objectives.pretext import LOSS_ITEMS
-from .checkpoints import COMPLETE_MARKER, complete_checkpoints, encoding_length, last_complete_checkpoint, load_training_state
-from .engine import any_rank_nonfinite
+from .callbacks import EngineReport, RunLogs
+from .checkpoints import (COMPLETE_MARKER, complete_checkpoints, encoding_length, end_training_length,
+                          last_complete_checkpoint, load_training_state)
+from .engine import any_rank_nonfinite, check_engine
 
 LOSS_WEIGHT = "loss_weight"
 
@@ -84,11 +87,23 @@ def peft_visible_to_trainer():
 
 
 class LLM2CompTrainer(Trainer):
-    def __init__(self, *args, save_limit: int | None = 2, record_path: Path | None = None, memory_lr: float | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.save_limit = save_limit
-        self.record_path = record_path
-        self.memory_lr = memory_lr
+    """The Trainer of an encoder and its objective (wrapped in a `TrainingModule`; batches by the objective's collate).
+    ``logs``: the run's log files (loss, data order, probe; the loss plot at the
+    end); the encoder is saved at its encoding length, and left at it after training (`checkpoints.set_training_length`);
+    ``gradcache_chunk`` / ``reads_decoder``: checked against the engine before the first step (`engine.check_engine`).
+    A dataset that says ``sequential = True`` is read in order (its batches are built that way, data/pairs.py)."""
+
+    def __init__(self, encoder: LLM2Comp, objective, args, *, logs: RunLogs | None = None, save_limit: int | None = 2, memory_lr: float | None = None, gradcache_chunk: int | None = None,
+                 reads_decoder: bool = False, **kwargs):
+        if getattr(kwargs.get("train_dataset"), "sequential", False):
+            args.train_sampling_strategy = "sequential"
+        super().__init__(TrainingModule(encoder, objective), args, data_collator=objective.collate, **kwargs)
+        self.save_limit, self.memory_lr, self.logs = save_limit, memory_lr, logs
+        self.record_path = logs.data_order if logs is not None else None
+        check_engine(self.accelerator, gradcache_chunk, reads_decoder=reads_decoder)
+        for callback in logs.callbacks(self.encoder) if logs is not None else []:
+            self.add_callback(callback)
+        self.add_callback(EngineReport(self))
 
     def create_optimizer(self, model=None):
         """The Trainer's optimiser; with ``memory_lr``, the memory tokens and the stage-1 bridge in a group of their own
@@ -111,7 +126,11 @@ class LLM2CompTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         with peft_visible_to_trainer() if self.is_deepspeed_enabled else contextlib.nullcontext():
-            return super().train(*args, **kwargs)
+            result = super().train(*args, **kwargs)
+        end_training_length(self.encoder)
+        if self.logs is not None and self.args.should_save:
+            self.logs.draw(self.train_dataset)
+        return result
 
     def save_model(self, *args, **kwargs):
         with peft_visible_to_trainer() if self.is_deepspeed_enabled else contextlib.nullcontext():
