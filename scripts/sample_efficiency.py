@@ -13,8 +13,12 @@ Banking77, with predictions); every arm is compared with the backbone arm at the
 bootstrap over the test items); `report` writes the table (markdown) and the figure (PNG). Every step skips what is
 already on disk, so a killed run restarts where it stopped (training with --resume).
 
-    python scripts/sample_efficiency.py run [--runs runs/curve] [--seeds 42,7] [--budgets 25,50,100,200]
-    python scripts/sample_efficiency.py report [--runs runs/curve] [--figure docs/figures/sample-efficiency.png]
+Training goes to --runs (checkpoints, not kept in git); the scores go to --scores, a folder in the repository
+(docs/results/sample-efficiency/: each scored checkpoint's results, predictions and comparison), so that what one
+session scored is committed and the next one trains and scores only the rest (a run cut off mid-training starts again).
+
+    python scripts/sample_efficiency.py run [--runs runs/curve] [--scores DIR] [--seeds 42,7] [--budgets 25,50,100,200]
+    python scripts/sample_efficiency.py report [--scores DIR] [--figure docs/figures/sample-efficiency.png]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ MNTP = ROOT / "configs" / "smollm2-135m" / "pretrain-mntp.yaml"
 STS = ("STSBenchmark", "STS13", "STS14", "STS15", "SICK-R")
 TASKS = (*STS, "Banking77Classification")
 ARMS = ("backbone", "compressor", "mntp")
+SCORES = ROOT / "docs" / "results" / "sample-efficiency"
 
 
 def plan(budgets: list[int], seeds: list[int], two_seed_max: int) -> list[tuple[int, int, list[int]]]:
@@ -61,27 +66,29 @@ def start_of(arm: str, runs: Path, mntp_steps: int, llm2comp: str) -> str:
     return str(out)
 
 
-def eval_dir(runs: Path, arm: str, seed: int, budget: int) -> Path:
-    return runs / "eval" / f"{arm}-s{seed}-{budget}"
+def eval_dir(scores: Path, arm: str, seed: int, budget: int) -> Path:
+    return scores / f"{arm}-s{seed}-{budget}"
 
 
 def run(args) -> None:
-    runs, llm2comp = Path(args.runs), args.llm2comp
+    runs, scores, llm2comp = Path(args.runs), Path(args.scores), args.llm2comp
     for seed, steps, budgets in plan(args.budgets, args.seeds, args.two_seed_max):
         for arm in args.arms:
             out = runs / f"{arm}-s{seed}"
-            if not (out / "llm2comp_config.json").is_file():
+            if all((eval_dir(scores, arm, seed, b) / "results.json").is_file() for b in budgets):
+                pass  # scored at every budget (perhaps in an earlier session): nothing to train
+            elif not (out / "llm2comp_config.json").is_file():
                 start = start_of(arm, runs, args.mntp_steps, llm2comp)
                 _run([llm2comp, "train", "--config", str(RECIPE), "--model", start, "--seed", str(seed),
                       "--max-steps", str(steps), "--output", str(out), "--resume"])
             for budget in budgets:
-                folder = eval_dir(runs, arm, seed, budget)
+                folder = eval_dir(scores, arm, seed, budget)
                 if not (folder / "results.json").is_file():
                     model = out / "checkpoints" / f"checkpoint-{budget}"
                     _run([llm2comp, "evaluate", "--model", str(model), "--tasks", ",".join(TASKS),
                           "--output", str(folder), "--predictions"])
                 if arm != "backbone" and not (folder / "against-backbone.json").is_file():
-                    compare(eval_dir(runs, "backbone", seed, budget), folder)
+                    compare(eval_dir(scores, "backbone", seed, budget), folder)
     report(args)
 
 
@@ -96,11 +103,11 @@ def compare(reference: Path, folder: Path) -> None:
     (folder / "against-backbone.json").write_text(json.dumps(rows, indent=1))
 
 
-def collect(runs: Path) -> list[dict]:
+def collect(scores: Path) -> list[dict]:
     """One row per scored (arm, seed, budget): the STS average and Banking77 (x 100), and the paired difference
     from the backbone arm where it was compared."""
     rows = []
-    for folder in sorted((runs / "eval").glob("*-s*-*")):
+    for folder in sorted(scores.glob("*-s*-*")):
         arm, seed, budget = folder.name.rsplit("-", 2)
         if not (folder / "results.json").is_file():
             continue
@@ -149,11 +156,11 @@ def figure(rows: list[dict], path: Path) -> None:
 
 
 def report(args) -> None:
-    rows = collect(Path(args.runs))
+    rows = collect(Path(args.scores))
     if not rows:
-        sys.exit(f"nothing scored under {args.runs}/eval yet")
+        sys.exit(f"nothing scored under {args.scores} yet")
     text = table(rows)
-    (Path(args.runs) / "sample-efficiency.md").write_text(text + "\n")
+    (Path(args.scores) / "sample-efficiency.md").write_text(text + "\n")
     figure(rows, Path(args.figure))
     print(text)
     print(f"figure: {args.figure}")
@@ -168,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("run", "report"):
         p = sub.add_parser(name)
-        p.add_argument("--runs", default="runs/curve")
+        p.add_argument("--runs", default="runs/curve", help="training runs and their checkpoints")
+        p.add_argument("--scores", default=str(SCORES), help="the scored checkpoints (kept in git)")
         p.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "sample-efficiency.png"))
         if name == "run":
             p.add_argument("--seeds", type=_ints, default=[42, 7])

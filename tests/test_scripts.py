@@ -1,6 +1,7 @@
 """The driver scripts' report phases on fabricated run folders (no model): the tables they write into the results pages."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,8 +219,8 @@ def test_sample_efficiency_plans_trains_scores_and_resumes(tmp_path, monkeypatch
     launcher.chmod(0o755)
     compared = []
     monkeypatch.setattr(script, "compare", lambda reference, folder: compared.append((reference.name, folder.name)))
-    runs, figure = tmp_path / "runs", tmp_path / "curve.png"
-    argv = ["run", "--runs", str(runs), "--figure", str(figure), "--llm2comp", str(launcher), "--seeds", "42,7",
+    runs, scores, figure = tmp_path / "runs", tmp_path / "scores", tmp_path / "curve.png"
+    argv = ["run", "--runs", str(runs), "--scores", str(scores), "--figure", str(figure), "--llm2comp", str(launcher), "--seeds", "42,7",
             "--budgets", "25,50", "--two-seed-max", "25", "--arms", "backbone,compressor"]
     script.main(argv)
     commands = (tmp_path / "fake_llm2comp.py.log").read_text().splitlines()
@@ -229,13 +230,16 @@ def test_sample_efficiency_plans_trains_scores_and_resumes(tmp_path, monkeypatch
     assert sum(c.startswith("evaluate") for c in commands) == 6  # 2 arms x (2 budgets at seed 42 + 1 at seed 7)
     assert sorted(compared) == [("backbone-s42-25", "compressor-s42-25"), ("backbone-s42-50", "compressor-s42-50"),
                                 ("backbone-s7-25", "compressor-s7-25")]
-    rows = script.collect(runs)
+    rows = script.collect(scores)
     assert [(r["budget"], r["arm"], r["seed"]) for r in rows][:3] == [(25, "backbone", 7), (25, "backbone", 42),
                                                                      (25, "compressor", 7)]
     assert rows[-1]["sts"] == pytest.approx(100 * (0.5 + 0.05 + 0.01))
-    assert "| 50 | compressor | 42 | 56.00 | 56.00 |" in (runs / "sample-efficiency.md").read_text()
+    assert "| 50 | compressor | 42 | 56.00 | 56.00 |" in (scores / "sample-efficiency.md").read_text()
     assert figure.stat().st_size > 1000
     script.main(argv)  # everything is on disk: nothing is trained or scored again
+    assert (tmp_path / "fake_llm2comp.py.log").read_text().splitlines() == commands
+    shutil.rmtree(runs)  # a new session: the checkpoints are gone, the committed scores are not
+    script.main(argv)
     assert (tmp_path / "fake_llm2comp.py.log").read_text().splitlines() == commands
     with pytest.raises(SystemExit):
         script.main(["run", "--arms", "compressor"])  # no reference arm
