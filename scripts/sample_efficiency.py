@@ -87,13 +87,33 @@ def run(args) -> None:
                     model = out / "checkpoints" / f"checkpoint-{budget}"
                     _run([llm2comp, "evaluate", "--model", str(model), "--tasks", ",".join(TASKS),
                           "--output", str(folder), "--predictions"])
+                    slim_predictions(folder)
                 if arm != "backbone" and not (folder / "against-backbone.json").is_file():
                     compare(eval_dir(scores, "backbone", seed, budget), folder)
     report(args)
 
 
+def slim_predictions(folder: Path) -> None:
+    """Keep of an evaluation's predictions only what the STS comparison reads (the cosine of each pair, 5 decimals;
+    the gold scores), compactly: about 0.2 MB instead of 2.6 MB, small enough for git. Banking77's per-item labels
+    (0.7 MB) are dropped: its score is in results.json, its interval is not computed."""
+    predictions = folder / "predictions"
+    for path in sorted(predictions.glob("*/*.json")):
+        task = path.stem.removesuffix("_predictions")
+        if task not in STS:
+            path.unlink()
+            continue
+        data = json.loads(path.read_text())
+        if path.parent.name != "gold":
+            for key, subset in data.items():
+                if key != "mteb_model_meta":
+                    data[key] = {split: {"cosine_scores": [round(x, 5) for x in values["cosine_scores"]]}
+                                 for split, values in subset.items()}
+        path.write_text(json.dumps(data, separators=(",", ":")))
+
+
 def compare(reference: Path, folder: Path) -> None:
-    """B (this arm) minus A (the backbone arm) per task and for the STS average, with paired bootstrap intervals."""
+    """B (this arm) minus A (the backbone arm) per STS task and for the STS average, with paired bootstrap intervals."""
     from llm2comp.evaluation import compare_evaluations
 
     if not (reference / "results.json").is_file():

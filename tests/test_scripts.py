@@ -243,3 +243,27 @@ def test_sample_efficiency_plans_trains_scores_and_resumes(tmp_path, monkeypatch
     assert (tmp_path / "fake_llm2comp.py.log").read_text().splitlines() == commands
     with pytest.raises(SystemExit):
         script.main(["run", "--arms", "compressor"])  # no reference arm
+
+
+def test_sample_efficiency_slims_the_predictions_it_keeps_and_the_comparison_is_unchanged(tmp_path):
+    from llm2comp.evaluation import compare_evaluations
+
+    script = _sample_efficiency()
+    rng = np.random.default_rng(0)
+    gold = {task: rng.uniform(0, 5, size=300) for task in DEV_SUITE}
+    _evaluation(tmp_path / "backbone", "backbone", gold, noise=1.5, seed=1)
+    _evaluation(tmp_path / "full", "arm", gold, noise=0.5, seed=2)
+    shutil.copytree(tmp_path / "full", tmp_path / "slim")
+    prediction = tmp_path / "slim/predictions/arm/STS13_predictions.json"
+    data = json.loads(prediction.read_text())
+    data["default"]["test"]["euclidean_distances"] = [1.0] * 300  # what mteb also writes, and the comparison never reads
+    prediction.write_text(json.dumps(data))
+
+    script.slim_predictions(tmp_path / "slim")
+    assert list(json.loads(prediction.read_text())["default"]["test"]) == ["cosine_scores"]
+    assert not list((tmp_path / "slim/predictions").rglob("Banking77Classification*"))  # its score stays in results.json
+    full = {r.task: r for r in compare_evaluations(tmp_path / "backbone", tmp_path / "full")}
+    slim = {r.task: r for r in compare_evaluations(tmp_path / "backbone", tmp_path / "slim")}
+    assert set(slim) == set(full) - {"Banking77Classification"}
+    for task, row in slim.items():
+        assert row.delta == pytest.approx(full[task].delta, abs=1e-4) and row.low == pytest.approx(full[task].low, abs=1e-3)
