@@ -133,7 +133,7 @@ def test_shipped_trained_adapter_loads_and_differs_from_the_backbone():
     assert not torch.allclose(torch.as_tensor(emb), torch.as_tensor(base.encode(texts)), atol=1e-3)
 
 
-@pytest.mark.parametrize("name", [DEFAULT_ENCODER, "smollm2-135m-sup"])
+@pytest.mark.parametrize("name", [DEFAULT_ENCODER, "smollm2-135m-nli", "smollm2-135m-sup"])
 def test_shipped_encoders_order_pairs_the_right_way(name):
     # the default of `llm2comp encode` and the quickstart recipe's shipped run: causal, memory pooling, fitted
     # normalizer; they rank paraphrases above unrelated sentences (hand-written pairs, not benchmark data)

@@ -25,7 +25,8 @@ def test_a_model_saved_by_0_1_0_loads_and_embeds_identically(tmp_path):
     np.testing.assert_allclose(model.encode(SAMPLE_TEXT), np.load(FIXTURES / "saved-0.1.0" / "expected.npy"), atol=1e-5)
 
 
-@pytest.mark.parametrize("name,fixture", [("gemma3-270m-nli", "gemma3-270m-nli-100.npz"), ("smollm2-135m-sup", "default-100.npz")])
+@pytest.mark.parametrize("name,fixture", [("gemma3-270m-nli", "gemma3-270m-nli-100.npz"), ("smollm2-135m-sup", "default-100.npz"),
+                                          ("smollm2-135m-nli", "smollm2-135m-nli-100.npz")])
 def test_the_shipped_encoders_embed_100_fixed_sentences_as_before(name, fixture):
     if not alias_installed(name):
         pytest.skip(f"the backbone packages of {name} are not installed")

