@@ -118,7 +118,7 @@ def compare(reference: Path, folder: Path) -> None:
 
     if not (reference / "results.json").is_file():
         return  # the backbone arm of this seed and budget is not scored yet
-    rows = compare_evaluations(reference, folder, resamples=2000)
+    rows = compare_evaluations(reference, folder, resamples=2000, tolerance=1e-4)  # cosines rounded to 5 decimals
     rows = [{"task": r.task, "difference": 100 * r.delta, "low": 100 * r.low, "high": 100 * r.high} for r in rows]
     (folder / "against-backbone.json").write_text(json.dumps(rows, indent=1))
 

@@ -267,3 +267,13 @@ def test_sample_efficiency_slims_the_predictions_it_keeps_and_the_comparison_is_
     assert set(slim) == set(full) - {"Banking77Classification"}
     for task, row in slim.items():
         assert row.delta == pytest.approx(full[task].delta, abs=1e-4) and row.low == pytest.approx(full[task].low, abs=1e-3)
+    # the script compares with a tolerance for the rounding: a score 5e-5 off what the predictions give passes there,
+    # and is refused as stale by the default check
+    full_report = json.loads((tmp_path / "slim/results_full.json").read_text())
+    full_report["scores"]["arm"]["STS13"] += 5e-5
+    (tmp_path / "slim/results_full.json").write_text(json.dumps(full_report))
+    with pytest.raises(ValueError, match="stale"):
+        compare_evaluations(tmp_path / "backbone", tmp_path / "slim")
+    script.compare(tmp_path / "backbone", tmp_path / "slim")
+    rows = json.loads((tmp_path / "slim/against-backbone.json").read_text())
+    assert rows[-1]["task"] == "STS average"

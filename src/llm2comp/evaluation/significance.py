@@ -196,13 +196,15 @@ def compare_evaluations(
     resamples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    tolerance: float = 1e-6,
 ) -> list[PairedDifference]:
     """B minus A per task (STS and classification), and for two or more STS tasks a last row "STS average" (mean
     over the STS tasks), from two `--predictions` runs.
 
     Each folder is an `llm2comp evaluate --output` folder; the model compared is the run's main model unless a
     label (a column of its table) is given. Both runs must have evaluated the same items (same data, limit, seed):
-    the gold values are checked to match."""
+    the gold values are checked to match, and each score recomputed from the predictions must equal the one the run
+    reported within `tolerance` (more where the predictions were rounded)."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
     if resamples < 1:
@@ -235,7 +237,7 @@ def compare_evaluations(
             point_a, point_b = float(a.mean()), float(b.mean())
         for point, report, label, folder in ((point_a, report_a, label_a, eval_a), (point_b, report_b, label_b, eval_b)):
             stored = report.get("scores", {}).get(label, {}).get(task)
-            if stored is None or abs(stored - point) > 1e-6:
+            if stored is None or abs(stored - point) > tolerance:
                 raise ValueError(f"{folder}: the predictions of {label} on {task} give {point:.6f}, the run reported "
                                  f"{stored}: stale or partial predictions; evaluate again with --predictions")
         rows.append(_summarise(task, point_a, point_b, deltas, tail, "spearman" if gold.kind == "sts" else "accuracy"))
