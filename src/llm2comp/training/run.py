@@ -11,9 +11,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-from ..data.settings import DataSettings
 from ..model import LLM2Comp
-from ..objectives.registry import ObjectiveSettings
 from ..persistence import CONFIG_NAME
 from .callbacks import ProbeSettings, RunLogs
 from .checkpoints import last_complete_checkpoint, resumed_step, set_training_length
@@ -65,14 +63,13 @@ def build_model(cfg: TrainConfig) -> LLM2Comp:
 BRIDGE_FIT_TEXTS = 64
 
 
-def build_objective_and_data(cfg: TrainConfig, model: LLM2Comp, objective_settings: ObjectiveSettings | None = None,
-                             data_settings: DataSettings | None = None):
+def build_objective_and_data(cfg: TrainConfig, model: LLM2Comp):
     """The stage's objective and dataset at the training length (stage-1 texts are cut to fit it; the model is saved
     at its encoding length); for a stage-1 run with ``memory_bridge``, the bridge fitted on the encoder inputs of its
     first training texts (as the objective builds them: the prefix for kl/nll, the whole text for rc)."""
     set_training_length(model, cfg.max_length)
-    objective = cfg.spec.build(objective_settings or cfg.objective_settings(), model)
-    dataset = cfg.spec.dataset(data_settings or cfg.data_settings(), model)
+    objective = cfg.spec.build(cfg.objective_settings(), model)
+    dataset = cfg.spec.dataset(cfg.data_settings(), model)
     if cfg.memory_bridge is not None:
         batch = objective.collate([dataset[i] for i in range(min(BRIDGE_FIT_TEXTS, len(dataset)))])
         rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch["encoder_input_ids"], batch["encoder_attention_mask"])]
@@ -141,11 +138,10 @@ def train(cfg: TrainConfig) -> Path:
     logs.truncate(resumed_step(resume_from))
     output.mkdir(parents=True, exist_ok=True)
     (output / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    objective_settings, data_settings = cfg.objective_settings(), cfg.data_settings()
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg)
-    objective, dataset = build_objective_and_data(cfg, model, objective_settings, data_settings)
+    objective, dataset = build_objective_and_data(cfg, model)
     model.config.stages = model.config.stages + [
         {"stage": cfg.stage, "objective": cfg.objective if cfg.stage == "pretrain" else cfg.stage,
          "data": cfg.data, "samples": len(dataset), "max_steps": cfg.max_steps, "batch_size": cfg.batch_size,

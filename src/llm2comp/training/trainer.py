@@ -88,13 +88,13 @@ def peft_visible_to_trainer():
 
 class LLM2CompTrainer(Trainer):
     """The Trainer of an encoder and its objective (wrapped in a `TrainingModule`; batches by the objective's collate).
-    ``logs``: the run's log files (loss, data order, probe; the loss plot at the
-    end); the encoder is saved at its encoding length, and left at it after training (`checkpoints.set_training_length`);
+    ``logs``: the run's log files (loss, data order, probe; the loss plot at the end). The encoder is saved at its
+    encoding length, and left at it after training (`checkpoints.set_training_length`);
     ``gradcache_chunk`` / ``reads_decoder``: checked against the engine before the first step (`engine.check_engine`).
     A dataset that says ``sequential = True`` is read in order (its batches are built that way, data/pairs.py)."""
 
-    def __init__(self, encoder: LLM2Comp, objective, args, *, logs: RunLogs | None = None, save_limit: int | None = 2, memory_lr: float | None = None, gradcache_chunk: int | None = None,
-                 reads_decoder: bool = False, **kwargs):
+    def __init__(self, encoder: LLM2Comp, objective, args, *, logs: RunLogs | None = None, save_limit: int | None = 2,
+                 memory_lr: float | None = None, gradcache_chunk: int | None = None, reads_decoder: bool = False, **kwargs):
         if getattr(kwargs.get("train_dataset"), "sequential", False):
             args.train_sampling_strategy = "sequential"
         super().__init__(TrainingModule(encoder, objective), args, data_collator=objective.collate, **kwargs)
