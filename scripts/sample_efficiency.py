@@ -11,7 +11,8 @@ The first seed runs to the largest budget, the others to --two-seed-max (with a 
 N is what an N-step run gives). Every checkpoint at a budget is scored on the full test sets (five STS tasks and
 Banking77, with predictions); every arm is compared with the backbone arm at the same seed and budget (paired
 bootstrap over the test items); `report` writes the table (markdown) and the figure (PNG). Every step skips what is
-already on disk, so a killed run restarts where it stopped (training with --resume).
+already on disk, so a killed run restarts where it stopped (training with --resume), and a run trained to fewer steps
+by an earlier call (say --budgets 25,50) is extended from its last checkpoint when a larger budget is asked for.
 
 Training goes to --runs (checkpoints, not kept in git); the scores go to --scores, a folder in the repository
 (docs/results/sample-efficiency/: each scored checkpoint's results, predictions and comparison), so that what one
@@ -66,6 +67,10 @@ def start_of(arm: str, runs: Path, mntp_steps: int, llm2comp: str) -> str:
     return str(out)
 
 
+def has_checkpoint(run: Path, step: int) -> bool:
+    return (run / "checkpoints" / f"checkpoint-{step}" / "checkpoint-complete.json").is_file()
+
+
 def eval_dir(scores: Path, arm: str, seed: int, budget: int) -> Path:
     return scores / f"{arm}-s{seed}-{budget}"
 
@@ -75,9 +80,10 @@ def run(args) -> None:
     for seed, steps, budgets in plan(args.budgets, args.seeds, args.two_seed_max):
         for arm in args.arms:
             out = runs / f"{arm}-s{seed}"
-            if all((eval_dir(scores, arm, seed, b) / "results.json").is_file() for b in budgets):
-                pass  # scored at every budget (perhaps in an earlier session): nothing to train
-            elif not (out / "llm2comp_config.json").is_file():
+            unscored = [b for b in budgets if not (eval_dir(scores, arm, seed, b) / "results.json").is_file()]
+            if not all(has_checkpoint(out, b) for b in unscored):
+                # a fresh run, a killed one (resumed from its last checkpoint) or a shorter one of an earlier call
+                # (extended: with a constant rate the steps after its last checkpoint are those of a longer run)
                 start = start_of(arm, runs, args.mntp_steps, llm2comp)
                 _run([llm2comp, "train", "--config", str(RECIPE), "--model", start, "--seed", str(seed),
                       "--max-steps", str(steps), "--output", str(out), "--resume"])

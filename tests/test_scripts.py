@@ -195,7 +195,9 @@ value = lambda flag: args[args.index(flag) + 1]
 out = Path(value("--output"))
 if args[0] == "train":
     for step in range(25, int(value("--max-steps")) + 1, 25):
-        (out / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+        checkpoint = out / "checkpoints" / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        (checkpoint / "checkpoint-complete.json").write_text("{}")
     (out / "llm2comp_config.json").write_text("{}")
 else:
     out.mkdir(parents=True)
@@ -238,6 +240,14 @@ def test_sample_efficiency_plans_trains_scores_and_resumes(tmp_path, monkeypatch
     assert figure.stat().st_size > 1000
     script.main(argv)  # everything is on disk: nothing is trained or scored again
     assert (tmp_path / "fake_llm2comp.py.log").read_text().splitlines() == commands
+    longer = [*argv[:argv.index("--budgets") + 1], "25,50,100", *argv[argv.index("--budgets") + 2:]]
+    script.main(longer)  # a larger budget: seed 42's runs are extended to 100 steps, only the new budget scored
+    new = (tmp_path / "fake_llm2comp.py.log").read_text().splitlines()[len(commands):]
+    trained = [c for c in new if c.startswith("train")]
+    assert len(trained) == 2 and all("--seed 42 --max-steps 100" in c and c.endswith("--resume") for c in trained)
+    assert [c.split("--model ")[1].split(" ")[0].rsplit("/", 3)[-3:] for c in new if c.startswith("evaluate")] == [
+        ["backbone-s42", "checkpoints", "checkpoint-100"], ["compressor-s42", "checkpoints", "checkpoint-100"]]
+    commands = (tmp_path / "fake_llm2comp.py.log").read_text().splitlines()
     shutil.rmtree(runs)  # a new session: the checkpoints are gone, the committed scores are not
     script.main(argv)
     assert (tmp_path / "fake_llm2comp.py.log").read_text().splitlines() == commands
