@@ -165,12 +165,16 @@ def _tokenizer(path):
 
 
 def test_a_checkpoint_loads_like_the_final_model(tiny_dir, corpus, tmp_path):
-    output = train(_config(tiny_dir, corpus, tmp_path / "run", max_steps=2, save_steps=2, max_length=40))
-    checkpoint = LLM2Comp.from_pretrained(output / "checkpoints" / "checkpoint-2")
+    output = train(_config(tiny_dir, corpus, tmp_path / "run", max_steps=4, save_steps=2, max_length=40))
+    checkpoint = LLM2Comp.from_pretrained(output / "checkpoints" / "checkpoint-4")
     final = LLM2Comp.from_pretrained(output)
     assert checkpoint.config.max_length == final.config.max_length == 512  # not the training length (40)
     long_text = " ".join(SAMPLE_TEXT)
     np.testing.assert_allclose(checkpoint.encode([long_text]), final.encode([long_text]), atol=1e-5)
+    # each says how far it was trained, beside the run's plan
+    earlier = LLM2Comp.from_pretrained(output / "checkpoints" / "checkpoint-2").config.stages[-1]
+    assert (earlier["steps"], earlier["max_steps"]) == (2, 4)
+    assert (final.config.stages[-1]["steps"], final.config.stages[-1]["max_steps"]) == (4, 4)
 
 
 def test_resume_without_a_complete_checkpoint_restarts_the_logs(tiny_dir, corpus, tmp_path):

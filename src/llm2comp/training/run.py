@@ -163,7 +163,7 @@ def train(cfg: TrainConfig) -> Path:
     args = training_arguments(cfg, checkpoint_dir)
     trainer = LLM2CompTrainer(
         model, objective, args, train_dataset=dataset, logs=logs, save_limit=cfg.save_total_limit, memory_lr=cfg.memory_lr,
-        gradcache_chunk=cfg.gradcache_chunk, reads_decoder=cfg.spec.compresses,
+        gradcache_chunk=cfg.gradcache_chunk, reads_decoder=cfg.spec.compresses, stage=model.config.stages[-1],
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 

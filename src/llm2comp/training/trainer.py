@@ -90,15 +90,18 @@ class LLM2CompTrainer(Trainer):
     """The Trainer of an encoder and its objective (wrapped in a `TrainingModule`; batches by the objective's collate).
     ``logs``: the run's log files (loss, data order, probe; the loss plot at the end). The encoder is saved at its
     encoding length, and left at it after training (`checkpoints.set_training_length`);
-    ``gradcache_chunk`` / ``reads_decoder``: checked against the engine before the first step (`engine.check_engine`).
+    ``gradcache_chunk`` / ``reads_decoder``: checked against the engine before the first step (`engine.check_engine`);
+    ``stage``: this run's entry in the encoder's ``config.stages``: every save records in it the optimizer step it was
+    saved at (``steps``), so that a checkpoint says how far it was trained, not only the run's ``max_steps``.
     A dataset that says ``sequential = True`` is read in order (its batches are built that way, data/pairs.py)."""
 
     def __init__(self, encoder: LLM2Comp, objective, args, *, logs: RunLogs | None = None, save_limit: int | None = 2,
-                 memory_lr: float | None = None, gradcache_chunk: int | None = None, reads_decoder: bool = False, **kwargs):
+                 memory_lr: float | None = None, gradcache_chunk: int | None = None, reads_decoder: bool = False,
+                 stage: dict | None = None, **kwargs):
         if getattr(kwargs.get("train_dataset"), "sequential", False):
             args.train_sampling_strategy = "sequential"
         super().__init__(TrainingModule(encoder, objective), args, data_collator=objective.collate, **kwargs)
-        self.save_limit, self.memory_lr, self.logs = save_limit, memory_lr, logs
+        self.save_limit, self.memory_lr, self.logs, self.stage = save_limit, memory_lr, logs, stage
         self.record_path = logs.data_order if logs is not None else None
         check_engine(self.accelerator, gradcache_chunk, reads_decoder=reads_decoder)
         for callback in logs.callbacks(self.encoder) if logs is not None else []:
@@ -173,6 +176,8 @@ class LLM2CompTrainer(Trainer):
         if self.args.should_save:
             if state_dict:  # gathered by the Trainer under ZeRO-3 / FSDP; keys of TrainingModule
                 state_dict = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
+            if self.stage is not None:
+                self.stage["steps"] = self.state.global_step
             # a checkpoint is a model like the final one: saved with its encoding length, not the training length
             with encoding_length(self.encoder) as encoder:
                 encoder.save(output_dir or self.args.output_dir, state_dict=state_dict or None)
