@@ -5,7 +5,11 @@ a 10-step warm-up, a checkpoint every 25 steps, all kept) from three starts, the
 
     backbone     smollm2-135m, memory tokens from the recipe's phrase (no stage 1)
     compressor   smollm2-135m-compressor, the shipped stage 1 that compresses (KL + bridge, docs/results/pretext.md 3.5)
-    mntp         LLM2Vec's pretext: configs/smollm2-135m/pretrain-mntp.yaml for --mntp-steps steps
+    mntp         LLM2Vec's pretext: configs/smollm2-135m/pretrain-mntp.yaml for --mntp-steps steps, its (untrained)
+                 memory tokens from the recipe's phrase, so that it differs from the backbone arm by its weights only
+
+Every arm is read through its memory tokens (the recipe's `pooling: memory`; an MNTP model saves mean pooling, which
+the supervised stage would otherwise keep).
 
 The first seed runs to the largest budget, the others to --two-seed-max (with a constant rate, the checkpoint at step
 N is what an N-step run gives). Every checkpoint at a budget is scored on the full test sets (five STS tasks and
@@ -63,8 +67,15 @@ def start_of(arm: str, runs: Path, mntp_steps: int, llm2comp: str) -> str:
         return "smollm2-135m-compressor"
     out = runs / "stage1-mntp"
     if not (out / "llm2comp_config.json").is_file():
-        _run([llm2comp, "train", "--config", str(MNTP), "--max-steps", str(mntp_steps), "--output", str(out), "--resume"])
+        _run([llm2comp, "train", "--config", str(MNTP), "--max-steps", str(mntp_steps), "--output", str(out), "--resume",
+              "--memory-init", recipe_setting("memory_init")])
     return str(out)
+
+
+def recipe_setting(key: str):
+    import yaml
+
+    return yaml.safe_load(RECIPE.read_text())[key]
 
 
 def has_checkpoint(run: Path, step: int) -> bool:

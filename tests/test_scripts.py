@@ -255,6 +255,21 @@ def test_sample_efficiency_plans_trains_scores_and_resumes(tmp_path, monkeypatch
         script.main(["run", "--arms", "compressor"])  # no reference arm
 
 
+def test_sample_efficiency_arms_differ_by_their_start_only(tmp_path):
+    # every arm is read through memory tokens from the recipe's phrase: MNTP's stage 1 saves mean pooling and, being a
+    # saved model, would not get the recipe's memory init in the supervised stage
+    from llm2comp.training.config import TrainConfig
+
+    script = _sample_efficiency()
+    recipe = TrainConfig.from_yaml(script.RECIPE)
+    assert recipe.pooling == "memory" and recipe.memory_init == ' means in one word:"'
+    commands = []
+    script._run = commands.append
+    assert script.start_of("mntp", tmp_path, 30, "llm2comp") == str(tmp_path / "stage1-mntp")
+    assert commands[0][-2:] == ["--memory-init", recipe.memory_init] and "--max-steps" in commands[0]
+    assert script.start_of("backbone", tmp_path, 30, "llm2comp") == "smollm2-135m" and len(commands) == 1
+
+
 def test_sample_efficiency_slims_the_predictions_it_keeps_and_the_comparison_is_unchanged(tmp_path):
     from llm2comp.evaluation import compare_evaluations
 

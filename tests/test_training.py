@@ -140,6 +140,11 @@ def test_stages_that_never_read_the_memory_leave_it_frozen_at_its_init(tiny_dir,
     torch.testing.assert_close(saved["mntp"], fresh, rtol=0, atol=0)
     torch.testing.assert_close(saved["simcse"], fresh, rtol=0, atol=0)
     assert not torch.allclose(saved["kl"], fresh)  # a memory objective does train them
+    # an MNTP model keeps the mean pooling it was trained with unless a later stage asks for its memory tokens
+    assert LLM2Comp.load(mntp).config.pooling == "mean"
+    read = LLM2Comp.load(mntp, pooling="memory")
+    assert read.config.pooling == "memory"
+    torch.testing.assert_close(read.memory.weight.detach(), fresh, rtol=0, atol=0)
 
 
 def test_ordinary_long_paragraphs_train_by_default_and_the_data_is_reported(tiny_dir, tmp_path, capsys):
