@@ -7,6 +7,9 @@ a 10-step warm-up, a checkpoint every 25 steps, all kept) from three starts, the
     compressor   smollm2-135m-compressor, the shipped stage 1 that compresses (KL + bridge, docs/results/pretext.md 3.5)
     mntp         LLM2Vec's pretext: configs/smollm2-135m/pretrain-mntp.yaml for --mntp-steps steps, its (untrained)
                  memory tokens from the recipe's phrase, so that it differs from the backbone arm by its weights only
+    compressor-long  stage 1 on long texts as the official release trains it (news passages of >= 1,000 characters,
+                 up to 256 tokens, a random split point): configs/smollm2-135m/pretrain-kl-longtext.yaml for
+                 --long-steps steps; its compression probe at 256 and at 64 tokens goes to SCORES/stage1-kl-long/
 
 Every arm is read through its memory tokens (the recipe's `pooling: memory`; an MNTP model saves mean pooling, which
 the supervised stage would otherwise keep).
@@ -37,9 +40,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "smollm2-135m" / "supervised-nli-curve.yaml"
 MNTP = ROOT / "configs" / "smollm2-135m" / "pretrain-mntp.yaml"
+LONGTEXT = ROOT / "configs" / "smollm2-135m" / "pretrain-kl-longtext.yaml"
 STS = ("STSBenchmark", "STS13", "STS14", "STS15", "SICK-R")
 TASKS = (*STS, "Banking77Classification")
-ARMS = ("backbone", "compressor", "mntp")
+ARMS = ("backbone", "compressor", "mntp", "compressor-long")
+SHIPPED = {"backbone": "smollm2-135m", "compressor": "smollm2-135m-compressor"}
+STAGE1 = {"mntp": (MNTP, "stage1-mntp"), "compressor-long": (LONGTEXT, "stage1-kl-long")}  # trained here
 SCORES = ROOT / "docs" / "results" / "sample-efficiency"
 
 
@@ -60,15 +66,30 @@ def _run(command: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
-def start_of(arm: str, runs: Path, mntp_steps: int, llm2comp: str) -> str:
-    if arm == "backbone":
-        return "smollm2-135m"
-    if arm == "compressor":
-        return "smollm2-135m-compressor"
-    out = runs / "stage1-mntp"
+def start_of(arm: str, runs: Path, llm2comp: str, stage1_steps: dict[str, int] | None = None,
+             scores: Path = SCORES) -> str:
+    """The model an arm's supervised stage starts from; a stage 1 of this script is trained first where missing
+    (resumed where it was cut off), and the long-text compressor's probes are written beside the scores."""
+    if arm in SHIPPED:
+        return SHIPPED[arm]
+    config, name = STAGE1[arm]
+    out = runs / name
     if not (out / "llm2comp_config.json").is_file():
-        _run([llm2comp, "train", "--config", str(MNTP), "--max-steps", str(mntp_steps), "--output", str(out), "--resume",
+        steps = (stage1_steps or {}).get(arm, 300)
+        # memory tokens from the supervised recipe's phrase: MNTP never trains them, the KL run starts from it
+        _run([llm2comp, "train", "--config", str(config), "--max-steps", str(steps), "--output", str(out), "--resume",
               "--memory-init", recipe_setting("memory_init")])
+    if arm == "compressor-long":
+        probes = scores / name
+        for tokens, passages in ((256, 64), (64, 256)):  # at its own length, and at the shipped compressor's
+            report = probes / f"probe-{tokens}.json"
+            if not report.is_file():
+                probes.mkdir(parents=True, exist_ok=True)
+                _run([llm2comp, "probe", str(out), "--text-tokens", str(tokens), "--passages", str(passages),
+                      "--ceiling-passages", "0", "--output", str(report)])
+        for log in ("probe.jsonl", "loss.jsonl", "loss.png"):  # stage 1's own record, kept with the scores
+            if (out / log).is_file():
+                (probes / log).write_bytes((out / log).read_bytes())
     return str(out)
 
 
@@ -95,7 +116,8 @@ def run(args) -> None:
             if not all(has_checkpoint(out, b) for b in unscored):
                 # a fresh run, a killed one (resumed from its last checkpoint) or a shorter one of an earlier call
                 # (extended: with a constant rate the steps after its last checkpoint are those of a longer run)
-                start = start_of(arm, runs, args.mntp_steps, llm2comp)
+                start = start_of(arm, runs, llm2comp, {"mntp": args.mntp_steps, "compressor-long": args.long_steps},
+                                 scores)
                 _run([llm2comp, "train", "--config", str(RECIPE), "--model", start, "--seed", str(seed),
                       "--max-steps", str(steps), "--output", str(out), "--resume"])
             for budget in budgets:
@@ -221,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--two-seed-max", type=int, default=100, help="the other seeds stop at this budget")
             p.add_argument("--arms", type=lambda s: s.split(","), default=list(ARMS))
             p.add_argument("--mntp-steps", type=int, default=300, help="MNTP's stage 1 (the compressor had 300)")
+            p.add_argument("--long-steps", type=int, default=300, help="the long-text compressor's stage 1")
             p.add_argument("--llm2comp", default="llm2comp", help="the CLI to call")
     args = parser.parse_args(argv)
     if args.command == "run":

@@ -265,9 +265,18 @@ def test_sample_efficiency_arms_differ_by_their_start_only(tmp_path):
     assert recipe.pooling == "memory" and recipe.memory_init == ' means in one word:"'
     commands = []
     script._run = commands.append
-    assert script.start_of("mntp", tmp_path, 30, "llm2comp") == str(tmp_path / "stage1-mntp")
-    assert commands[0][-2:] == ["--memory-init", recipe.memory_init] and "--max-steps" in commands[0]
-    assert script.start_of("backbone", tmp_path, 30, "llm2comp") == "smollm2-135m" and len(commands) == 1
+    assert script.start_of("mntp", tmp_path, "llm2comp", {"mntp": 30}) == str(tmp_path / "stage1-mntp")
+    assert commands[0][-2:] == ["--memory-init", recipe.memory_init] and "--max-steps 30" in " ".join(commands[0])
+    assert script.start_of("backbone", tmp_path, "llm2comp") == "smollm2-135m" and len(commands) == 1
+    # the long-text compressor: stage 1 from its config, then its probe at its own length and at 64 tokens, kept
+    scores = tmp_path / "scores"
+    (tmp_path / "stage1-kl-long").mkdir()
+    (tmp_path / "stage1-kl-long" / "probe.jsonl").write_text('{"step": 50}\n')
+    assert script.start_of("compressor-long", tmp_path, "llm2comp", scores=scores) == str(tmp_path / "stage1-kl-long")
+    train, *probes = commands[1:]
+    assert str(script.LONGTEXT) in train and "probe" not in train
+    assert [c[c.index("--text-tokens") + 1] for c in probes] == ["256", "64"]
+    assert (scores / "stage1-kl-long" / "probe.jsonl").read_text() == '{"step": 50}\n'
 
 
 def test_sample_efficiency_slims_the_predictions_it_keeps_and_the_comparison_is_unchanged(tmp_path):
