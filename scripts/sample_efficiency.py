@@ -27,6 +27,8 @@ session scored is committed and the next one trains and scores only the rest (a 
 
     python scripts/sample_efficiency.py run [--runs runs/curve] [--scores DIR] [--seeds 42,7] [--budgets 25,50,100,200]
     python scripts/sample_efficiency.py report [--scores DIR] [--figure docs/figures/sample-efficiency.png]
+    python scripts/sample_efficiency.py pretext [--starts untrained,compressor,mntp,compressor-long]  # before any
+        supervised step: each start's embedding as it is and with a normalizer (SCORES/pretext-only/)
 """
 
 from __future__ import annotations
@@ -132,6 +134,59 @@ def run(args) -> None:
     report(args)
 
 
+PRETEXT_STARTS = ("untrained", "compressor", "mntp", "compressor-long")
+
+
+def save_untrained(folder: Path) -> None:
+    """The backbone with the recipe's untrained memory tokens (its phrase, causal, memory pooling), as a folder."""
+    from llm2comp import LLM2Comp
+
+    LLM2Comp.load("smollm2-135m", memory_init=recipe_setting("memory_init"), bidirectional=False,
+                  pooling="memory", device="cpu").save(folder)
+
+
+def pretext(args) -> None:
+    """The pretext-only row: each stage-1 model's embedding before any supervised step, as it is and with a
+    normalizer fitted on training text (NLI sentences, decontaminated), against untrained memory tokens and MNTP (read
+    as LLM2Vec reads it: mean pooling, bidirectional, as saved), on the curve's tasks. A start whose stage 1 is
+    not trained yet under --runs is skipped."""
+    runs, scores, llm2comp = Path(args.runs), Path(args.scores) / "pretext-only", args.llm2comp
+    for start in args.starts:
+        if start == "untrained":
+            model = runs / "untrained"
+            if not (model / "llm2comp_config.json").is_file():
+                save_untrained(model)
+        elif start in SHIPPED:
+            model = SHIPPED[start]
+        else:
+            model = runs / STAGE1[start][1]
+            if not (model / "llm2comp_config.json").is_file():
+                print(f"[{start}] stage 1 not trained under {runs}: skipped", flush=True)
+                continue
+        normalized = runs / f"{start}-normalized"
+        for read, folder in ((str(model), scores / start), (str(normalized), scores / f"{start}-normalized")):
+            if (folder / "results.json").is_file():
+                continue
+            if read == str(normalized) and not (normalized / "llm2comp_config.json").is_file():
+                _run([llm2comp, "fit-normalizer", str(model), "--data", "builtin:nli-pairs", "--output", str(normalized)])
+            _run([llm2comp, "evaluate", "--model", read, "--tasks", ",".join(TASKS), "--output", str(folder)])
+    rows = ["| stage-1 model | STS avg | Banking77 | STS avg, normalized | Banking77, normalized |", "|---|---|---|---|---|"]
+    for start in PRETEXT_STARTS:
+        cells = []
+        for folder in (scores / start, scores / f"{start}-normalized"):
+            if (folder / "results.json").is_file():
+                result = json.loads((folder / "results.json").read_text())
+                cells += [f"{100 * sum(result[t] for t in STS) / len(STS):.2f}", f"{100 * result['Banking77Classification']:.2f}"]
+            else:
+                cells += ["-", "-"]
+        if set(cells) != {"-"}:
+            rows.append(f"| {start} | " + " | ".join(cells) + " |")
+    if len(rows) > 2:
+        scores.mkdir(parents=True, exist_ok=True)
+        (scores / "pretext-only.md").write_text("\n".join(rows) + "\n")
+        print("\n".join(rows))
+
+
 def slim_predictions(folder: Path) -> None:
     """Keep of an evaluation's predictions only what the STS comparison reads (the cosine of each pair, 5 decimals;
     the gold scores), compactly: about 0.2 MB instead of 2.6 MB, small enough for git. Banking77's per-item labels
@@ -232,7 +287,7 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "report"):
+    for name in ("run", "report", "pretext"):
         p = sub.add_parser(name)
         p.add_argument("--runs", default="runs/curve", help="training runs and their checkpoints")
         p.add_argument("--scores", default=str(SCORES), help="the scored checkpoints (kept in git)")
@@ -244,7 +299,10 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--arms", type=lambda s: s.split(","), default=list(ARMS))
             p.add_argument("--mntp-steps", type=int, default=300, help="MNTP's stage 1 (the compressor had 300)")
             p.add_argument("--long-steps", type=int, default=300, help="the long-text compressor's stage 1")
+        if name in ("run", "pretext"):
             p.add_argument("--llm2comp", default="llm2comp", help="the CLI to call")
+        if name == "pretext":
+            p.add_argument("--starts", type=lambda s: s.split(","), default=list(PRETEXT_STARTS))
     args = parser.parse_args(argv)
     if args.command == "run":
         unknown = set(args.arms) - set(ARMS)
@@ -252,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"unknown arm(s) {sorted(unknown)}; choose from {', '.join(ARMS)}")
         if "backbone" not in args.arms:
             parser.error("the backbone arm is the reference every other arm is compared with")
-    (run if args.command == "run" else report)(args)
+    {"run": run, "report": report, "pretext": pretext}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -279,6 +279,38 @@ def test_sample_efficiency_arms_differ_by_their_start_only(tmp_path):
     assert (scores / "stage1-kl-long" / "probe.jsonl").read_text() == '{"step": 50}\n'
 
 
+def test_sample_efficiency_pretext_only_row_reads_each_start_raw_and_normalized(tmp_path, monkeypatch):
+    script = _sample_efficiency()
+    commands = []
+
+    def fake_run(command):
+        commands.append(command)
+        out = Path(command[command.index("--output") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        if command[1] == "evaluate":  # a normalized read scores 0.1 higher
+            value = 0.6 if out.name.endswith("-normalized") else 0.5
+            (out / "results.json").write_text(json.dumps({t: value for t in script.TASKS}))
+        else:
+            (out / "llm2comp_config.json").write_text("{}")
+
+    monkeypatch.setattr(script, "_run", fake_run)
+    monkeypatch.setattr(script, "save_untrained", lambda folder: fake_run(["x", "save", "--output", str(folder)]))
+    runs, scores = tmp_path / "runs", tmp_path / "scores"
+    argv = ["pretext", "--runs", str(runs), "--scores", str(scores), "--starts", "untrained,compressor,mntp"]
+    script.main(argv)
+    evaluated = [c[c.index("--model") + 1] for c in commands if c[1] == "evaluate"]
+    # MNTP's stage 1 is not trained here: skipped, not trained by this step
+    assert evaluated == [str(runs / "untrained"), str(runs / "untrained-normalized"), "smollm2-135m-compressor",
+                         str(runs / "compressor-normalized")]
+    fits = [c for c in commands if c[1] == "fit-normalizer"]
+    assert [c[2] for c in fits] == [str(runs / "untrained"), "smollm2-135m-compressor"]
+    assert all(c[c.index("--data") + 1] == "builtin:nli-pairs" for c in fits)
+    table = (scores / "pretext-only" / "pretext-only.md").read_text()
+    assert "| compressor | 50.00 | 50.00 | 60.00 | 60.00 |" in table and "mntp" not in table
+    script.main(argv)  # all on disk: nothing again
+    assert len([c for c in commands if c[1] == "evaluate"]) == 4
+
+
 def test_sample_efficiency_slims_the_predictions_it_keeps_and_the_comparison_is_unchanged(tmp_path):
     from llm2comp.evaluation import compare_evaluations
 
