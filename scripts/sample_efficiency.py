@@ -260,6 +260,9 @@ def figure(rows: list[dict], path: Path) -> None:
                 ax.plot(*zip(*points), marker=markers[j % 4], color=f"C{i}", linestyle="-" if j == 0 else ":",
                         label=f"{arm} (seed {seed})")
         ax.set_xscale("log", base=2)
+        budgets = sorted({r["budget"] for r in rows})
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
         ax.set_xlabel("supervised steps (32 NLI pairs each)")
         ax.set_title(title)
     axes[0].legend(fontsize=8)
