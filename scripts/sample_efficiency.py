@@ -163,28 +163,32 @@ def pretext(args) -> None:
             if not (model / "llm2comp_config.json").is_file():
                 print(f"[{start}] stage 1 not trained under {runs}: skipped", flush=True)
                 continue
-        normalized = runs / f"{start}-normalized"
-        for read, folder in ((str(model), scores / start), (str(normalized), scores / f"{start}-normalized")):
-            if (folder / "results.json").is_file():
-                continue
-            if read == str(normalized) and not (normalized / "llm2comp_config.json").is_file():
+        if main_scores(scores / start) is None:
+            _run([llm2comp, "evaluate", "--model", str(model), "--tasks", ",".join(TASKS), "--output", str(scores / start)])
+        if main_scores(scores / f"{start}-normalized") is None:
+            normalized = runs / f"{start}-normalized"
+            if not (normalized / "llm2comp_config.json").is_file():
                 _run([llm2comp, "fit-normalizer", str(model), "--data", "builtin:nli-pairs", "--output", str(normalized)])
-            _run([llm2comp, "evaluate", "--model", read, "--tasks", ",".join(TASKS), "--output", str(folder)])
+            _run([llm2comp, "evaluate", "--model", str(normalized), "--tasks", ",".join(TASKS),
+                  "--output", str(scores / f"{start}-normalized")])
     rows = ["| stage-1 model | STS avg | Banking77 | STS avg, normalized | Banking77, normalized |", "|---|---|---|---|---|"]
     for start in PRETEXT_STARTS:
-        cells = []
-        for folder in (scores / start, scores / f"{start}-normalized"):
-            if (folder / "results.json").is_file():
-                result = json.loads((folder / "results.json").read_text())
-                cells += [f"{100 * sum(result[t] for t in STS) / len(STS):.2f}", f"{100 * result['Banking77Classification']:.2f}"]
-            else:
-                cells += ["-", "-"]
-        if set(cells) != {"-"}:
+        read = [main_scores(scores / start), main_scores(scores / f"{start}-normalized")]
+        if any(read):
+            cells = [f"{x:.2f}" if x is not None else "-" for pair in read for x in (pair or (None, None))]
             rows.append(f"| {start} | " + " | ".join(cells) + " |")
     if len(rows) > 2:
         scores.mkdir(parents=True, exist_ok=True)
         (scores / "pretext-only.md").write_text("\n".join(rows) + "\n")
         print("\n".join(rows))
+
+
+def main_scores(folder: Path) -> tuple[float, float] | None:
+    """An evaluation folder's STS average and Banking77 accuracy (x 100), or None where it is not scored."""
+    if not (folder / "results.json").is_file():
+        return None
+    result = json.loads((folder / "results.json").read_text())
+    return 100 * sum(result[t] for t in STS) / len(STS), 100 * result["Banking77Classification"]
 
 
 def slim_predictions(folder: Path) -> None:
@@ -223,11 +227,10 @@ def collect(scores: Path) -> list[dict]:
     rows = []
     for folder in sorted(scores.glob("*-s*-*")):
         arm, seed, budget = folder.name.rsplit("-", 2)
-        if not (folder / "results.json").is_file():
+        scored = main_scores(folder)
+        if scored is None:
             continue
-        scores = json.loads((folder / "results.json").read_text())
-        row = {"arm": arm, "seed": int(seed[1:]), "budget": int(budget),
-               "sts": 100 * sum(scores[t] for t in STS) / len(STS), "banking77": 100 * scores["Banking77Classification"]}
+        row = {"arm": arm, "seed": int(seed[1:]), "budget": int(budget), "sts": scored[0], "banking77": scored[1]}
         compared = folder / "against-backbone.json"
         if compared.is_file():
             for item in json.loads(compared.read_text()):
