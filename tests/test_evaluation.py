@@ -138,11 +138,48 @@ def test_encode_keeps_input_order_under_shuffling(tiny_model):
     assert base.shape == (len(texts), tiny_model.get_sentence_embedding_dimension())
     order = list(range(len(texts)))
     rng.shuffle(order)
-    shuffled = encoder.encode(_loader([texts[i] for i in order], 2), task_metadata=meta, hf_split="test", hf_subset="default")
+    # fresh encoders: one encoder would hand back the rows its previous call embedded
+    fresh = MTEBEncoder(tiny_model, batch_size=4)
+    shuffled = fresh.encode(_loader([texts[i] for i in order], 2), task_metadata=meta, hf_split="test", hf_subset="default")
     np.testing.assert_allclose(shuffled, base[order], atol=1e-5)
     # a single text alone gives the same vector as inside a batch (no cross-talk between rows)
-    alone = encoder.encode(_loader([texts[5]], 1), task_metadata=meta, hf_split="test", hf_subset="default")
+    alone = MTEBEncoder(tiny_model).encode(_loader([texts[5]], 1), task_metadata=meta, hf_split="test", hf_subset="default")
     np.testing.assert_allclose(alone[0], base[5], atol=1e-5)
+
+
+def test_each_distinct_text_is_embedded_once_and_the_next_side_reuses_the_first(tiny_model, monkeypatch):
+    seen, prompts = [], []
+    real_encode = tiny_model.encode
+
+    def recording_encode(texts, **kwargs):
+        seen.append(list(texts))
+        prompts.append(kwargs.get("prompt"))
+        return real_encode(texts, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "encode", recording_encode)
+    side1 = ["a man plays", "a dog runs", "a man plays", "the sky"]  # an STS task's two sides, as mteb sends them
+    side2 = ["a dog runs", "a cat sleeps", "a cat sleeps", "a man plays"]
+    sts, scifact = _meta("STSBenchmark"), _meta("SciFact")
+
+    def call(enc, texts, meta=sts, **kwargs):
+        return enc.encode(_loader(texts, 3), task_metadata=meta, hf_split="test", hf_subset="default", **kwargs)
+
+    encoder = MTEBEncoder(tiny_model, batch_size=2, instructions={"STS": "Same meaning"})
+    first, second = call(encoder, side1), call(encoder, side2)
+    assert seen == [["a man plays", "a dog runs", "the sky"], ["a cat sleeps"]]
+    assert prompts == ["Same meaning: {text}\n"] * 2
+    # the same rows as embedding every text of each side, duplicates included
+    for side, rows in ((side1, first), (side2, second)):
+        full = real_encode(side, prompt=prompts[0], batch_size=2)
+        np.testing.assert_allclose(rows, full, atol=1e-5)
+    assert first[0].tobytes() == first[2].tobytes() and second[3].tobytes() == first[0].tobytes()
+
+    seen.clear()
+    call(encoder, side2, scifact, prompt_type=PromptType.query)  # another prompt (none here): nothing reused
+    assert seen == [["a dog runs", "a cat sleeps", "a man plays"]]
+    seen.clear()
+    call(encoder, side1, precision="int8")  # int8 calibrates on the batch: embedded as given, duplicates included
+    assert seen == [side1]
 
 
 def test_fingerprint_tracks_weights(tiny_dir):
