@@ -181,6 +181,18 @@ def test_each_distinct_text_is_embedded_once_and_the_next_side_reuses_the_first(
     call(encoder, side1, precision="int8")  # int8 calibrates on the batch: embedded as given, duplicates included
     assert seen == [side1]
 
+    call(encoder, side1)
+    seen.clear()
+    weights = next(tiny_model.parameters())
+    with torch.no_grad():
+        weights.add_(0.5)  # a training step between two calls: the earlier rows are stale
+    try:
+        call(encoder, side1)
+    finally:
+        with torch.no_grad():
+            weights.sub_(0.5)
+    assert seen == [["a man plays", "a dog runs", "the sky"]]
+
 
 def test_fingerprint_tracks_weights(tiny_dir):
     model = LLM2Comp.from_pretrained(str(tiny_dir), num_memory_tokens=4, max_length=64)

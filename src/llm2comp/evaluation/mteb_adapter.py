@@ -4,9 +4,9 @@ mteb hands the encoder a `DataLoader` of batches (`{"text": [...], ...}`), the t
 (`query`, `document`, or None for symmetric tasks such as STS and classification). The adapter flattens the batches
 in order, picks the prompt for the task and side, and calls `LLM2Comp.encode`, which batches by length internally
 and returns rows in input order. Each distinct text is embedded once per call, and texts the previous call embedded
-with the same prompt are reused (at float32 precision): STS tasks send the same sentences on both sides (SICK-R's
-19,854 sentences hold 6,077 distinct ones), so a full STS suite embeds 42% fewer texts. Only the last call's rows are
-kept, so memory stays that of one call.
+with the same prompt and the same weights (`model_fingerprint`) are reused (at float32 precision): STS tasks send the
+same sentences on both sides (SICK-R's 19,854 sentences hold 6,077 distinct ones), so a full STS suite embeds 42%
+fewer texts. Only the last call's rows are kept, so memory stays that of one call.
 
 Prompts are mteb's own mechanism (`AbsEncoder`): `model_prompts` are the model's prompts (`model.prompts`, e.g. the
 query format its supervised stage trained with), plus the `instructions` given here, each rendered with
@@ -88,7 +88,7 @@ class MTEBEncoder(AbsEncoder):
         self.instruct_documents = instruct_documents
         self.normalize_embeddings = normalize_embeddings
         self._meta: ModelMeta | None = None
-        self._last_prompt: str | None = None  # the previous call's prompt and its rows, text -> embedding
+        self._last_key: tuple[str, str | None] | None = None  # the previous call's (weights, prompt) and its rows
         self._last_rows: dict[str, np.ndarray] = {}
         name = name or metadata.display_name(model)
         self.name = name if "/" in name else f"llm2comp/{name}"
@@ -160,12 +160,13 @@ class MTEBEncoder(AbsEncoder):
 
         if precision != "float32":  # int8/uint8 calibrate on the batch: embed it as given
             return embed(texts)
-        known = self._last_rows if self._last_prompt == prompt else {}
+        key = (model_fingerprint(self.model, self.model.config), prompt)  # a training step in between: nothing reused
+        known = self._last_rows if self._last_key == key else {}
         new = [t for t in dict.fromkeys(texts) if t not in known]
         rows = {t: known[t] for t in texts if t in known}
         if new:
             rows.update(zip(new, embed(new)))
-        self._last_prompt, self._last_rows = prompt, rows
+        self._last_key, self._last_rows = key, rows
         if not texts:
             return embed(texts)
         return np.stack([rows[t] for t in texts])
