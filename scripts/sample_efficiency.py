@@ -248,6 +248,42 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pivot(rows: list[dict]) -> str:
+    """The same rows by (budget, seed): each arm's STS average minus the backbone arm's with its interval, one column
+    per arm, and Banking77 of every arm; "-" where an arm is not scored at that budget and seed."""
+    arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
+    others = [a for a in arms if a != "backbone"]
+    by_key = {(r["budget"], r["seed"], r["arm"]): r for r in rows}
+    lines = ["| steps | seed | " + " | ".join(f"{a} - backbone" for a in others) + " | Banking77: " + " / ".join(arms) + " |",
+             "|---|---|" + "---|" * (len(others) + 1)]
+    for budget, seed in sorted({(r["budget"], r["seed"]) for r in rows}):
+        cells = []
+        for arm in others:
+            r = by_key.get((budget, seed, arm))
+            cells.append("{:+.2f} [{:+.2f}, {:+.2f}]".format(*r["vs_backbone"]) if r and "vs_backbone" in r else "-")
+        banking = [by_key.get((budget, seed, arm)) for arm in arms]
+        cells.append(" / ".join(f"{r['banking77']:.2f}" if r else "-" for r in banking))
+        lines.append(f"| {budget} | {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict], seeds: int = 2, points: float = 1.0, max_budget: int = 100) -> list[str]:
+    """The issue's question per arm: at which budgets of ``max_budget`` steps or fewer does it lead the backbone arm by
+    ``points`` STS-average points or more with its interval above zero at ``seeds`` seeds (or more)?"""
+    lines = []
+    for arm in [a for a in ARMS if a != "backbone" and any(r["arm"] == a for r in rows)]:
+        compared = [r for r in rows if r["arm"] == arm and "vs_backbone" in r and r["budget"] <= max_budget]
+        budgets = sorted({r["budget"] for r in compared})
+        seeded = [b for b in budgets if len({r["seed"] for r in compared if r["budget"] == b}) >= seeds]
+        pays = [b for b in seeded if all(r["vs_backbone"][0] >= points and r["vs_backbone"][1] > 0
+                                         for r in compared if r["budget"] == b)]
+        lines.append(f"- {arm}: +{points:.1f} or more with the interval above zero at {seeds} seeds at "
+                     + (", ".join(f"{b} steps" for b in pays) if pays else "no budget")
+                     + f" (budgets <= {max_budget} with {seeds} seeds scored: "
+                     + (", ".join(map(str, seeded)) if seeded else "none") + ")")
+    return lines
+
+
 def figure(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -279,7 +315,8 @@ def report(args) -> None:
     rows = collect(Path(args.scores))
     if not rows:
         sys.exit(f"nothing scored under {args.scores} yet")
-    text = table(rows)
+    text = table(rows) + "\n\nBy budget and seed, against the backbone arm (STS average, paired 95% interval):\n\n" + pivot(rows)
+    text += "\n\nDoes stage 1 pay?\n\n" + "\n".join(verdict(rows))
     (Path(args.scores) / "sample-efficiency.md").write_text(text + "\n")
     figure(rows, Path(args.figure))
     print(text)

@@ -236,7 +236,8 @@ def test_sample_efficiency_plans_trains_scores_and_resumes(tmp_path, monkeypatch
     assert [(r["budget"], r["arm"], r["seed"]) for r in rows][:3] == [(25, "backbone", 7), (25, "backbone", 42),
                                                                      (25, "compressor", 7)]
     assert rows[-1]["sts"] == pytest.approx(100 * (0.5 + 0.05 + 0.01))
-    assert "| 50 | compressor | 42 | 56.00 | 56.00 |" in (scores / "sample-efficiency.md").read_text()
+    written = (scores / "sample-efficiency.md").read_text()
+    assert "| 50 | compressor | 42 | 56.00 | 56.00 |" in written and "| 50 | 42 | " in written  # both tables
     assert figure.stat().st_size > 1000
     script.main(argv)  # everything is on disk: nothing is trained or scored again
     assert (tmp_path / "fake_llm2comp.py.log").read_text().splitlines() == commands
@@ -253,6 +254,28 @@ def test_sample_efficiency_plans_trains_scores_and_resumes(tmp_path, monkeypatch
     assert (tmp_path / "fake_llm2comp.py.log").read_text().splitlines() == commands
     with pytest.raises(SystemExit):
         script.main(["run", "--arms", "compressor"])  # no reference arm
+
+
+def test_sample_efficiency_pivot_puts_each_arm_against_the_backbone_by_budget_and_seed():
+    script = _sample_efficiency()
+    rows = [{"arm": "backbone", "seed": 7, "budget": 25, "sts": 71.0, "banking77": 73.85},
+            {"arm": "compressor", "seed": 7, "budget": 25, "sts": 70.4, "banking77": 75.38, "vs_backbone": (-0.64, -1.18, -0.08)},
+            {"arm": "mntp", "seed": 7, "budget": 25, "sts": 71.5, "banking77": 73.89, "vs_backbone": (0.5, 0.37, 0.64)},
+            {"arm": "backbone", "seed": 42, "budget": 25, "sts": 70.8, "banking77": 73.73},
+            {"arm": "compressor", "seed": 42, "budget": 25, "sts": 70.1, "banking77": 75.09, "vs_backbone": (-0.73, -1.27, -0.18)},
+            {"arm": "backbone", "seed": 7, "budget": 50, "sts": 73.9, "banking77": 75.2}]
+    lines = script.pivot(rows).splitlines()
+    assert lines[0] == "| steps | seed | compressor - backbone | mntp - backbone | Banking77: backbone / compressor / mntp |"
+    assert lines[2:] == ["| 25 | 7 | -0.64 [-1.18, -0.08] | +0.50 [+0.37, +0.64] | 73.85 / 75.38 / 73.89 |",
+                         "| 25 | 42 | -0.73 [-1.27, -0.18] | - | 73.73 / 75.09 / - |",
+                         "| 50 | 7 | - | - | 75.20 / - / - |"]
+    assert script.verdict(rows) == [
+        "- compressor: +1.0 or more with the interval above zero at 2 seeds at no budget (budgets <= 100 with 2 seeds scored: 25)",
+        "- mntp: +1.0 or more with the interval above zero at 2 seeds at no budget (budgets <= 100 with 2 seeds scored: none)"]
+    paying = [dict(r, vs_backbone=(1.2, 0.3, 2.1)) if r["arm"] == "compressor" else r for r in rows]
+    assert script.verdict(paying)[0].startswith("- compressor: +1.0 or more with the interval above zero at 2 seeds at 25 steps")
+    paying[1]["vs_backbone"] = (1.2, -0.1, 2.5)  # one seed's interval reaches zero: it does not pay
+    assert "at no budget" in script.verdict(paying)[0]
 
 
 def test_sample_efficiency_arms_differ_by_their_start_only(tmp_path):
